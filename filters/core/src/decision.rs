@@ -1,0 +1,179 @@
+//! Decisions as data: what a filter wants done with a request or a response.
+//!
+//! Policy code returns these; the host layer is the only code that applies them. Each filter
+//! builds its local replies in one place (its table from decision to status, headers and body);
+//! the rules that hold for every local reply live here: `cache-control: no-store`, and the
+//! gRPC form of a reply to a gRPC request.
+
+/// What to do with a request whose headers have arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the request go on upstream, after applying these header edits.
+    Continue(HeaderEdits),
+    /// Answer the request here; it never reaches the upstream.
+    Respond(LocalResponse),
+}
+
+impl Decision {
+    /// Continue with no edits.
+    pub fn pass() -> Self {
+        Decision::Continue(HeaderEdits::default())
+    }
+}
+
+/// Header changes, applied in order: removals first, then sets (which replace any value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Header names to remove.
+    pub remove: Vec<String>,
+    /// Headers to set, replacing existing values.
+    pub set: Vec<(String, String)>,
+}
+
+impl HeaderEdits {
+    /// No change.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+
+    /// Adds a removal.
+    pub fn remove(mut self, name: impl Into<String>) -> Self {
+        self.remove.push(name.into());
+        self
+    }
+
+    /// Adds a set.
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A response the filter sends itself instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// HTTP status for HTTP clients.
+    pub status: u16,
+    /// Response headers (lower-case names). `cache-control: no-store` is added by [`LocalResponse::new`].
+    pub headers: Vec<(String, String)>,
+    /// Response body for HTTP clients; the `grpc-message` for gRPC clients.
+    pub body: String,
+    /// gRPC status for gRPC clients; `None` uses [`grpc_status_for`] on `status`.
+    pub grpc_status: Option<u32>,
+}
+
+impl LocalResponse {
+    /// A local reply with `status`, carrying `cache-control: no-store`: a decision about this
+    /// request must never be served from a cache to another one.
+    pub fn new(status: u16) -> Self {
+        Self {
+            status,
+            headers: vec![("cache-control".to_owned(), "no-store".to_owned())],
+            body: String::new(),
+            grpc_status: None,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Overrides the gRPC status sent to gRPC clients.
+    pub fn grpc_status(mut self, code: u32) -> Self {
+        self.grpc_status = Some(code);
+        self
+    }
+
+    /// The gRPC status a gRPC client receives for this reply.
+    pub fn effective_grpc_status(&self) -> u32 {
+        self.grpc_status
+            .unwrap_or_else(|| grpc_status_for(self.status))
+    }
+}
+
+/// gRPC status codes (the subset our replies use), from `google.rpc.Code`.
+pub mod grpc {
+    /// `INVALID_ARGUMENT`
+    pub const INVALID_ARGUMENT: u32 = 3;
+    /// `DEADLINE_EXCEEDED`
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// `NOT_FOUND`
+    pub const NOT_FOUND: u32 = 5;
+    /// `PERMISSION_DENIED`
+    pub const PERMISSION_DENIED: u32 = 7;
+    /// `RESOURCE_EXHAUSTED`
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// `INTERNAL`
+    pub const INTERNAL: u32 = 13;
+    /// `UNAVAILABLE`
+    pub const UNAVAILABLE: u32 = 14;
+    /// `UNAUTHENTICATED`
+    pub const UNAUTHENTICATED: u32 = 16;
+    /// `UNKNOWN`
+    pub const UNKNOWN: u32 = 2;
+}
+
+/// The gRPC status for a local reply's HTTP status.
+///
+/// Differs from the gRPC spec's mapping of *upstream* HTTP statuses in one place on purpose:
+/// a 429 from our rate limiter is `RESOURCE_EXHAUSTED` (the client is over quota), not
+/// `UNAVAILABLE` (which gRPC clients retry at once).
+pub fn grpc_status_for(http_status: u16) -> u32 {
+    match http_status {
+        400 => grpc::INVALID_ARGUMENT,
+        401 => grpc::UNAUTHENTICATED,
+        403 => grpc::PERMISSION_DENIED,
+        404 => grpc::NOT_FOUND,
+        429 => grpc::RESOURCE_EXHAUSTED,
+        502 | 503 => grpc::UNAVAILABLE,
+        504 => grpc::DEADLINE_EXCEEDED,
+        500..=599 => grpc::INTERNAL,
+        _ => grpc::UNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_replies_are_never_cached() {
+        let r = LocalResponse::new(429)
+            .header("retry-after", "3")
+            .body("slow down");
+        assert_eq!(r.headers[0], ("cache-control".into(), "no-store".into()));
+        assert_eq!(r.headers[1], ("retry-after".into(), "3".into()));
+    }
+
+    #[test]
+    fn grpc_mapping_table() {
+        for (http, grpc) in [
+            (400, 3),
+            (401, 16),
+            (403, 7),
+            (404, 5),
+            (429, 8),
+            (502, 14),
+            (503, 14),
+            (504, 4),
+            (500, 13),
+            (418, 2),
+        ] {
+            assert_eq!(grpc_status_for(http), grpc, "HTTP {http}");
+        }
+        assert_eq!(
+            LocalResponse::new(429)
+                .grpc_status(14)
+                .effective_grpc_status(),
+            14
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! The shape every filter has: built once from its configuration, then a pure function from
+//! (request, time, store) to a decision.
+//!
+//! The host layer (`filters/host`) drives any [`Filter`]: it parses the plugin configuration
+//! with [`crate::config::parse_json`] into [`Filter::Config`], builds the filter with
+//! [`Filter::new`] (a refusal stops Envoy from loading the plugin, logging the field path),
+//! defines [`Filter::METRICS`], and calls [`Filter::on_request`] and [`Filter::on_response`].
+
+use crate::config::ConfigError;
+use crate::decision::{Decision, HeaderEdits};
+use crate::metrics::{MetricDef, Metrics};
+use crate::request::{RequestView, ResponseView};
+use crate::store::SharedStore;
+use crate::time::Time;
+use serde::de::DeserializeOwned;
+
+/// What the host hands a filter besides the request: the time, the shared store and metrics.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    /// The wall-clock time the host reported for this callback.
+    pub now: Time,
+    /// State shared by all workers of this Envoy.
+    pub store: &'a dyn SharedStore,
+    /// The filter's declared metrics.
+    pub metrics: &'a dyn Metrics,
+}
+
+impl std::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A policy, compiled from its configuration. One instance lives in each Envoy worker's VM and
+/// serves every request of that worker, one callback at a time.
+pub trait Filter: Sized {
+    /// The filter's name in logs, metric names and configuration errors, e.g. `rate_limit`.
+    const NAME: &'static str;
+
+    /// The configuration as written (serde, `deny_unknown_fields`).
+    type Config: DeserializeOwned;
+
+    /// Per-request state carried from the request callback to the response callback.
+    type Stream: Default;
+
+    /// The metrics this filter reports; [`crate::metrics::MetricId`]`(i)` is the `i`-th.
+    const METRICS: &'static [MetricDef] = &[];
+
+    /// Validates the configuration and builds the filter. An error names the field path.
+    fn new(config: Self::Config) -> Result<Self, ConfigError>;
+
+    /// Decides what happens to a request once its headers have arrived.
+    fn on_request(
+        &self,
+        stream: &mut Self::Stream,
+        request: &dyn RequestView,
+        env: &Env<'_>,
+    ) -> Decision;
+
+    /// Whether [`Filter::on_response`] needs to run for this request; when it does not, the host
+    /// skips reading the response headers (each host call costs about a microsecond).
+    fn wants_response(&self, _stream: &Self::Stream) -> bool {
+        false
+    }
+
+    /// Sees the response headers (from the upstream or a local reply) and edits them.
+    fn on_response(
+        &self,
+        _stream: &mut Self::Stream,
+        _response: &dyn ResponseView,
+        _env: &Env<'_>,
+    ) -> HeaderEdits {
+        HeaderEdits::default()
+    }
+}

@@ -1,0 +1,181 @@
+//! What policy code may see of a request (and of its response).
+
+/// A read-only view of the request, as the filter saw it when its request headers arrived.
+///
+/// Header names are lower case (Envoy normalises them). Where a header repeats, `header`
+/// returns the first value, as Envoy's own header lookup does.
+pub trait RequestView {
+    /// The `:method` pseudo-header, e.g. `GET`.
+    fn method(&self) -> &str;
+    /// The `:path` pseudo-header, including any query string.
+    fn path(&self) -> &str;
+    /// The first value of the header `name` (lower case), if present.
+    fn header(&self, name: &str) -> Option<&str>;
+
+    /// The path without its query string or fragment.
+    fn path_only(&self) -> &str {
+        let path = self.path();
+        match path.find(['?', '#']) {
+            Some(end) => path.get(..end).unwrap_or(path),
+            None => path,
+        }
+    }
+
+    /// Whether this is a gRPC request (its local replies must then be gRPC responses).
+    fn is_grpc(&self) -> bool {
+        self.header("content-type").is_some_and(|ct| {
+            ct.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+        })
+    }
+}
+
+/// An owned request view: the host layer fills one from Envoy's header map in a single host
+/// call, and tests build them by hand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// A request with the given method and path and no other headers.
+    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header (the name is lower-cased).
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    /// Builds a view from Envoy's header pairs, pseudo-headers included.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut request = Self::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                ":method" => request.method = value.clone(),
+                ":path" => request.path = value.clone(),
+                _ => {}
+            }
+            request.headers.push((name, value));
+        }
+        request
+    }
+}
+
+impl RequestView for Request {
+    fn method(&self) -> &str {
+        &self.method
+    }
+
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A read-only view of the upstream's (or a local reply's) response headers.
+pub trait ResponseView {
+    /// The `:status` code; `None` if it is missing or not a number.
+    fn status(&self) -> Option<u16>;
+    /// The first value of the header `name` (lower case), if present.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// An owned response view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// A response with the given status.
+    pub fn new(status: u16) -> Self {
+        Self {
+            headers: vec![(":status".to_owned(), status.to_string())],
+        }
+    }
+
+    /// Adds a header (the name is lower-cased).
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    /// Builds a view from Envoy's header pairs, pseudo-headers included.
+    pub fn from_pairs(headers: Vec<(String, String)>) -> Self {
+        Self { headers }
+    }
+}
+
+impl ResponseView for Response {
+    fn status(&self) -> Option<u16> {
+        self.header(":status")?.parse().ok()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_headers_fill_method_and_path() {
+        let r = Request::from_pairs(vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), "/a/b?x=1#f".into()),
+            ("x-id".into(), "7".into()),
+            ("x-id".into(), "8".into()),
+        ]);
+        assert_eq!(r.method(), "POST");
+        assert_eq!(r.path_only(), "/a/b");
+        assert_eq!(r.header("x-id"), Some("7"));
+        assert_eq!(r.header(":path"), Some("/a/b?x=1#f"));
+    }
+
+    #[test]
+    fn grpc_is_detected_by_content_type() {
+        let grpc = Request::new("POST", "/pkg.Svc/M")
+            .with_header("content-type", "application/grpc+proto");
+        assert!(grpc.is_grpc());
+        assert!(
+            !Request::new("GET", "/")
+                .with_header("content-type", "application/json")
+                .is_grpc()
+        );
+        assert!(
+            !Request::new("GET", "/")
+                .with_header("content-type", "applic")
+                .is_grpc()
+        );
+    }
+
+    #[test]
+    fn response_status_parses() {
+        assert_eq!(Response::new(503).status(), Some(503));
+        assert_eq!(Response::default().status(), None);
+        assert_eq!(
+            Response::from_pairs(vec![(":status".into(), "x".into())]).status(),
+            None
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Host calls, each wrapped so that its failure is a value rather than a trap.
+
+use filter_core::decision::{HeaderEdits, LocalResponse};
+use filter_core::metrics::{MetricDef, MetricId, MetricKind, Metrics};
+use filter_core::store::{Cas, SharedStore, StoreError, Written};
+use filter_core::time::Time;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType, Status};
+use std::time::UNIX_EPOCH;
+
+/// Logs one line through Envoy (component `wasm`). A failing log call is dropped: there is
+/// nowhere else to report it.
+pub(crate) fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// The host's wall clock, or `None` if Envoy cannot tell the time.
+pub(crate) fn now() -> Option<Time> {
+    let since_epoch = hostcalls::get_current_time()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?;
+    Some(Time::from_nanos(
+        u64::try_from(since_epoch.as_nanos()).ok()?,
+    ))
+}
+
+/// The plugin configuration bytes (empty when none is given).
+pub(crate) fn plugin_configuration() -> Result<Vec<u8>, Status> {
+    hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .map(Option::unwrap_or_default)
+}
+
+pub(crate) fn header_pairs(map: MapType) -> Result<Vec<(String, String)>, Status> {
+    hostcalls::get_map(map)
+}
+
+/// Applies header edits to the request or response header map.
+pub(crate) fn apply_edits(map: MapType, edits: &HeaderEdits) -> Result<(), Status> {
+    for name in &edits.remove {
+        hostcalls::remove_map_value(map, name)?;
+    }
+    for (name, value) in &edits.set {
+        hostcalls::set_map_value(map, name, Some(value))?;
+    }
+    Ok(())
+}
+
+/// Sends a local reply: HTTP as described, or trailers-only gRPC for gRPC requests.
+pub(crate) fn send_local_response(reply: &LocalResponse, grpc: bool) -> Result<(), Status> {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if grpc {
+        let message = (!reply.body.is_empty()).then_some(reply.body.as_str());
+        let metadata = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        hostcalls::send_grpc_response(grpc_code(reply.effective_grpc_status()), message, metadata)
+    } else {
+        let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
+        hostcalls::send_http_response(u32::from(reply.status), headers, body)
+    }
+}
+
+fn grpc_code(code: u32) -> GrpcStatusCode {
+    use GrpcStatusCode as G;
+    match code {
+        0 => G::Ok,
+        1 => G::Cancelled,
+        3 => G::InvalidArgument,
+        4 => G::DeadlineExceeded,
+        5 => G::NotFound,
+        6 => G::AlreadyExists,
+        7 => G::PermissionDenied,
+        8 => G::ResourceExhausted,
+        9 => G::FailedPrecondition,
+        10 => G::Aborted,
+        11 => G::OutOfRange,
+        12 => G::Unimplemented,
+        13 => G::Internal,
+        14 => G::Unavailable,
+        15 => G::DataLoss,
+        16 => G::Unauthenticated,
+        _ => G::Unknown,
+    }
+}
+
+/// Shared data, the store every worker of this Envoy sees (namespaced by the plugin's `vm_id`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((_, None)) => Ok(None),
+            Ok((bytes, Some(cas))) => Ok(Some((bytes.unwrap_or_default(), cas))),
+            Err(status) => Err(StoreError::Host(format!("get_shared_data: {status:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<Written, StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(Written::Yes),
+            Err(Status::CasMismatch) => Ok(Written::CasMismatch),
+            Err(status) => Err(StoreError::Host(format!("set_shared_data: {status:?}"))),
+        }
+    }
+}
+
+/// A filter's metrics, defined in Envoy as `<filter>.<name>`.
+#[derive(Debug, Default)]
+pub struct HostMetrics {
+    ids: Vec<u32>,
+}
+
+impl HostMetrics {
+    /// Defines every metric of `defs` under `prefix`.
+    pub(crate) fn define(prefix: &str, defs: &[MetricDef]) -> Result<Self, String> {
+        let mut ids = Vec::with_capacity(defs.len());
+        for def in defs {
+            let kind = match def.kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+                MetricKind::Histogram => MetricType::Histogram,
+            };
+            let name = format!("{prefix}.{}", def.name);
+            let id = hostcalls::define_metric(kind, &name)
+                .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
+            ids.push(id);
+        }
+        Ok(Self { ids })
+    }
+}
+
+impl Metrics for HostMetrics {
+    fn add(&self, id: MetricId, delta: i64) {
+        if let Some(&host_id) = self.ids.get(id.0) {
+            // A refused increment (e.g. a non-positive delta on a counter) is not worth a trap.
+            let _ = hostcalls::increment_metric(host_id, delta);
+        }
+    }
+
+    fn record(&self, id: MetricId, value: u64) {
+        if let Some(&host_id) = self.ids.get(id.0) {
+            let _ = hostcalls::record_metric(host_id, value);
+        }
+    }
+}
