@@ -59,7 +59,7 @@ validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 # every crate, then the Envoy integration suite (plus a native-mode smoke test when the suite
 # runs in Docker).
 integration: build envoy nextest $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
-	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | cut -d/ -f2)$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
+	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p')$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
 	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
 
 toolchain: ## Install the wasm32-wasip1 Rust target if missing

@@ -229,6 +229,31 @@ mod tests {
         assert!(!m.matches(&base.with_header("x-tenant", "a")));
     }
 
+    proptest::proptest! {
+        /// Hostile configuration never panics the matcher: it compiles or names a field.
+        #[test]
+        fn compiling_hostile_match_blocks_never_panics(
+            prefix in proptest::option::of(".{0,12}"),
+            path in proptest::option::of(".{0,12}"),
+            methods in proptest::option::of(proptest::collection::vec(".{0,8}", 0..3)),
+            names in proptest::collection::vec(".{0,8}", 0..3),
+            request_path in ".{0,24}",
+        ) {
+            let config = RouteMatchConfig {
+                prefix,
+                path,
+                methods,
+                headers: names
+                    .into_iter()
+                    .map(|name| HeaderMatchConfig { name, value: None })
+                    .collect(),
+            };
+            if let Ok(m) = RouteMatcher::compile(&config, &FieldPath::root()) {
+                let _ = m.matches(&Request::new("GET", request_path));
+            }
+        }
+    }
+
     #[test]
     fn invalid_matches_name_the_field() {
         let err = compile(r#"{"prefix": "api"}"#).unwrap_err();

@@ -169,6 +169,18 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a client sends, the views answer without panicking (multi-byte
+        /// characters at the slicing points included).
+        #[test]
+        fn views_never_panic_on_hostile_headers(path in ".{0,40}", content_type in ".{0,24}", status in ".{0,6}") {
+            let r = Request::new("GET", path).with_header("content-type", content_type);
+            let _ = r.path_only();
+            let _ = r.is_grpc();
+            let _ = Response::from_pairs(vec![(":status".into(), status)]).status();
+        }
+    }
+
     #[test]
     fn response_status_parses() {
         assert_eq!(Response::new(503).status(), Some(503));
