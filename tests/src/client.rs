@@ -133,34 +133,42 @@ pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
     let headers = read_headers(reader)?;
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        read_chunked(reader)?
-    } else if let Some(length) = find("content-length") {
-        let length: usize = length
-            .trim()
-            .parse()
-            .map_err(|_| bad("bad content-length"))?;
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        body
-    } else if status == 204 || status == 304 {
-        Vec::new()
-    } else {
-        let mut body = Vec::new();
-        reader.read_to_end(&mut body)?;
-        body
-    };
+    let bodiless = status == 204 || status == 304;
+    let body = read_body(reader, &headers, !bodiless)?;
     Ok(Response {
         status,
         headers,
         body,
     })
+}
+
+/// Reads a message body framed by `transfer-encoding: chunked` or `content-length`; without
+/// either, to the end of the connection if `to_eof`, else none (a request has no body then).
+pub fn read_body(
+    reader: &mut impl BufRead,
+    headers: &[(String, String)],
+    to_eof: bool,
+) -> std::io::Result<Vec<u8>> {
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return read_chunked(reader);
+    }
+    let mut body = Vec::new();
+    if let Some(length) = find("content-length") {
+        let length: usize = length.trim().parse().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "bad content-length")
+        })?;
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else if to_eof {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(body)
 }
 
 /// Reads header lines up to the blank line; names are lower-cased.

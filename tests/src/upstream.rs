@@ -5,8 +5,8 @@
 //! document (a JWKS, say), wait, hang, or reset the connection, which is how tests produce
 //! real upstream failures for Envoy to see.
 
-use crate::client::{read_chunked, read_headers};
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::client::{read_body, read_headers};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -272,21 +272,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
     let method = parts.next()?.to_owned();
     let path = parts.next()?.to_owned();
     let headers = read_headers(reader).ok()?;
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        read_chunked(reader).ok()?
-    } else if let Some(length) = find("content-length") {
-        let mut body = vec![0; length.trim().parse().ok()?];
-        reader.read_exact(&mut body).ok()?;
-        body
-    } else {
-        Vec::new()
-    };
+    let body = read_body(reader, &headers, false).ok()?;
     Some(Received {
         method,
         path,
