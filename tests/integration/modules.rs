@@ -8,6 +8,14 @@ use filter_tests::envoy_config::Gateway;
 use filter_tests::upstream::Upstream;
 use filter_tests::wasm::{self, FILTERS};
 
+/// The counter each module bumps for a request it lets through.
+fn pass_metric(name: &str) -> &'static str {
+    match name {
+        "jwt_auth" => "allowed",
+        _ => "requests",
+    }
+}
+
 /// Loads one module with two workers, sends requests on separate connections, and checks
 /// they reached the upstream and were counted by the module's metric (one stat for all
 /// workers' VMs).
@@ -20,7 +28,10 @@ fn loads_with_two_workers(name: &str) {
         assert_eq!(response.json()["path"], "/hello");
     }
     assert_eq!(upstream.count(), 20);
-    assert_eq!(envoy.stat(&format!("wasmcustom.{name}.requests")), Some(20));
+    assert_eq!(
+        envoy.stat(&format!("wasmcustom.{name}.{}", pass_metric(name))),
+        Some(20)
+    );
     // One VM per worker (and one on the main thread) ran on_vm_start.
     let started = envoy
         .log()
@@ -100,11 +111,16 @@ fn custom_metrics_reach_prometheus() {
         // Envoy strips the `wasmcustom.` namespace and adds no `envoy_` prefix.
         let line = prometheus
             .lines()
-            .find(|l| l.starts_with(&format!("{name}_requests")))
-            .unwrap_or_else(|| panic!("{name}_requests not in /stats/prometheus:\n{prometheus}"));
+            .find(|l| l.starts_with(&format!("{name}_{}{{", pass_metric(name))))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name}_{} not in /stats/prometheus:\n{prometheus}",
+                    pass_metric(name)
+                )
+            });
         assert!(line.ends_with(" 3"), "unexpected sample {line:?}");
         assert!(
-            prometheus.contains(&format!("# TYPE {name}_requests counter")),
+            prometheus.contains(&format!("# TYPE {name}_{} counter", pass_metric(name))),
             "{prometheus}"
         );
     }

@@ -12,7 +12,8 @@
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
-pub mod tokens;
+/// Keys generated per run and real signed JWTs (the `testkit` crate).
+pub use testkit as tokens;
 pub mod upstream;
 pub mod wasm;
 

@@ -60,6 +60,9 @@ pub struct LocalResponse {
     pub body: String,
     /// gRPC status for gRPC clients; `None` uses [`grpc_status_for`] on `status`.
     pub grpc_status: Option<u32>,
+    /// Why, for Envoy's debug log. Never sent to the client (it may say more than a client
+    /// should learn, such as which check a token failed).
+    pub detail: String,
 }
 
 impl LocalResponse {
@@ -71,6 +74,7 @@ impl LocalResponse {
             headers: vec![("cache-control".to_owned(), "no-store".to_owned())],
             body: String::new(),
             grpc_status: None,
+            detail: String::new(),
         }
     }
 
@@ -83,6 +87,12 @@ impl LocalResponse {
     /// Sets the body.
     pub fn body(mut self, body: impl Into<String>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// Sets the reason logged at debug level (never sent).
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
         self
     }
 

@@ -12,6 +12,11 @@ pub trait RequestView {
     /// The first value of the header `name` (lower case), if present.
     fn header(&self, name: &str) -> Option<&str>;
 
+    /// Every value of the header `name`, in order (a header may be repeated).
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.header(name).into_iter().collect()
+    }
+
     /// The path without its query string or fragment.
     fn path_only(&self) -> &str {
         let path = self.path();
@@ -85,6 +90,14 @@ impl RequestView for Request {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// A read-only view of the upstream's (or a local reply's) response headers.
@@ -149,6 +162,7 @@ mod tests {
         assert_eq!(r.method(), "POST");
         assert_eq!(r.path_only(), "/a/b");
         assert_eq!(r.header("x-id"), Some("7"));
+        assert_eq!(r.header_values("x-id"), ["7", "8"]);
         assert_eq!(r.header(":path"), Some("/a/b?x=1#f"));
     }
 

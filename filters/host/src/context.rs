@@ -90,6 +90,12 @@ struct Stream<F: Filter> {
 
 impl<F: Filter> Stream<F> {
     fn respond(&self, reply: &LocalResponse) -> Action {
+        if !reply.detail.is_empty() {
+            host::log(
+                LogLevel::Debug,
+                &format!("{}: {} {}", F::NAME, reply.status, reply.detail),
+            );
+        }
         if let Err(status) = host::send_local_response(reply, self.grpc) {
             host::log(
                 LogLevel::Error,

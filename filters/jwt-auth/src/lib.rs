@@ -1,44 +1,118 @@
-//! JWT validation (`jwt_auth.wasm`).
+//! JWT validation (`jwt_auth.wasm`): authentication and claim/scope authorization at the
+//! front door, stricter than Envoy's `jwt_authn` by default.
 //!
-//! Not implemented yet: the behaviour arrives with issue #3. Until then this module loads,
-//! validates its (empty) configuration strictly, counts requests in `jwt_auth.requests`, and lets
-//! every request through unchanged.
+//! Pipeline per request (each step in its module): the first matching rule ([`rules`]) names
+//! the providers whose tokens it needs; each provider's token is found ([`extract`]), parsed
+//! strictly ([`token`], [`json`]), checked against the provider's algorithms, `typ`, issuer and
+//! keys ([`verify`], [`jwks`], [`crypto`]) and claims ([`claims`]); a refusal becomes a response
+//! in one table ([`reply`]). Every header the filter may write is removed from every incoming
+//! request first, so a client can never forge an identity header.
 #![deny(unsafe_code)]
 
+pub mod alg;
+pub mod claims;
+pub mod config;
+pub mod crypto;
+pub mod extract;
+pub mod json;
+pub mod jwks;
+pub mod reply;
+pub mod rules;
+pub mod token;
+pub mod verify;
+
+use crate::config::{Compiled, JwtAuthConfig};
+use crate::rules::{Denial, Passed};
 use filter_core::config::ConfigError;
-use filter_core::decision::Decision;
+use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind};
 use filter_core::request::RequestView;
-use serde::Deserialize;
-
-/// The configuration: no fields yet, and unknown fields are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {}
 
 /// The filter, as compiled from its configuration.
 #[derive(Debug)]
-pub struct JwtAuth;
+pub struct JwtAuth {
+    config: Compiled,
+}
 
-const REQUESTS: MetricId = MetricId(0);
+const fn counter(name: &'static str) -> MetricDef {
+    MetricDef {
+        name,
+        kind: MetricKind::Counter,
+    }
+}
+
+const ALLOWED: MetricId = MetricId(0);
+const DENIED_MISSING: MetricId = MetricId(1);
+const DENIED_INVALID_REQUEST: MetricId = MetricId(2);
+const DENIED_INVALID_TOKEN: MetricId = MetricId(3);
+const DENIED_INSUFFICIENT_SCOPE: MetricId = MetricId(4);
+
+impl JwtAuth {
+    /// Applies the decision for a request that may pass: identity headers cleared, then the
+    /// verified tokens' headers set and (unless forwarded) the tokens removed.
+    fn pass(&self, request: &dyn RequestView, passed: &[Passed]) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        for header in &self.config.written_headers {
+            edits = edits.remove(header.clone());
+        }
+        for p in passed {
+            let Some(provider) = self.config.providers.get(p.provider) else {
+                continue;
+            };
+            if !provider.forward {
+                edits = extract::removal(request, &p.source, edits);
+            }
+            if let Some(header) = &provider.payload_header {
+                edits = edits.set(header.clone(), p.verified.payload_b64.clone());
+            }
+            for (path, header) in &provider.claim_headers {
+                if let Some(value) =
+                    claims::lookup(&p.verified.claims, path).and_then(claims::header_value)
+                {
+                    edits = edits.set(header.clone(), value);
+                }
+            }
+        }
+        edits
+    }
+}
 
 impl Filter for JwtAuth {
     const NAME: &'static str = "jwt_auth";
-    type Config = Config;
+    type Config = JwtAuthConfig;
     type Stream = ();
-    const METRICS: &'static [MetricDef] = &[MetricDef {
-        name: "requests",
-        kind: MetricKind::Counter,
-    }];
+    const METRICS: &'static [MetricDef] = &[
+        counter("allowed"),
+        counter("denied_missing"),
+        counter("denied_invalid_request"),
+        counter("denied_invalid_token"),
+        counter("denied_insufficient_scope"),
+    ];
 
-    fn new(_config: Config) -> Result<Self, ConfigError> {
-        Ok(JwtAuth)
+    fn new(config: JwtAuthConfig) -> Result<Self, ConfigError> {
+        Ok(JwtAuth {
+            config: config.compile()?,
+        })
     }
 
-    fn on_request(&self, _stream: &mut (), _request: &dyn RequestView, env: &Env<'_>) -> Decision {
-        env.metrics.add(REQUESTS, 1);
-        Decision::pass()
+    fn on_request(&self, _stream: &mut (), request: &dyn RequestView, env: &Env<'_>) -> Decision {
+        match rules::decide(&self.config, request, env.now) {
+            Ok(passed) => {
+                env.metrics.add(ALLOWED, 1);
+                Decision::Continue(self.pass(request, &passed))
+            }
+            Err(denial) => {
+                let metric = match denial {
+                    Denial::Missing => DENIED_MISSING,
+                    Denial::InvalidRequest => DENIED_INVALID_REQUEST,
+                    Denial::InvalidToken(_) => DENIED_INVALID_TOKEN,
+                    Denial::InsufficientScope { .. } => DENIED_INSUFFICIENT_SCOPE,
+                };
+                env.metrics.add(metric, 1);
+                Decision::Respond(reply::reply(&denial, &self.config.realm))
+            }
+        }
     }
 }
 
@@ -49,34 +123,4 @@ impl Filter for JwtAuth {
 )]
 mod export {
     filter_host::export_filter!(super::JwtAuth);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use filter_core::config::parse_json;
-    use filter_core::metrics::RecordedMetrics;
-    use filter_core::request::Request;
-    use filter_core::store::MemStore;
-    use filter_core::time::Time;
-
-    #[test]
-    fn passes_and_counts_requests() {
-        let filter = JwtAuth::new(parse_json(b"{}").unwrap()).unwrap();
-        let metrics = RecordedMetrics::default();
-        let env = Env {
-            now: Time::from_secs(1),
-            store: &MemStore::new(),
-            metrics: &metrics,
-        };
-        let decision = filter.on_request(&mut (), &Request::new("GET", "/"), &env);
-        assert_eq!(decision, Decision::pass());
-        assert_eq!(metrics.value(REQUESTS), 1);
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let err = parse_json::<Config>(br#"{"surprise": 1}"#).unwrap_err();
-        assert_eq!(err.path(), "surprise");
-    }
 }

@@ -6,8 +6,7 @@
 
 use filter_tests::envoy::{Envoy, Mode};
 use filter_tests::envoy_config::adapt_example_keeping_free_ports;
-use filter_tests::tokens::{Alg, Key, now_secs};
-use serde_json::json;
+use filter_tests::tokens::{demo_claims, demo_key};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -29,11 +28,9 @@ fn main() {
     let mut envoy = Envoy::start_in(&mode, &adapt_example_keeping_free_ports(&text));
     let gateway = envoy.port("gateway");
 
-    let key = Key::generate(Alg::RS256, "demo");
-    let token = key.sign(&json!({
-        "iss": "https://issuer.example", "aud": "api", "sub": "demo-user",
-        "scope": "read", "iat": now_secs(), "exp": now_secs() + 3600,
-    }));
+    // The demo issuer's key is public on purpose (see envoy/gateway.yaml): demo only.
+    let token = demo_key().sign(&demo_claims("demo-user", "read"));
+    let admin_token = demo_key().sign(&demo_claims("demo-admin", "read admin"));
 
     println!(
         r#"
@@ -41,15 +38,22 @@ The demo gateway is up: jwt_auth -> rate_limit -> retry_policy -> circuit_breake
   gateway   http://127.0.0.1:{gateway}/
   admin     http://127.0.0.1:{admin}/   (stats: /stats?filter=wasmcustom, /stats/prometheus)
 
-With a demo token (RS256, valid for an hour):
+With a demo token (EdDSA, valid for an hour, scope "read"):
   curl -i http://127.0.0.1:{gateway}/hello -H 'Authorization: Bearer {token}'
+    -> 200 "hello from the demo upstream", with x-demo-user: demo-user (the token's sub,
+       set by jwt_auth as x-user-id and echoed by the demo upstream)
 Without a token:
   curl -i http://127.0.0.1:{gateway}/hello
+    -> 401 with WWW-Authenticate: Bearer realm="api"
+The same token on an admin route (needs scope "admin"):
+  curl -i http://127.0.0.1:{gateway}/admin/users -H 'Authorization: Bearer {token}'
+    -> 403 with WWW-Authenticate: Bearer realm="api", error="insufficient_scope", ..., scope="admin"
+  curl -i http://127.0.0.1:{gateway}/admin/users -H 'Authorization: Bearer {admin_token}'
+    -> 200
+Open route: curl -i http://127.0.0.1:{gateway}/public/hello -> 200 without a token.
 
-What each should answer today: both 200 "hello from the demo upstream". The four filters
-are loaded and count requests (wasmcustom.<filter>.requests), but their policies are not
-implemented yet, so no token is required. Once JWT validation lands, the first answers 200
-and the second 401 with `WWW-Authenticate: Bearer`.
+rate_limit, retry_policy and circuit_breaker are loaded and count requests
+(wasmcustom.<filter>.requests); their policies arrive with their own issues.
 
 Press Ctrl-C to stop."#,
         admin = envoy.admin_port(),

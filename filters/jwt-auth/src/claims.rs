@@ -1,0 +1,202 @@
+//! Registered-claim checks (RFC 7519 §4.1, RFC 8725) and the scope and claim requirements.
+//!
+//! A claim of the wrong type is invalid, never treated as absent: `"exp": "1999999999"` fails
+//! where a lenient library would skip the check (jsonwebtoken's gap, J15).
+
+use crate::config::Provider;
+use filter_core::time::Time;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Why a token's claims were refused (logged, never sent to the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimError {
+    /// `iss` missing, not a string, or not the provider's issuer.
+    Issuer,
+    /// `aud` missing (while audiences are configured), malformed, or not accepted.
+    Audience,
+    /// `exp` missing while required.
+    MissingExpiration,
+    /// The token has expired.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `iat` is in the future.
+    IssuedInFuture,
+    /// A time claim that is not a NumericDate.
+    BadTime(&'static str),
+    /// `sub` is not a string.
+    BadSubject,
+}
+
+impl fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimError::Issuer => f.write_str("issuer not accepted"),
+            ClaimError::Audience => f.write_str("audience not accepted"),
+            ClaimError::MissingExpiration => f.write_str("no exp claim"),
+            ClaimError::Expired => f.write_str("expired"),
+            ClaimError::NotYetValid => f.write_str("not valid yet (nbf)"),
+            ClaimError::IssuedInFuture => f.write_str("issued in the future (iat)"),
+            ClaimError::BadTime(claim) => write!(f, "{claim} is not a NumericDate"),
+            ClaimError::BadSubject => f.write_str("sub is not a string"),
+        }
+    }
+}
+
+/// The last second RFC 7519 NumericDates can sensibly name: 9999-12-31T23:59:59Z.
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// A NumericDate claim: absent, or a finite number of seconds in `0..=9999-12-31`.
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<f64>, ClaimError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&v) => Ok(Some(v)),
+            _ => Err(ClaimError::BadTime(name)),
+        },
+        Some(_) => Err(ClaimError::BadTime(name)),
+    }
+}
+
+/// Checks `iss`, `exp`, `nbf`, `iat`, `aud` and `sub` of a token whose signature was verified
+/// with one of `provider`'s keys.
+pub fn check(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    now: Time,
+) -> Result<(), ClaimError> {
+    check_issuer(provider, claims)?;
+    // Fractional seconds are compared as they are (J16): no rounding in anyone's favour.
+    let now_s = now.as_nanos() as f64 / 1e9;
+    let skew = provider.clock_skew.as_secs_f64();
+    match numeric_date(claims, "exp")? {
+        // RFC 7519 §4.1.4: now must be *before* exp (J17: exp == now is expired).
+        Some(exp) if now_s >= exp + skew => return Err(ClaimError::Expired),
+        Some(_) => {}
+        None if provider.require_expiration => return Err(ClaimError::MissingExpiration),
+        None => {}
+    }
+    // RFC 7519 §4.1.5: now must be after *or equal to* nbf.
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && now_s + skew < nbf
+    {
+        return Err(ClaimError::NotYetValid);
+    }
+    if let Some(iat) = numeric_date(claims, "iat")?
+        && iat > now_s + skew
+    {
+        return Err(ClaimError::IssuedInFuture);
+    }
+    check_audience(provider, claims)?;
+    match claims.get("sub") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(ClaimError::BadSubject),
+    }
+}
+
+/// `iss` must equal the provider's issuer byte for byte (no case or trailing-slash folding).
+pub fn check_issuer(provider: &Provider, claims: &Map<String, Value>) -> Result<(), ClaimError> {
+    match claims.get("iss") {
+        Some(Value::String(iss)) if *iss == provider.issuer => Ok(()),
+        _ => Err(ClaimError::Issuer),
+    }
+}
+
+fn check_audience(provider: &Provider, claims: &Map<String, Value>) -> Result<(), ClaimError> {
+    if provider.audiences.is_empty() {
+        return Ok(());
+    }
+    let accepted = |aud: &str| provider.audiences.iter().any(|a| a == aud);
+    match claims.get("aud") {
+        Some(Value::String(aud)) if accepted(aud) => Ok(()),
+        // A non-string element makes the whole claim invalid (CVE-2020-26160's lesson).
+        Some(Value::Array(list))
+            if !list.is_empty()
+                && list.iter().all(Value::is_string)
+                && list.iter().filter_map(Value::as_str).any(accepted) =>
+        {
+            Ok(())
+        }
+        _ => Err(ClaimError::Audience),
+    }
+}
+
+/// The scopes a token grants: the space-separated `scope` claim (RFC 9068 §2.2.3), or an `scp`
+/// array (or string) as some issuers send.
+pub fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
+    let mut scopes = Vec::new();
+    if let Some(Value::String(s)) = claims.get("scope") {
+        scopes.extend(s.split(' ').filter(|s| !s.is_empty()));
+    }
+    match claims.get("scp") {
+        Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
+        Some(Value::Array(list)) => scopes.extend(list.iter().filter_map(Value::as_str)),
+        _ => {}
+    }
+    scopes
+}
+
+/// Whether the token grants every one of `required`.
+pub fn has_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
+    let granted = granted_scopes(claims);
+    required.iter().all(|r| granted.contains(&r.as_str()))
+}
+
+/// Whether the claim equals one of `accepted`, or (for an array claim) contains one of them.
+/// Numbers and booleans compare by their JSON text (`1`, `true`).
+pub fn claim_matches(claims: &Map<String, Value>, claim: &str, accepted: &[String]) -> bool {
+    let fits = |v: &Value| match v {
+        Value::String(s) => accepted.iter().any(|a| a == s),
+        Value::Number(_) | Value::Bool(_) => {
+            let text = v.to_string();
+            accepted.contains(&text)
+        }
+        _ => false,
+    };
+    match lookup(claims, &claim.split('.').collect::<Vec<_>>()) {
+        Some(Value::Array(list)) => list.iter().any(fits),
+        Some(v) => fits(v),
+        None => false,
+    }
+}
+
+/// The claim at a dotted path (`a.b.c` reaches into nested objects).
+pub fn lookup<'a, S: AsRef<str>>(claims: &'a Map<String, Value>, path: &[S]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = claims.get(first.as_ref())?;
+    for part in rest {
+        value = value.as_object()?.get(part.as_ref())?;
+    }
+    Some(value)
+}
+
+/// A claim as a header value: strings as they are, integers without decimals, booleans, and
+/// arrays of those joined with `,`. Objects, and anything a header cannot carry (control
+/// characters), give `None`: the header is then not set.
+pub fn header_value(value: &Value) -> Option<String> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(
+            n.as_i64()
+                .map(|i| i.to_string())
+                .or_else(|| n.as_u64().map(|u| u.to_string()))
+                .unwrap_or_else(|| n.to_string()),
+        ),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let text = match value {
+        Value::Array(list) => {
+            let parts: Option<Vec<String>> = list.iter().map(scalar).collect();
+            parts?.join(",")
+        }
+        other => scalar(other)?,
+    };
+    // Header values may not carry CR, LF, NUL or other controls (RFC 9110 §5.5).
+    let clean = text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    clean.then_some(text)
+}

@@ -1,0 +1,593 @@
+//! The `jwt_auth` configuration: providers (who issues tokens and with which keys) and rules
+//! (which routes need which tokens). Parsed strictly, then compiled once into [`Compiled`].
+
+use crate::alg::Alg;
+use crate::crypto::PublicKey;
+use crate::jwks::{KeySet, parse_jwks};
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath};
+use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The whole configuration as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    /// Token issuers, by name. Rules refer to them by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Tried in order; the first whose `match` fits decides.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The `realm` of `WWW-Authenticate` challenges. Default `api`.
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+/// One token issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Required. Compared byte for byte with the token's `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values; when non-empty, a token without a matching `aud` is refused.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Required allowlist of signature algorithms.
+    pub algorithms: Vec<String>,
+    /// Keys given in the configuration.
+    #[serde(default)]
+    pub local_jwks: Option<LocalJwksConfig>,
+    /// Keys fetched from a key server through an Envoy cluster.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
+    /// Headers carrying the token. Default: `authorization` with `Bearer `.
+    #[serde(default)]
+    pub from_headers: Option<Vec<HeaderSourceConfig>>,
+    /// Query parameters carrying the token. Default: none.
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    /// Cookies carrying the token. Default: none.
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    /// Keep the token in the request sent upstream. Default false: it is removed.
+    #[serde(default)]
+    pub forward: bool,
+    /// A request header to receive the token's payload (base64url JSON).
+    #[serde(default)]
+    pub forward_payload_header: Option<String>,
+    /// Claims copied into request headers.
+    #[serde(default)]
+    pub claim_to_headers: Vec<ClaimToHeaderConfig>,
+    /// Leeway for `exp`, `nbf` and `iat`. Default 60s, at most 300s.
+    #[serde(default)]
+    pub clock_skew: Option<ConfigDuration>,
+    /// Refuse tokens without `exp`. Default true.
+    #[serde(default = "yes")]
+    pub require_expiration: bool,
+    /// Longest token accepted, in bytes. Default 8192.
+    #[serde(default)]
+    pub max_token_bytes: Option<u64>,
+    /// Required `typ` header, e.g. `at+jwt` (RFC 9068 access tokens). Default: none.
+    #[serde(default)]
+    pub require_typ: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Keys in the configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalJwksConfig {
+    /// A JWKS document (JSON text).
+    pub inline: String,
+}
+
+/// A key server reached through an Envoy cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// The Envoy cluster of the key server.
+    pub cluster: String,
+    /// The `:authority` of the fetch. Default: the cluster name.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// The path of the JWKS document.
+    pub path: String,
+    /// How long fetched keys are kept. Default 10m.
+    #[serde(default)]
+    pub cache_duration: Option<ConfigDuration>,
+    /// Fetch timeout. Default 2s.
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+}
+
+/// A header that carries the token after a prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSourceConfig {
+    /// Header name.
+    pub name: String,
+    /// Text before the token, matched case-insensitively (`Bearer `). Default: none.
+    #[serde(default)]
+    pub value_prefix: Option<String>,
+}
+
+/// Copy a claim into a request header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeaderConfig {
+    /// Claim name; `a.b` reaches into nested objects.
+    pub claim: String,
+    /// Header name.
+    pub header: String,
+}
+
+/// One rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Which requests the rule is for.
+    #[serde(rename = "match")]
+    pub route: RouteMatchConfig,
+    /// What they need; absent: nothing (the request passes unauthenticated).
+    #[serde(default)]
+    pub requires: Option<RequirementConfig>,
+}
+
+/// A requirement: one provider (with optional scopes and claims), or any/all of others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementConfig {
+    /// A valid token from this provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Scopes the token must grant (all of them).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Claims the token must carry: `{"role": ["admin", "ops"]}`.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// Let requests without a token through (a bad token is still refused).
+    #[serde(default)]
+    pub allow_missing: bool,
+    /// Any one of these requirements.
+    #[serde(default)]
+    pub any: Option<Vec<RequirementConfig>>,
+    /// All of these requirements.
+    #[serde(default)]
+    pub all: Option<Vec<RequirementConfig>>,
+}
+
+// === compiled form ===
+
+/// Where a provider looks for its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A header, after a case-insensitive prefix.
+    Header {
+        /// Lower-case header name.
+        name: String,
+        /// Prefix before the token (may be empty).
+        prefix: String,
+    },
+    /// A query parameter.
+    Param(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// A compiled provider.
+#[derive(Debug)]
+pub struct Provider {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (empty: `aud` is not checked).
+    pub audiences: Vec<String>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Alg>,
+    /// Its keys.
+    pub keys: KeySet,
+    /// Where its token may be.
+    pub sources: Vec<Source>,
+    /// Keep the token upstream.
+    pub forward: bool,
+    /// Header receiving the payload.
+    pub payload_header: Option<String>,
+    /// `(claim path, header)` pairs.
+    pub claim_headers: Vec<(Vec<String>, String)>,
+    /// Leeway for time claims.
+    pub clock_skew: Duration,
+    /// Whether `exp` is required.
+    pub require_expiration: bool,
+    /// Longest token accepted.
+    pub max_token_bytes: usize,
+    /// Required `typ`, normalised (lower case, without `application/`).
+    pub require_typ: Option<String>,
+}
+
+/// A compiled requirement; providers are indexes into [`Compiled::providers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// A valid token from one provider.
+    Provider {
+        /// Index of the provider.
+        provider: usize,
+        /// Required scopes.
+        scopes: Vec<String>,
+        /// Required claims: `(claim, accepted values)`.
+        claims: Vec<(String, Vec<String>)>,
+        /// No token is fine; a bad one is not.
+        allow_missing: bool,
+    },
+    /// Any one of these.
+    Any(Vec<Requirement>),
+    /// All of these.
+    All(Vec<Requirement>),
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Which requests.
+    pub matcher: RouteMatcher,
+    /// What they need (`None`: nothing).
+    pub requires: Option<Requirement>,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Compiled {
+    /// Providers, in name order.
+    pub providers: Vec<Provider>,
+    /// Rules, in order.
+    pub rules: Vec<Rule>,
+    /// Challenge realm.
+    pub realm: String,
+    /// Every header this filter may write: removed from every incoming request (anti-spoofing).
+    pub written_headers: Vec<String>,
+}
+
+const DEFAULT_SKEW: Duration = Duration::from_secs(60);
+const MAX_SKEW: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_TOKEN_BYTES: u64 = 8192;
+const MAX_MAX_TOKEN_BYTES: u64 = 65536;
+
+impl JwtAuthConfig {
+    /// Validates and compiles the configuration.
+    pub fn compile(self) -> Result<Compiled, ConfigError> {
+        let root = FieldPath::root();
+        let realm = self.realm.unwrap_or_else(|| "api".to_owned());
+        if realm.is_empty() || !realm.bytes().all(fits_quoted_string) {
+            return Err(root.field("realm").error(
+                "must be non-empty printable ASCII without '\"' or '\\' (it is sent in WWW-Authenticate)",
+            ));
+        }
+        let mut providers = Vec::with_capacity(self.providers.len());
+        let mut names = Vec::with_capacity(self.providers.len());
+        for (name, config) in self.providers {
+            let at = root.field("providers").field(&name);
+            providers.push(compile_provider(&name, config, &at)?);
+            names.push(name);
+        }
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = root.field("rules").index(i);
+            let matcher = RouteMatcher::compile(&rule.route, &at.field("match"))?;
+            let requires = match &rule.requires {
+                Some(r) => Some(compile_requirement(r, &names, &at.field("requires"))?),
+                None => None,
+            };
+            rules.push(Rule { matcher, requires });
+        }
+        let mut written_headers: Vec<String> = providers
+            .iter()
+            .flat_map(|p| {
+                p.claim_headers
+                    .iter()
+                    .map(|(_, h)| h.clone())
+                    .chain(p.payload_header.clone())
+            })
+            .collect();
+        written_headers.sort();
+        written_headers.dedup();
+        Ok(Compiled {
+            providers,
+            rules,
+            realm,
+            written_headers,
+        })
+    }
+}
+
+/// RFC 6750 §3: auth-param values are `%x20-21 / %x23-5B / %x5D-7E`.
+fn fits_quoted_string(b: u8) -> bool {
+    matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E)
+}
+
+fn header_name(name: &str, at: &FieldPath) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let token = !lower.is_empty()
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(at.error(format!("{name:?} is not a header name")));
+    }
+    if matches!(
+        lower.as_str(),
+        "host" | "content-length" | "transfer-encoding" | "connection"
+    ) {
+        return Err(at.error(format!("{name:?} cannot be used here")));
+    }
+    Ok(lower)
+}
+
+fn compile_provider(
+    name: &str,
+    c: ProviderConfig,
+    at: &FieldPath,
+) -> Result<Provider, ConfigError> {
+    if c.issuer.is_empty() {
+        return Err(at.field("issuer").error("must not be empty"));
+    }
+    if c.algorithms.is_empty() {
+        return Err(at
+            .field("algorithms")
+            .error("must list at least one algorithm"));
+    }
+    let mut algorithms = Vec::with_capacity(c.algorithms.len());
+    for (i, alg) in c.algorithms.iter().enumerate() {
+        let Some(parsed) = Alg::from_name(alg) else {
+            let known: Vec<&str> = Alg::ALL.iter().map(|a| a.name()).collect();
+            return Err(at.field("algorithms").index(i).error(format!(
+                "unknown algorithm {alg:?} (`none` is never allowed); use one of {}",
+                known.join(", ")
+            )));
+        };
+        algorithms.push(parsed);
+    }
+    for (i, audience) in c.audiences.iter().enumerate() {
+        if audience.is_empty() {
+            return Err(at.field("audiences").index(i).error("must not be empty"));
+        }
+    }
+    let keys = match (&c.local_jwks, &c.remote_jwks) {
+        (Some(local), None) => local_keys(local, &algorithms, &at.field("local_jwks"))?,
+        (None, Some(_)) => {
+            return Err(at
+                .field("remote_jwks")
+                .error("not supported yet by this build; use local_jwks"));
+        }
+        _ => return Err(at.error("give exactly one of `local_jwks` and `remote_jwks`")),
+    };
+    let sources = compile_sources(&c, at)?;
+    let clock_skew = c.clock_skew.map_or(DEFAULT_SKEW, ConfigDuration::get);
+    if clock_skew > MAX_SKEW {
+        return Err(at.field("clock_skew").error("must be at most 300s"));
+    }
+    let max_token_bytes = c.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if !(1..=MAX_MAX_TOKEN_BYTES).contains(&max_token_bytes) {
+        return Err(at.field("max_token_bytes").error(format!(
+            "must be between 1 and {MAX_MAX_TOKEN_BYTES}, got {max_token_bytes}"
+        )));
+    }
+    let payload_header = match &c.forward_payload_header {
+        Some(h) => Some(header_name(h, &at.field("forward_payload_header"))?),
+        None => None,
+    };
+    let mut claim_headers = Vec::with_capacity(c.claim_to_headers.len());
+    for (i, mapping) in c.claim_to_headers.iter().enumerate() {
+        let at = at.field("claim_to_headers").index(i);
+        let path: Vec<String> = mapping.claim.split('.').map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(at
+                .field("claim")
+                .error(format!("{:?} is not a claim name", mapping.claim)));
+        }
+        claim_headers.push((path, header_name(&mapping.header, &at.field("header"))?));
+    }
+    let require_typ = match c.require_typ.as_deref() {
+        None => None,
+        Some("") => return Err(at.field("require_typ").error("must not be empty")),
+        Some(typ) => Some(normalise_typ(typ)),
+    };
+    Ok(Provider {
+        name: name.to_owned(),
+        issuer: c.issuer,
+        audiences: c.audiences,
+        algorithms,
+        keys,
+        sources,
+        forward: c.forward,
+        payload_header,
+        claim_headers,
+        clock_skew,
+        require_expiration: c.require_expiration,
+        max_token_bytes: usize::try_from(max_token_bytes).unwrap_or(usize::MAX),
+        require_typ,
+    })
+}
+
+/// `typ` is a media type, compared case-insensitively, with `application/` optional
+/// (RFC 7515 §4.1.9).
+pub fn normalise_typ(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    lower
+        .strip_prefix("application/")
+        .map(str::to_owned)
+        .unwrap_or(lower)
+}
+
+fn local_keys(
+    local: &LocalJwksConfig,
+    algorithms: &[Alg],
+    at: &FieldPath,
+) -> Result<KeySet, ConfigError> {
+    let at = at.field("inline");
+    let keys = parse_jwks(local.inline.as_bytes()).map_err(|e| at.error(e.to_string()))?;
+    // A short HMAC secret can be brute-forced offline (RFC 8725 §3.5, J9): refuse the
+    // configuration rather than merely skipping the key or failing its tokens at run time.
+    if let Some(bad) = keys.ignored.iter().find(|k| k.is_secret) {
+        return Err(at.error(format!(
+            "key {} ({}): {}",
+            bad.index,
+            bad.kid.as_deref().unwrap_or("no kid"),
+            bad.reason
+        )));
+    }
+    for (i, jwk) in keys.keys.iter().enumerate() {
+        if let PublicKey::Hmac(secret) = &jwk.key {
+            let hmac_algs = algorithms
+                .iter()
+                .filter(|a| a.is_hmac() && jwk.alg.is_none_or(|k| k == **a));
+            for alg in hmac_algs {
+                if secret.len() < alg.hash_len() {
+                    return Err(at.error(format!(
+                        "key {} ({}): HMAC secret is {} bytes, shorter than the {} bytes {alg} needs",
+                        i,
+                        jwk.kid.as_deref().unwrap_or("no kid"),
+                        secret.len(),
+                        alg.hash_len()
+                    )));
+                }
+            }
+        }
+    }
+    let usable = keys.keys.iter().any(|jwk| {
+        algorithms
+            .iter()
+            .any(|alg| jwk.key.fits(*alg) && jwk.alg.is_none_or(|a| a == *alg))
+    });
+    if !usable {
+        let why: Vec<String> = keys
+            .ignored
+            .iter()
+            .map(|k| format!("key {}: {}", k.index, k.reason))
+            .collect();
+        return Err(at.error(format!(
+            "no key can verify any of the configured algorithms{}{}",
+            if why.is_empty() { "" } else { "; ignored: " },
+            why.join("; ")
+        )));
+    }
+    Ok(keys)
+}
+
+fn compile_sources(c: &ProviderConfig, at: &FieldPath) -> Result<Vec<Source>, ConfigError> {
+    let mut sources = Vec::new();
+    match &c.from_headers {
+        None => sources.push(Source::Header {
+            name: "authorization".to_owned(),
+            prefix: "Bearer ".to_owned(),
+        }),
+        Some(headers) => {
+            for (i, h) in headers.iter().enumerate() {
+                let at = at.field("from_headers").index(i);
+                sources.push(Source::Header {
+                    name: header_name(&h.name, &at.field("name"))?,
+                    prefix: h.value_prefix.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    for (i, p) in c.from_params.iter().enumerate() {
+        if p.is_empty() || p.contains(['&', '=', '#', '?']) {
+            return Err(at
+                .field("from_params")
+                .index(i)
+                .error(format!("{p:?} is not a parameter name")));
+        }
+        sources.push(Source::Param(p.clone()));
+    }
+    for (i, name) in c.from_cookies.iter().enumerate() {
+        if name.is_empty() || name.contains([';', '=', ' ', ',']) {
+            return Err(at
+                .field("from_cookies")
+                .index(i)
+                .error(format!("{name:?} is not a cookie name")));
+        }
+        sources.push(Source::Cookie(name.clone()));
+    }
+    if sources.is_empty() {
+        return Err(at
+            .field("from_headers")
+            .error("the provider has nowhere to find a token"));
+    }
+    Ok(sources)
+}
+
+fn compile_requirement(
+    r: &RequirementConfig,
+    providers: &[String],
+    at: &FieldPath,
+) -> Result<Requirement, ConfigError> {
+    let kinds = usize::from(r.provider.is_some())
+        + usize::from(r.any.is_some())
+        + usize::from(r.all.is_some());
+    if kinds != 1 {
+        return Err(at.error("give exactly one of `provider`, `any` and `all`"));
+    }
+    let provider_only = !r.scopes.is_empty() || !r.claims.is_empty() || r.allow_missing;
+    if let Some(name) = &r.provider {
+        let Some(index) = providers.iter().position(|p| p == name) else {
+            return Err(at.field("provider").error(format!(
+                "no provider named {name:?} (providers: {})",
+                providers.join(", ")
+            )));
+        };
+        for (i, scope) in r.scopes.iter().enumerate() {
+            if scope.is_empty() || !scope.bytes().all(|b| fits_quoted_string(b) && b != b' ') {
+                return Err(at
+                    .field("scopes")
+                    .index(i)
+                    .error(format!("{scope:?} is not a scope")));
+            }
+        }
+        let mut claims = Vec::with_capacity(r.claims.len());
+        for (claim, values) in &r.claims {
+            if values.is_empty() {
+                return Err(at
+                    .field("claims")
+                    .field(claim)
+                    .error("must list at least one accepted value"));
+            }
+            claims.push((claim.clone(), values.clone()));
+        }
+        return Ok(Requirement::Provider {
+            provider: index,
+            scopes: r.scopes.clone(),
+            claims,
+            allow_missing: r.allow_missing,
+        });
+    }
+    if provider_only {
+        return Err(at.error("`scopes`, `claims` and `allow_missing` go with `provider`"));
+    }
+    let (list, field) = match (&r.any, &r.all) {
+        (Some(any), _) => (any, "any"),
+        (_, Some(all)) => (all, "all"),
+        _ => return Err(at.error("give exactly one of `provider`, `any` and `all`")),
+    };
+    if list.is_empty() {
+        return Err(at.field(field).error("must list at least one requirement"));
+    }
+    let mut compiled = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        compiled.push(compile_requirement(
+            item,
+            providers,
+            &at.field(field).index(i),
+        )?);
+    }
+    Ok(if field == "any" {
+        Requirement::Any(compiled)
+    } else {
+        Requirement::All(compiled)
+    })
+}

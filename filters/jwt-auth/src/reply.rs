@@ -1,0 +1,115 @@
+//! The one table from a refusal to an HTTP answer (RFC 6750 §3).
+//!
+//! | Denial | Status | `WWW-Authenticate` |
+//! |---|---|---|
+//! | no token | 401 | `Bearer realm="api"` (no error code: the client may not know it needs one) |
+//! | malformed request (two tokens, junk credential) | 400 | `Bearer realm="api", error="invalid_request", ...` |
+//! | invalid token (any verification failure) | 401 | `Bearer realm="api", error="invalid_token", ...` |
+//! | valid token, missing scope or claim | 403 | `Bearer realm="api", error="insufficient_scope", scope="..."` |
+//!
+//! Descriptions are generic on purpose: telling a client *which* check failed makes the
+//! filter an oracle. The specific reason goes to Envoy's debug log. Every reply carries
+//! `cache-control: no-store` and a small JSON body with the same stable error code.
+
+use crate::rules::Denial;
+use filter_core::decision::LocalResponse;
+
+/// The response for a refusal.
+pub fn reply(denial: &Denial, realm: &str) -> LocalResponse {
+    let (status, code, description, scope, detail) = match denial {
+        Denial::Missing => (401, None, None, None, "no token".to_owned()),
+        Denial::InvalidRequest => (
+            400,
+            Some("invalid_request"),
+            Some("the request must carry exactly one bearer token"),
+            None,
+            "token in several places, or not one token".to_owned(),
+        ),
+        Denial::InvalidToken(detail) => (
+            401,
+            Some("invalid_token"),
+            Some("the access token is invalid"),
+            None,
+            detail.clone(),
+        ),
+        Denial::InsufficientScope { scopes, detail } => (
+            403,
+            Some("insufficient_scope"),
+            Some("the access token does not grant access to this resource"),
+            (!scopes.is_empty()).then(|| scopes.join(" ")),
+            detail.clone(),
+        ),
+    };
+    let mut challenge = format!("Bearer realm=\"{realm}\"");
+    if let Some(code) = code {
+        challenge.push_str(&format!(", error=\"{code}\""));
+    }
+    if let Some(description) = description {
+        challenge.push_str(&format!(", error_description=\"{description}\""));
+    }
+    if let Some(scope) = &scope {
+        challenge.push_str(&format!(", scope=\"{scope}\""));
+    }
+    LocalResponse::new(status)
+        .header("www-authenticate", challenge)
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"error\":\"{}\"}}",
+            code.unwrap_or("unauthorized")
+        ))
+        .detail(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(r: &LocalResponse) -> &str {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_table() {
+        let missing = reply(&Denial::Missing, "api");
+        assert_eq!(missing.status, 401);
+        assert_eq!(challenge(&missing), "Bearer realm=\"api\"");
+        assert_eq!(missing.body, "{\"error\":\"unauthorized\"}");
+
+        let invalid = reply(&Denial::InvalidToken("expired".into()), "api");
+        assert_eq!(invalid.status, 401);
+        assert_eq!(
+            challenge(&invalid),
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the access token is invalid\""
+        );
+        assert!(
+            !invalid.body.contains("expired"),
+            "the reason must not reach the client"
+        );
+        assert_eq!(invalid.detail, "expired");
+
+        let forbidden = reply(
+            &Denial::InsufficientScope {
+                scopes: vec!["admin".into(), "write".into()],
+                detail: String::new(),
+            },
+            "api",
+        );
+        assert_eq!(forbidden.status, 403);
+        assert!(challenge(&forbidden).ends_with(", scope=\"admin write\""));
+
+        let bad_request = reply(&Denial::InvalidRequest, "api");
+        assert_eq!(bad_request.status, 400);
+        assert!(challenge(&bad_request).contains("error=\"invalid_request\""));
+
+        for r in [missing, invalid, forbidden, bad_request] {
+            assert!(
+                r.headers
+                    .contains(&("cache-control".into(), "no-store".into()))
+            );
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Rules and requirements: which tokens a request needs, and whether it has them.
+//!
+//! The first rule whose `match` fits decides; no matching rule, or a rule without `requires`,
+//! lets the request through unauthenticated. Each provider's token is looked for and verified
+//! at most once per request, however often the requirement tree names the provider.
+
+use crate::claims;
+use crate::config::{Compiled, Requirement, Source};
+use crate::extract::{self, Found};
+use crate::verify::{self, Verified};
+use filter_core::request::RequestView;
+use filter_core::time::Time;
+
+/// Why a request is refused; [`crate::reply`] turns each into a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No token where one is required.
+    Missing,
+    /// Tokens in several places, or a credential that is not one token (RFC 6750 §2).
+    InvalidRequest,
+    /// A token that failed verification; the detail is for the log only.
+    InvalidToken(String),
+    /// A valid token without the required scopes or claims.
+    InsufficientScope {
+        /// The scopes the requirement asked for (may be empty when claims failed).
+        scopes: Vec<String>,
+        /// What was missing, for the log.
+        detail: String,
+    },
+}
+
+impl Denial {
+    /// When several alternatives (`any`) all fail, the answer is the most telling failure: a
+    /// malformed request first, then a valid token lacking rights, then a bad token, then none.
+    fn rank(&self) -> u8 {
+        match self {
+            Denial::InvalidRequest => 4,
+            Denial::InsufficientScope { .. } => 3,
+            Denial::InvalidToken(_) => 2,
+            Denial::Missing => 1,
+        }
+    }
+}
+
+/// A provider's verified token and where it was found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passed {
+    /// Index of the provider.
+    pub provider: usize,
+    /// The verified token.
+    pub verified: Verified,
+    /// Where the token was (to remove it when not forwarded).
+    pub source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Missing,
+    Malformed,
+    Invalid(String),
+    Valid(Verified, Source),
+}
+
+struct Evaluation<'a> {
+    compiled: &'a Compiled,
+    request: &'a dyn RequestView,
+    now: Time,
+    outcomes: Vec<Option<Outcome>>,
+}
+
+impl Evaluation<'_> {
+    fn outcome(&mut self, provider: usize) -> Outcome {
+        if let Some(Some(known)) = self.outcomes.get(provider) {
+            return known.clone();
+        }
+        let Some(p) = self.compiled.providers.get(provider) else {
+            return Outcome::Invalid("unknown provider".to_owned());
+        };
+        let outcome = match extract::find(self.request, &p.sources) {
+            Found::Nothing => Outcome::Missing,
+            Found::Malformed => Outcome::Malformed,
+            Found::Token { token, source } => match verify::verify(p, &token, self.now) {
+                Ok(verified) => Outcome::Valid(verified, source),
+                Err(failure) => Outcome::Invalid(format!("provider {}: {failure}", p.name)),
+            },
+        };
+        if let Some(slot) = self.outcomes.get_mut(provider) {
+            *slot = Some(outcome.clone());
+        }
+        outcome
+    }
+
+    fn eval(&mut self, requirement: &Requirement, passed: &mut Vec<Passed>) -> Result<(), Denial> {
+        match requirement {
+            Requirement::Provider {
+                provider,
+                scopes,
+                claims: required_claims,
+                allow_missing,
+            } => match self.outcome(*provider) {
+                Outcome::Missing if *allow_missing => Ok(()),
+                Outcome::Missing => Err(Denial::Missing),
+                Outcome::Malformed => Err(Denial::InvalidRequest),
+                Outcome::Invalid(detail) => Err(Denial::InvalidToken(detail)),
+                Outcome::Valid(verified, source) => {
+                    if !claims::has_scopes(&verified.claims, scopes) {
+                        return Err(Denial::InsufficientScope {
+                            scopes: scopes.clone(),
+                            detail: format!("missing scopes (need {})", scopes.join(" ")),
+                        });
+                    }
+                    for (claim, accepted) in required_claims {
+                        if !claims::claim_matches(&verified.claims, claim, accepted) {
+                            return Err(Denial::InsufficientScope {
+                                scopes: scopes.clone(),
+                                detail: format!("claim {claim} not one of the accepted values"),
+                            });
+                        }
+                    }
+                    if !passed.iter().any(|p| p.provider == *provider) {
+                        passed.push(Passed {
+                            provider: *provider,
+                            verified,
+                            source,
+                        });
+                    }
+                    Ok(())
+                }
+            },
+            Requirement::All(items) => {
+                for item in items {
+                    self.eval(item, passed)?;
+                }
+                Ok(())
+            }
+            Requirement::Any(items) => {
+                let mut worst: Option<Denial> = None;
+                for item in items {
+                    let mut branch = Vec::new();
+                    match self.eval(item, &mut branch) {
+                        Ok(()) => {
+                            passed.extend(branch);
+                            return Ok(());
+                        }
+                        Err(denial) => {
+                            if worst.as_ref().is_none_or(|w| denial.rank() > w.rank()) {
+                                worst = Some(denial);
+                            }
+                        }
+                    }
+                }
+                Err(worst.unwrap_or(Denial::Missing))
+            }
+        }
+    }
+}
+
+/// Decides a request: the tokens that passed (possibly none), or why it is refused.
+pub fn decide(
+    compiled: &Compiled,
+    request: &dyn RequestView,
+    now: Time,
+) -> Result<Vec<Passed>, Denial> {
+    let Some(rule) = compiled.rules.iter().find(|r| r.matcher.matches(request)) else {
+        return Ok(Vec::new());
+    };
+    let Some(requirement) = &rule.requires else {
+        return Ok(Vec::new());
+    };
+    let mut evaluation = Evaluation {
+        compiled,
+        request,
+        now,
+        outcomes: vec![None; compiled.providers.len()],
+    };
+    let mut passed = Vec::new();
+    evaluation.eval(requirement, &mut passed)?;
+    Ok(passed)
+}

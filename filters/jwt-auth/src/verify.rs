@@ -1,0 +1,108 @@
+//! One token against one provider, in the reference order (semantics §4.b), stopping at the
+//! first failure: parse, header policy, issuer, key selection, signature, claims.
+//!
+//! The unverified `iss` is checked before any signature work: a token meant for another
+//! provider costs a string comparison, not an RSA operation, and a key can only ever verify
+//! tokens of the issuer it belongs to (RFC 8725 §3.8, J21).
+
+use crate::claims::{self, ClaimError};
+use crate::config::{Provider, normalise_typ};
+use crate::crypto;
+use crate::token::{self, TokenError};
+use filter_core::time::Time;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// How many keys a token without `kid` may be tried against (CPU bound for kid-less tokens).
+const MAX_KEYS_TRIED: usize = 3;
+
+/// A token whose signature and claims were verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The claims.
+    pub claims: Map<String, Value>,
+    /// The payload segment as it came (base64url JSON), for `forward_payload_header`.
+    pub payload_b64: String,
+}
+
+/// Why a token was refused (logged at debug level; the client only learns "invalid_token").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Not a well-formed JWS, or a header we refuse.
+    Token(TokenError),
+    /// A known algorithm this provider does not allow.
+    AlgorithmNotAllowed(&'static str),
+    /// `typ` is not the required one, or not a JWT type at all.
+    Type,
+    /// No key of this provider fits the token's `kid` and `alg`.
+    NoKey,
+    /// No fitting key verified the signature.
+    Signature,
+    /// A registered claim was refused.
+    Claims(ClaimError),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Token(e) => write!(f, "malformed token: {e}"),
+            Failure::AlgorithmNotAllowed(alg) => write!(f, "algorithm {alg} not allowed"),
+            Failure::Type => f.write_str("typ not accepted"),
+            Failure::NoKey => f.write_str("no key matches kid and alg"),
+            Failure::Signature => f.write_str("bad signature"),
+            Failure::Claims(e) => write!(f, "claims: {e}"),
+        }
+    }
+}
+
+/// Verifies `token` for `provider` at `now`.
+pub fn verify(provider: &Provider, token: &str, now: Time) -> Result<Verified, Failure> {
+    let parsed = token::parse(token, provider.max_token_bytes).map_err(Failure::Token)?;
+    let alg = parsed.header.alg;
+    if !provider.algorithms.contains(&alg) {
+        return Err(Failure::AlgorithmNotAllowed(alg.name()));
+    }
+    let typ_ok = match (&provider.require_typ, parsed.header.typ.as_deref()) {
+        (Some(required), Some(typ)) => normalise_typ(typ) == *required,
+        (Some(_), None) => false,
+        // Without a requirement, a typ that is present must still say "a JWT" (RFC 7519 §5.1)
+        // or "an access token" (RFC 9068); `application/` is optional (RFC 7515 §4.1.9).
+        (None, Some(typ)) => matches!(normalise_typ(typ).as_str(), "jwt" | "at+jwt"),
+        (None, None) => true,
+    };
+    if !typ_ok {
+        return Err(Failure::Type);
+    }
+    claims::check_issuer(provider, &parsed.claims).map_err(Failure::Claims)?;
+    let input = parsed.signing_input.as_bytes();
+    let mut tried = 0;
+    let mut verified = false;
+    for jwk in provider
+        .keys
+        .candidates(alg, parsed.header.kid.as_deref())
+        .filter(|jwk| jwk.alg.is_none_or(|a| provider.algorithms.contains(&a)))
+        .take(MAX_KEYS_TRIED)
+    {
+        tried += 1;
+        if crypto::verify(alg, &jwk.key, input, &parsed.signature) {
+            verified = true;
+            break;
+        }
+    }
+    if tried == 0 {
+        return Err(Failure::NoKey);
+    }
+    if !verified {
+        return Err(Failure::Signature);
+    }
+    claims::check(provider, &parsed.claims, now).map_err(Failure::Claims)?;
+    let payload_b64 = parsed
+        .signing_input
+        .split_once('.')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
+    Ok(Verified {
+        claims: parsed.claims,
+        payload_b64,
+    })
+}

@@ -1,0 +1,219 @@
+//! `jwt_auth.wasm` in a real Envoy with two workers: real signed tokens, a real upstream that
+//! shows what it received. The pipeline's decision-by-decision cases are unit tests
+//! (`filters/jwt-auth/tests/pipeline.rs`); these prove the wiring: responses as clients see
+//! them, headers as upstreams see them.
+
+use filter_tests::client::{self, Response};
+use filter_tests::envoy::Envoy;
+use filter_tests::envoy_config::{Gateway, example};
+use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
+use filter_tests::upstream::Upstream;
+use serde_json::{Value, json};
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn claims(sub: &str) -> Value {
+    json!({ "iss": "https://issuer.example", "aud": "api", "sub": sub, "scope": "read",
+            "iat": now_secs(), "exp": now_secs() + 300 })
+}
+
+fn challenge(r: &Response) -> &str {
+    r.header("www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate in {:?}", r.headers))
+}
+
+#[test]
+fn the_example_allows_refuses_and_scopes() {
+    let envoy = Envoy::start(&example("jwt_auth.yaml"));
+    let port = envoy.port("gateway");
+    let token = demo_key().sign(&demo_claims("alice", "read"));
+
+    let ok = client::get("/orders")
+        .header("authorization", &bearer(&token))
+        .send(port);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("x-seen-user"), Some("alice"));
+
+    let missing = client::get("/orders").send(port);
+    assert_eq!(missing.status, 401);
+    assert_eq!(challenge(&missing), "Bearer realm=\"api\"");
+    assert_eq!(missing.header("cache-control"), Some("no-store"));
+
+    let garbage = client::get("/orders")
+        .header("authorization", "Bearer a.b.c")
+        .send(port);
+    assert_eq!(garbage.status, 401);
+    assert!(challenge(&garbage).contains("error=\"invalid_token\""));
+
+    let admin = client::get("/admin/users")
+        .header("authorization", &bearer(&token))
+        .send(port);
+    assert_eq!(admin.status, 403);
+    assert!(challenge(&admin).contains("error=\"insufficient_scope\", "));
+    let admin_token = demo_key().sign(&demo_claims("root", "read admin"));
+    let admin = client::get("/admin/users")
+        .header("authorization", &bearer(&admin_token))
+        .send(port);
+    assert_eq!(admin.status, 200);
+
+    // allow_missing: no token passes, a bad one does not.
+    assert_eq!(client::get("/reports/q3").send(port).status, 200);
+    let expired = demo_key()
+        .sign(&json!({ "iss": "https://issuer.example", "aud": "api", "sub": "a", "exp": 1000 }));
+    assert_eq!(
+        client::get("/reports/q3")
+            .header("authorization", &bearer(&expired))
+            .send(port)
+            .status,
+        401
+    );
+
+    assert_eq!(client::get("/public/x").send(port).status, 200);
+    assert_eq!(envoy.stat("wasmcustom.jwt_auth.allowed"), Some(4));
+    assert_eq!(envoy.stat("wasmcustom.jwt_auth.denied_missing"), Some(1));
+    assert_eq!(
+        envoy.stat("wasmcustom.jwt_auth.denied_invalid_token"),
+        Some(2)
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.jwt_auth.denied_insufficient_scope"),
+        Some(1)
+    );
+}
+
+/// A gateway protecting everything with keys of every family, claims copied to headers.
+fn gateway(upstream: &Upstream, keys: &[&Key], extra: Value) -> Envoy {
+    let algorithms: Vec<&str> = keys.iter().map(|k| k.alg().name()).collect();
+    let mut provider = json!({
+        "issuer": "https://issuer.example",
+        "audiences": ["api"],
+        "algorithms": algorithms,
+        "local_jwks": { "inline": jwks(keys) },
+        "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
+    });
+    provider
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let config = json!({
+        "providers": { "idp": provider },
+        "rules": [
+            { "match": { "prefix": "/public" } },
+            { "match": { "prefix": "/" }, "requires": { "provider": "idp" } },
+        ],
+    });
+    Envoy::start(
+        &Gateway::new(upstream.port())
+            .filter("jwt_auth", &config.to_string())
+            .render(),
+    )
+}
+
+#[test]
+fn every_key_family_verifies_in_envoy_and_the_token_stays_at_the_gate() {
+    let keys: Vec<Key> = [
+        Alg::RS256,
+        Alg::PS256,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+        Alg::HS256,
+    ]
+    .into_iter()
+    .map(|alg| Key::generate(alg, alg.name()))
+    .collect();
+    let upstream = Upstream::echo();
+    let envoy = gateway(&upstream, &keys.iter().collect::<Vec<_>>(), json!({}));
+    for key in &keys {
+        let response = client::get("/api")
+            .header(
+                "authorization",
+                &bearer(&key.sign(&claims(key.alg().name()))),
+            )
+            .send(envoy.port("gateway"));
+        assert_eq!(
+            response.status,
+            200,
+            "{}: {}",
+            key.alg().name(),
+            response.text()
+        );
+        let seen = response.json();
+        assert_eq!(seen["headers"]["x-user-id"], key.alg().name());
+        assert!(
+            seen["headers"].get("authorization").is_none(),
+            "the token must not go upstream"
+        );
+    }
+}
+
+#[test]
+fn identity_headers_from_clients_never_reach_the_upstream() {
+    let key = Key::generate(Alg::EdDSA, "k");
+    let upstream = Upstream::echo();
+    let envoy = gateway(&upstream, &[&key], json!({}));
+    let port = envoy.port("gateway");
+    let public = client::get("/public/x")
+        .header("x-user-id", "admin")
+        .send(port);
+    assert_eq!(public.status, 200);
+    assert!(public.json()["headers"].get("x-user-id").is_none());
+    let authed = client::get("/x")
+        .header("x-user-id", "admin")
+        .header("authorization", &bearer(&key.sign(&claims("alice"))))
+        .send(port);
+    assert_eq!(authed.json()["headers"]["x-user-id"], "alice");
+}
+
+#[test]
+fn tokens_from_query_and_cookie_are_taken_out_and_two_places_are_refused() {
+    let key = Key::generate(Alg::EdDSA, "k");
+    let upstream = Upstream::echo();
+    let envoy = gateway(
+        &upstream,
+        &[&key],
+        json!({ "from_params": ["access_token"], "from_cookies": ["session_jwt"] }),
+    );
+    let port = envoy.port("gateway");
+    let token = key.sign(&claims("alice"));
+
+    let by_query = client::get(&format!("/x?a=1&access_token={token}")).send(port);
+    assert_eq!(by_query.status, 200, "{}", by_query.text());
+    assert_eq!(by_query.json()["path"], "/x?a=1");
+
+    let by_cookie = client::get("/x")
+        .header("cookie", &format!("theme=dark; session_jwt={token}"))
+        .send(port);
+    assert_eq!(by_cookie.status, 200, "{}", by_cookie.text());
+    assert_eq!(by_cookie.json()["headers"]["cookie"], "theme=dark");
+
+    let both = client::get(&format!("/x?access_token={token}"))
+        .header("authorization", &bearer(&token))
+        .send(port);
+    assert_eq!(both.status, 400);
+    assert!(challenge(&both).contains("error=\"invalid_request\""));
+    assert_eq!(upstream.count(), 2);
+}
+
+#[test]
+fn grpc_clients_get_grpc_errors() {
+    let key = Key::generate(Alg::EdDSA, "k");
+    let upstream = Upstream::echo();
+    let envoy = gateway(&upstream, &[&key], json!({}));
+    let response = client::Request::new("POST", "/pkg.Service/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send(envoy.port("gateway"));
+    // Trailers-only gRPC response: HTTP 200 with grpc-status UNAUTHENTICATED in the headers.
+    assert_eq!(response.status, 200, "{:?}", response.headers);
+    assert_eq!(
+        response.header("grpc-status"),
+        Some("16"),
+        "{:?}",
+        response.headers
+    );
+    assert_eq!(upstream.count(), 0);
+}
