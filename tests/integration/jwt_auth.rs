@@ -217,3 +217,22 @@ fn grpc_clients_get_grpc_errors() {
     );
     assert_eq!(upstream.count(), 0);
 }
+
+#[test]
+fn each_worker_verifies_a_token_once() {
+    let key = Key::generate(Alg::RS256, "k");
+    let upstream = Upstream::echo();
+    let envoy = gateway(&upstream, &[&key], json!({}));
+    let token = key.sign(&claims("alice"));
+    for _ in 0..10 {
+        let r = client::get("/x")
+            .header("authorization", &bearer(&token))
+            .send(envoy.port("gateway"));
+        assert_eq!(r.status, 200);
+    }
+    // Two workers, each with its own cache: at most one signature check each.
+    let misses = envoy.stat("wasmcustom.jwt_auth.cache_misses").unwrap_or(0);
+    let hits = envoy.stat("wasmcustom.jwt_auth.cache_hits").unwrap_or(0);
+    assert!((1..=2).contains(&misses), "misses {misses}");
+    assert_eq!(hits + misses, 10);
+}

@@ -23,6 +23,9 @@ pub struct JwtAuthConfig {
     /// The `realm` of `WWW-Authenticate` challenges. Default `api`.
     #[serde(default)]
     pub realm: Option<String>,
+    /// How many verified tokens each Envoy worker remembers (0 turns the cache off). Default 1000.
+    #[serde(default)]
+    pub token_cache_size: Option<u64>,
 }
 
 /// One token issuer.
@@ -193,6 +196,8 @@ pub struct Provider {
     pub algorithms: Vec<Alg>,
     /// Its keys.
     pub keys: KeySet,
+    /// Changes whenever the keys change, so cached verifications made with old keys expire.
+    pub keys_generation: u64,
     /// Where its token may be.
     pub sources: Vec<Source>,
     /// Keep the token upstream.
@@ -251,12 +256,16 @@ pub struct Compiled {
     pub realm: String,
     /// Every header this filter may write: removed from every incoming request (anti-spoofing).
     pub written_headers: Vec<String>,
+    /// Capacity of each worker's verified-token cache.
+    pub token_cache_size: usize,
 }
 
 const DEFAULT_SKEW: Duration = Duration::from_secs(60);
 const MAX_SKEW: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_TOKEN_BYTES: u64 = 8192;
 const MAX_MAX_TOKEN_BYTES: u64 = 65536;
+const DEFAULT_TOKEN_CACHE_SIZE: u64 = 1000;
+const MAX_TOKEN_CACHE_SIZE: u64 = 100_000;
 
 impl JwtAuthConfig {
     /// Validates and compiles the configuration.
@@ -267,6 +276,12 @@ impl JwtAuthConfig {
             return Err(root.field("realm").error(
                 "must be non-empty printable ASCII without '\"' or '\\' (it is sent in WWW-Authenticate)",
             ));
+        }
+        let token_cache_size = self.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
+        if token_cache_size > MAX_TOKEN_CACHE_SIZE {
+            return Err(root.field("token_cache_size").error(format!(
+                "must be at most {MAX_TOKEN_CACHE_SIZE}, got {token_cache_size}"
+            )));
         }
         let mut providers = Vec::with_capacity(self.providers.len());
         let mut names = Vec::with_capacity(self.providers.len());
@@ -301,6 +316,7 @@ impl JwtAuthConfig {
             rules,
             realm,
             written_headers,
+            token_cache_size: usize::try_from(token_cache_size).unwrap_or(usize::MAX),
         })
     }
 }
@@ -403,6 +419,7 @@ fn compile_provider(
         audiences: c.audiences,
         algorithms,
         keys,
+        keys_generation: 0,
         sources,
         forward: c.forward,
         payload_header,

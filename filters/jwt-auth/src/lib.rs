@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod alg;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod crypto;
@@ -21,18 +22,22 @@ pub mod rules;
 pub mod token;
 pub mod verify;
 
+use crate::cache::TokenCache;
 use crate::config::{Compiled, JwtAuthConfig};
-use crate::rules::{Denial, Passed};
+use crate::rules::{CacheStats, Denial, Passed};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind};
 use filter_core::request::RequestView;
+use std::cell::RefCell;
 
 /// The filter, as compiled from its configuration.
 #[derive(Debug)]
 pub struct JwtAuth {
     config: Compiled,
+    /// This worker's verified tokens (each worker's VM has its own).
+    cache: RefCell<TokenCache>,
 }
 
 const fn counter(name: &'static str) -> MetricDef {
@@ -47,6 +52,8 @@ const DENIED_MISSING: MetricId = MetricId(1);
 const DENIED_INVALID_REQUEST: MetricId = MetricId(2);
 const DENIED_INVALID_TOKEN: MetricId = MetricId(3);
 const DENIED_INSUFFICIENT_SCOPE: MetricId = MetricId(4);
+const CACHE_HITS: MetricId = MetricId(5);
+const CACHE_MISSES: MetricId = MetricId(6);
 
 impl JwtAuth {
     /// Applies the decision for a request that may pass: identity headers cleared, then the
@@ -88,16 +95,37 @@ impl Filter for JwtAuth {
         counter("denied_invalid_request"),
         counter("denied_invalid_token"),
         counter("denied_insufficient_scope"),
+        counter("cache_hits"),
+        counter("cache_misses"),
     ];
 
     fn new(config: JwtAuthConfig) -> Result<Self, ConfigError> {
-        Ok(JwtAuth {
-            config: config.compile()?,
-        })
+        let config = config.compile()?;
+        let cache = RefCell::new(TokenCache::new(config.token_cache_size));
+        Ok(JwtAuth { config, cache })
     }
 
     fn on_request(&self, _stream: &mut (), request: &dyn RequestView, env: &Env<'_>) -> Decision {
-        match rules::decide(&self.config, request, env.now) {
+        let mut stats = CacheStats::default();
+        // Callbacks of one worker never overlap, so the cache is always free here; if it ever
+        // were not, deciding without it is still correct, only slower.
+        let decided = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => rules::decide(&self.config, request, env.now, &mut cache, &mut stats),
+            Err(_) => rules::decide(
+                &self.config,
+                request,
+                env.now,
+                &mut TokenCache::new(0),
+                &mut stats,
+            ),
+        };
+        if stats.hits > 0 {
+            env.metrics.add(CACHE_HITS, i64::from(stats.hits));
+        }
+        if stats.misses > 0 {
+            env.metrics.add(CACHE_MISSES, i64::from(stats.misses));
+        }
+        match decided {
             Ok(passed) => {
                 env.metrics.add(ALLOWED, 1);
                 Decision::Continue(self.pass(request, &passed))

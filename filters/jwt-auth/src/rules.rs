@@ -4,6 +4,7 @@
 //! lets the request through unauthenticated. Each provider's token is looked for and verified
 //! at most once per request, however often the requirement tree names the provider.
 
+use crate::cache::{self, TokenCache};
 use crate::claims;
 use crate::config::{Compiled, Requirement, Source};
 use crate::extract::{self, Found};
@@ -61,11 +62,22 @@ enum Outcome {
     Valid(Verified, Source),
 }
 
+/// How the verified-token cache did for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Tokens whose signature check was skipped.
+    pub hits: u32,
+    /// Tokens whose signature was checked.
+    pub misses: u32,
+}
+
 struct Evaluation<'a> {
     compiled: &'a Compiled,
     request: &'a dyn RequestView,
     now: Time,
     outcomes: Vec<Option<Outcome>>,
+    cache: &'a mut TokenCache,
+    stats: CacheStats,
 }
 
 impl Evaluation<'_> {
@@ -79,10 +91,27 @@ impl Evaluation<'_> {
         let outcome = match extract::find(self.request, &p.sources) {
             Found::Nothing => Outcome::Missing,
             Found::Malformed => Outcome::Malformed,
-            Found::Token { token, source } => match verify::verify(p, &token, self.now) {
-                Ok(verified) => Outcome::Valid(verified, source),
-                Err(failure) => Outcome::Invalid(format!("provider {}: {failure}", p.name)),
-            },
+            Found::Token { token, source } => {
+                let key = cache::key(provider, &token);
+                let signed = match self.cache.get(&key, p.keys_generation) {
+                    Some(verified) => {
+                        self.stats.hits += 1;
+                        Ok(verified)
+                    }
+                    None => {
+                        self.stats.misses += 1;
+                        let result = verify::verify_signature(p, &token);
+                        if let Ok(verified) = &result {
+                            self.cache.put(key, verified.clone(), p.keys_generation);
+                        }
+                        result
+                    }
+                };
+                match signed.and_then(|v| verify::check_claims(p, &v, self.now).map(|()| v)) {
+                    Ok(verified) => Outcome::Valid(verified, source),
+                    Err(failure) => Outcome::Invalid(format!("provider {}: {failure}", p.name)),
+                }
+            }
         };
         if let Some(slot) = self.outcomes.get_mut(provider) {
             *slot = Some(outcome.clone());
@@ -156,10 +185,14 @@ impl Evaluation<'_> {
 }
 
 /// Decides a request: the tokens that passed (possibly none), or why it is refused.
+///
+/// Verified tokens are looked up in, and added to, `cache`; `stats` counts how that went.
 pub fn decide(
     compiled: &Compiled,
     request: &dyn RequestView,
     now: Time,
+    cache: &mut TokenCache,
+    stats: &mut CacheStats,
 ) -> Result<Vec<Passed>, Denial> {
     let Some(rule) = compiled.rules.iter().find(|r| r.matcher.matches(request)) else {
         return Ok(Vec::new());
@@ -172,8 +205,11 @@ pub fn decide(
         request,
         now,
         outcomes: vec![None; compiled.providers.len()],
+        cache,
+        stats: CacheStats::default(),
     };
     let mut passed = Vec::new();
-    evaluation.eval(requirement, &mut passed)?;
-    Ok(passed)
+    let result = evaluation.eval(requirement, &mut passed);
+    *stats = evaluation.stats;
+    result.map(|()| passed)
 }

@@ -55,8 +55,22 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Verifies `token` for `provider` at `now`.
+/// Verifies `token` for `provider` at `now`: [`verify_signature`] then [`check_claims`].
 pub fn verify(provider: &Provider, token: &str, now: Time) -> Result<Verified, Failure> {
+    let verified = verify_signature(provider, token)?;
+    check_claims(provider, &verified, now)?;
+    Ok(verified)
+}
+
+/// The registered-claim checks, which depend on the time and so run on every request, even for
+/// a token whose signature was verified before.
+pub fn check_claims(provider: &Provider, verified: &Verified, now: Time) -> Result<(), Failure> {
+    claims::check(provider, &verified.claims, now).map_err(Failure::Claims)
+}
+
+/// Everything about a token that does not depend on the time: its form, header, issuer and
+/// signature. The result may be cached for as long as the provider's keys stay the same.
+pub fn verify_signature(provider: &Provider, token: &str) -> Result<Verified, Failure> {
     let parsed = token::parse(token, provider.max_token_bytes).map_err(Failure::Token)?;
     let alg = parsed.header.alg;
     if !provider.algorithms.contains(&alg) {
@@ -95,7 +109,6 @@ pub fn verify(provider: &Provider, token: &str, now: Time) -> Result<Verified, F
     if !verified {
         return Err(Failure::Signature);
     }
-    claims::check(provider, &parsed.claims, now).map_err(Failure::Claims)?;
     let payload_b64 = parsed
         .signing_input
         .split_once('.')

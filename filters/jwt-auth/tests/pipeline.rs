@@ -791,3 +791,59 @@ fn envoy_jwt_authn_vectors_get_the_same_answer() {
         }
     }
 }
+
+// === verified-token cache ===
+
+#[test]
+fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
+    use filter_core::metrics::MetricId;
+    let key = Key::generate(Alg::ES256, "k1");
+    let setup = protect_all(provider(&[&key], &["ES256"]));
+    let token = key.sign(&claims());
+    let request = get("/").with_header("authorization", format!("Bearer {token}"));
+    let metrics = RecordedMetrics::default();
+    let store = MemStore::new();
+    let at = |secs: u64| Env {
+        now: Time::from_secs(secs),
+        store: &store,
+        metrics: &metrics,
+    };
+    let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
+    passed(&setup.filter.on_request(&mut (), &request, &at(NOW)));
+    passed(&setup.filter.on_request(&mut (), &request, &at(NOW + 1)));
+    assert_eq!((metrics.value(hits), metrics.value(misses)), (1, 1));
+    // exp is NOW + 600 with 60 s of skew: the cached verification does not keep it alive.
+    assert_invalid(&setup.filter.on_request(&mut (), &request, &at(NOW + 661)));
+    assert_eq!(metrics.value(hits), 2);
+    assert_eq!(metrics.value(allowed), 2);
+    // A token with a flipped signature bit is a different token: a miss, and refused.
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut bytes = base64_decode(sig);
+    bytes[0] ^= 1;
+    let forged = format!("{input}.{}", b64(&bytes));
+    let forged_request = get("/").with_header("authorization", format!("Bearer {forged}"));
+    assert_invalid(&setup.filter.on_request(&mut (), &forged_request, &at(NOW)));
+    assert_eq!(metrics.value(misses), 2);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
+
+#[test]
+fn token_cache_size_is_validated() {
+    let key = Key::generate(Alg::HS256, "k1");
+    let err = config_error(
+        json!({ "providers": { "idp": provider(&[&key], &["HS256"]) }, "token_cache_size": 1_000_000 }),
+    );
+    assert_eq!(err, "token_cache_size: must be at most 100000, got 1000000");
+    let off = filter(
+        json!({ "providers": { "idp": provider(&[&key], &["HS256"]) }, "token_cache_size": 0,
+        "rules": [ { "match": {}, "requires": { "provider": "idp" } } ] }),
+    );
+    let setup = Setup { filter: off };
+    passed(&setup.bearer(&key.sign(&claims())));
+}
