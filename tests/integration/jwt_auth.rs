@@ -7,7 +7,7 @@ use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Gateway, example};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
-use filter_tests::upstream::Upstream;
+use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
 
 fn bearer(token: &str) -> String {
@@ -235,4 +235,113 @@ fn each_worker_verifies_a_token_once() {
     let hits = envoy.stat("wasmcustom.jwt_auth.cache_hits").unwrap_or(0);
     assert!((1..=2).contains(&misses), "misses {misses}");
     assert_eq!(hits + misses, 10);
+}
+
+/// A gateway whose provider fetches its keys from `key_server` through cluster `jwks`.
+fn remote_gateway(upstream: &Upstream, key_server: &Upstream, timeout: &str) -> Envoy {
+    let config = json!({
+        "providers": { "idp": {
+            "issuer": "https://issuer.example",
+            "audiences": ["api"],
+            "algorithms": ["EdDSA", "ES256"],
+            "remote_jwks": { "cluster": "jwks", "authority": "keys.example", "path": "/.well-known/jwks.json", "timeout": timeout },
+            "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
+        } },
+        "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
+    });
+    let gateway = Gateway::new(upstream.port())
+        .cluster("jwks", key_server.port())
+        .filter("jwt_auth", &config.to_string());
+    Envoy::start(&gateway.render())
+}
+
+#[test]
+fn remote_keys_are_fetched_once_and_rotate_on_a_new_kid() {
+    let old = Key::generate(Alg::EdDSA, "old");
+    let new = Key::generate(Alg::ES256, "new");
+    let key_server = Upstream::start(vec![
+        Reply::Json(jwks(&[&old])),
+        Reply::Json(jwks(&[&old, &new])),
+    ]);
+    let upstream = Upstream::echo();
+    let envoy = remote_gateway(&upstream, &key_server, "2s");
+    let port = envoy.port("gateway");
+    for _ in 0..6 {
+        let r = client::get("/x")
+            .header("authorization", &bearer(&old.sign(&claims("alice"))))
+            .send(port);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // One fetch served both workers (the lease in shared data), with the configured authority.
+    assert_eq!(key_server.count(), 1);
+    assert_eq!(key_server.received()[0].path, "/.well-known/jwks.json");
+    assert_eq!(
+        key_server.received()[0].header("host"),
+        Some("keys.example")
+    );
+    // The issuer rotates: a token with the new kid is accepted at once, not after the cache
+    // duration, through one refetch.
+    let r = client::get("/x")
+        .header("authorization", &bearer(&new.sign(&claims("bob"))))
+        .send(port);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-user-id"], "bob");
+    assert_eq!(key_server.count(), 2);
+    // Random kids right after: refused, and no fetch storm.
+    for i in 0..5 {
+        let stranger = Key::generate(Alg::EdDSA, &format!("stranger-{i}"));
+        let r = client::get("/x")
+            .header("authorization", &bearer(&stranger.sign(&claims("eve"))))
+            .send(port);
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(key_server.count(), 2);
+    assert_eq!(
+        envoy.stat("wasmcustom.jwt_auth.jwks_fetch_success"),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back() {
+    let key = Key::generate(Alg::EdDSA, "k");
+    // Down for the first two fetches (at start, and 2 s later); up for the third (4 s after).
+    let key_server = Upstream::start(vec![
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::Json(jwks(&[&key])),
+    ]);
+    let upstream = Upstream::echo();
+    let envoy = remote_gateway(&upstream, &key_server, "500ms");
+    let port = envoy.port("gateway");
+    let token = key.sign(&claims("alice"));
+    let down = client::get("/x")
+        .header("authorization", &bearer(&token))
+        .send(port);
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert!(down.header("retry-after").is_some());
+    assert_eq!(down.header("cache-control"), Some("no-store"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = client::get("/x")
+            .header("authorization", &bearer(&token))
+            .send(port);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(std::time::Instant::now() < deadline, "keys never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        envoy
+            .stat("wasmcustom.jwt_auth.jwks_fetch_failure")
+            .unwrap_or(0)
+            >= 2
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.jwt_auth.jwks_fetch_success"),
+        Some(1)
+    );
+    assert_eq!(upstream.count(), 1);
 }

@@ -12,6 +12,7 @@ pub struct Gateway {
     upstream_port: u16,
     filters: Vec<(String, String)>,
     route_timeout: String,
+    clusters: Vec<(String, u16)>,
 }
 
 impl Gateway {
@@ -21,12 +22,19 @@ impl Gateway {
             upstream_port,
             filters: Vec::new(),
             route_timeout: "15s".to_owned(),
+            clusters: Vec::new(),
         }
     }
 
     /// Appends the module `name` (`rate_limit`, ...) with this JSON configuration.
     pub fn filter(mut self, name: &str, config_json: &str) -> Self {
         self.filters.push((name.to_owned(), config_json.to_owned()));
+        self
+    }
+
+    /// Adds a cluster `name` reaching `127.0.0.1:port` (a key server, say).
+    pub fn cluster(mut self, name: &str, port: u16) -> Self {
+        self.clusters.push((name.to_owned(), port));
         self
     }
 
@@ -60,6 +68,21 @@ impl Gateway {
                   code: {{ local: {{ filename: {module} }} }}"#,
                 config = serde_json::Value::String(config.clone()),
                 module = module.display(),
+            );
+        }
+        let mut clusters = String::new();
+        for (name, port) in &self.clusters {
+            let _ = write!(
+                clusters,
+                r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
             );
         }
         format!(
@@ -96,7 +119,7 @@ static_resources:
       cluster_name: upstream
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}{clusters}
 "#,
             timeout = self.route_timeout,
             port = self.upstream_port,

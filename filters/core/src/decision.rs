@@ -12,6 +12,10 @@ pub enum Decision {
     Continue(HeaderEdits),
     /// Answer the request here; it never reaches the upstream.
     Respond(LocalResponse),
+    /// Hold the request and decide again on the filter's next tick (for example, until keys
+    /// being fetched in the background arrive). The filter bounds the wait itself: it keeps the
+    /// time it started waiting in its stream state and answers once that is too long ago.
+    Wait,
 }
 
 impl Decision {
@@ -19,6 +23,38 @@ impl Decision {
     pub fn pass() -> Self {
         Decision::Continue(HeaderEdits::default())
     }
+}
+
+/// An HTTP request the filter wants sent to an Envoy cluster (`dispatch_http_call`), from the
+/// root context, in the background of any request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    /// The filter's own tag, handed back with the response.
+    pub tag: u64,
+    /// The Envoy cluster to send it to.
+    pub cluster: String,
+    /// `:authority`.
+    pub authority: String,
+    /// `:path`.
+    pub path: String,
+    /// How long to wait for the answer.
+    pub timeout: std::time::Duration,
+}
+
+/// What came back from a [`Callout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalloutResult {
+    /// A response (which may be an Envoy local reply such as a 503 or 504).
+    Response {
+        /// `:status`, if present and numeric.
+        status: Option<u16>,
+        /// Response headers.
+        headers: Vec<(String, String)>,
+        /// Response body.
+        body: Vec<u8>,
+    },
+    /// No response: the call was reset or could not be made.
+    Failed(String),
 }
 
 /// Header changes, applied in order: removals first, then sets (which replace any value).

@@ -7,7 +7,7 @@
 //! defines [`Filter::METRICS`], and calls [`Filter::on_request`] and [`Filter::on_response`].
 
 use crate::config::ConfigError;
-use crate::decision::{Decision, HeaderEdits};
+use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use crate::metrics::{MetricDef, Metrics};
 use crate::request::{RequestView, ResponseView};
 use crate::store::SharedStore;
@@ -74,4 +74,18 @@ pub trait Filter: Sized {
     ) -> HeaderEdits {
         HeaderEdits::default()
     }
+
+    /// How often [`Filter::on_tick`] runs on each worker; `None` (the default): never. Requests
+    /// held by [`Decision::Wait`] are decided again on each tick.
+    fn tick_period(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Background work on each worker's root context: returns the callouts to send.
+    fn on_tick(&self, _env: &Env<'_>) -> Vec<Callout> {
+        Vec::new()
+    }
+
+    /// The answer to a callout sent from [`Filter::on_tick`].
+    fn on_callout_response(&self, _tag: u64, _result: CalloutResult, _env: &Env<'_>) {}
 }

@@ -1,12 +1,19 @@
 //! The proxy-wasm root and HTTP contexts that drive a [`Filter`].
+//!
+//! Besides the request path, the root context runs a filter's background work: on each tick it
+//! sends the callouts the filter asks for, hands their answers back, and decides again every
+//! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
 
 use crate::host::{self, HostMetrics, HostStore};
 use filter_core::config::parse_json;
-use filter_core::decision::{Decision, LocalResponse};
+use filter_core::decision::{CalloutResult, Decision, HeaderEdits, LocalResponse};
 use filter_core::filter::{Env, Filter};
-use filter_core::request::{Request, RequestView, Response};
+use filter_core::request::{Request, RequestView, Response, ResponseView};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 /// Makes `F` this Wasm module's filter. Called once, from the module's `_initialize`.
@@ -14,7 +21,13 @@ pub fn register<F: Filter + 'static>() {
     // Also installs the SDK's panic hook, which logs a panic's message at `critical` before
     // the VM traps: should one ever slip through, Envoy's log says where.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root::<F> { state: None }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(Root::<F> {
+            state: None,
+            parked: Rc::default(),
+            callouts: HashMap::new(),
+        })
+    });
 }
 
 /// What a worker keeps once its configuration has been accepted.
@@ -23,8 +36,18 @@ struct Configured<F> {
     metrics: HostMetrics,
 }
 
-struct Root<F> {
+/// Requests held by [`Decision::Wait`], by HTTP context id, with their filter state.
+type Parked<S> = Rc<RefCell<BTreeMap<u32, Rc<RefCell<S>>>>>;
+
+struct Root<F: Filter> {
     state: Option<Rc<Configured<F>>>,
+    parked: Parked<F::Stream>,
+    /// Callouts in flight: Envoy's token to the filter's tag.
+    callouts: HashMap<u32, u64>,
+}
+
+fn log_error<F: Filter>(what: &str) {
+    host::log(LogLevel::Error, &format!("{}: {what}", F::NAME));
 }
 
 impl<F: Filter + 'static> Root<F> {
@@ -36,9 +59,94 @@ impl<F: Filter + 'static> Root<F> {
         let metrics = HostMetrics::define(F::NAME, F::METRICS)?;
         Ok(Configured { filter, metrics })
     }
+
+    /// Decides every held request again, under its own context.
+    fn wake_parked(&self, configured: &Configured<F>, env: &Env<'_>) {
+        let parked: Vec<(u32, Rc<RefCell<F::Stream>>)> = match self.parked.try_borrow() {
+            Ok(map) => map.iter().map(|(id, s)| (*id, s.clone())).collect(),
+            Err(_) => return,
+        };
+        for (id, state) in parked {
+            // Fails when the stream has gone (the client left while it waited).
+            let decision = if hostcalls::set_effective_context(id).is_err() {
+                None
+            } else {
+                let request =
+                    host::header_pairs(MapType::HttpRequestHeaders).map(Request::from_pairs);
+                match (request, state.try_borrow_mut()) {
+                    (Ok(request), Ok(mut s)) => {
+                        let decision = configured.filter.on_request(&mut s, &request, env);
+                        Some((decision, request.is_grpc()))
+                    }
+                    _ => None,
+                }
+            };
+            let done = match decision {
+                Some((Decision::Wait, _)) => false,
+                Some((Decision::Continue(edits), _)) => {
+                    let resumed = host::apply_edits(MapType::HttpRequestHeaders, &edits)
+                        .and_then(|()| hostcalls::resume_http_request());
+                    if let Err(status) = resumed {
+                        log_error::<F>(&format!("cannot resume a held request: {status:?}"));
+                    }
+                    true
+                }
+                Some((Decision::Respond(reply), grpc)) => {
+                    if let Err(status) = host::send_local_response(&reply, grpc) {
+                        log_error::<F>(&format!("cannot answer a held request: {status:?}"));
+                    }
+                    true
+                }
+                None => true,
+            };
+            if done && let Ok(mut map) = self.parked.try_borrow_mut() {
+                map.remove(&id);
+            }
+        }
+    }
 }
 
-impl<F> Context for Root<F> {}
+impl<F: Filter + 'static> Context for Root<F> {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(tag), Some(configured), Some(now)) = (
+            self.callouts.remove(&token),
+            self.state.clone(),
+            host::now(),
+        ) else {
+            return;
+        };
+        // No headers means the call never got an answer (reset, or refused by Envoy).
+        let result = if num_headers == 0 {
+            CalloutResult::Failed("no response (reset or refused)".to_owned())
+        } else {
+            match (
+                host::header_pairs(MapType::HttpCallResponseHeaders),
+                host::call_response_body(body_size),
+            ) {
+                (Ok(headers), Ok(body)) => CalloutResult::Response {
+                    status: Response::from_pairs(headers.clone()).status(),
+                    headers,
+                    body,
+                },
+                (Err(status), _) | (_, Err(status)) => {
+                    CalloutResult::Failed(format!("cannot read the response: {status:?}"))
+                }
+            }
+        };
+        let env = Env {
+            now,
+            store: &HostStore,
+            metrics: &configured.metrics,
+        };
+        configured.filter.on_callout_response(tag, result, &env);
+    }
+}
 
 impl<F: Filter + 'static> RootContext for Root<F> {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -52,27 +160,58 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         match self.configure() {
             Ok(configured) => {
+                if let Some(period) = configured.filter.tick_period()
+                    && let Err(status) = hostcalls::set_tick_period(period)
+                {
+                    log_error::<F>(&format!("cannot set the tick period: {status:?}"));
+                    return false;
+                }
                 self.state = Some(Rc::new(configured));
                 true
             }
             Err(reason) => {
                 // Returning false makes Envoy refuse the plugin; this line says why.
-                host::log(
-                    LogLevel::Error,
-                    &format!("{}: invalid configuration: {reason}", F::NAME),
-                );
+                log_error::<F>(&format!("invalid configuration: {reason}"));
                 false
             }
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        let (Some(configured), Some(now)) = (self.state.clone(), host::now()) else {
+            return;
+        };
+        let env = Env {
+            now,
+            store: &HostStore,
+            metrics: &configured.metrics,
+        };
+        for callout in configured.filter.on_tick(&env) {
+            match host::dispatch(&callout) {
+                Ok(token) => {
+                    self.callouts.insert(token, callout.tag);
+                }
+                Err(why) => {
+                    configured.filter.on_callout_response(
+                        callout.tag,
+                        CalloutResult::Failed(why),
+                        &env,
+                    );
+                }
+            }
+        }
+        self.wake_parked(&configured, &env);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would trap the VM inside the SDK, so an unconfigured filter still gets
         // a context; it refuses every request (unreachable: Envoy does not run a plugin whose
         // configuration was refused).
         Some(Box::new(Stream::<F> {
+            id: context_id,
             configured: self.state.clone(),
-            state: F::Stream::default(),
+            state: Rc::default(),
+            parked: self.parked.clone(),
             grpc: false,
         }))
     }
@@ -83,8 +222,10 @@ impl<F: Filter + 'static> RootContext for Root<F> {
 }
 
 struct Stream<F: Filter> {
+    id: u32,
     configured: Option<Rc<Configured<F>>>,
-    state: F::Stream,
+    state: Rc<RefCell<F::Stream>>,
+    parked: Parked<F::Stream>,
     grpc: bool,
 }
 
@@ -97,13 +238,33 @@ impl<F: Filter> Stream<F> {
             );
         }
         if let Err(status) = host::send_local_response(reply, self.grpc) {
-            host::log(
-                LogLevel::Error,
-                &format!("{}: cannot send a local reply: {status:?}", F::NAME),
-            );
+            log_error::<F>(&format!("cannot send a local reply: {status:?}"));
         }
         // Even when the reply failed, the request must not go on past a refusing filter.
         Action::Pause
+    }
+
+    fn apply(&self, edits: &HeaderEdits) -> Action {
+        if edits.is_empty() {
+            return Action::Continue;
+        }
+        match host::apply_edits(MapType::HttpRequestHeaders, edits) {
+            Ok(()) => Action::Continue,
+            Err(status) => {
+                log_error::<F>(&format!("cannot edit request headers: {status:?}"));
+                self.respond(&LocalResponse::new(500).body("request headers not editable"))
+            }
+        }
+    }
+}
+
+impl<F: Filter> Drop for Stream<F> {
+    fn drop(&mut self) {
+        // A held request whose client left: forget it (if the map is busy, the next tick finds
+        // the context gone and drops it then).
+        if let Ok(mut map) = self.parked.try_borrow_mut() {
+            map.remove(&self.id);
+        }
     }
 }
 
@@ -114,10 +275,7 @@ impl<F: Filter> HttpContext for Stream<F> {
         let pairs = match host::header_pairs(MapType::HttpRequestHeaders) {
             Ok(pairs) => pairs,
             Err(status) => {
-                host::log(
-                    LogLevel::Error,
-                    &format!("{}: cannot read request headers: {status:?}", F::NAME),
-                );
+                log_error::<F>(&format!("cannot read request headers: {status:?}"));
                 return self.respond(&LocalResponse::new(500).body("request headers unavailable"));
             }
         };
@@ -127,10 +285,7 @@ impl<F: Filter> HttpContext for Stream<F> {
             return self.respond(&LocalResponse::new(500).body("filter not configured"));
         };
         let Some(now) = host::now() else {
-            host::log(
-                LogLevel::Error,
-                &format!("{}: the host clock is unavailable", F::NAME),
-            );
+            log_error::<F>("the host clock is unavailable");
             return self.respond(&LocalResponse::new(500).body("clock unavailable"));
         };
         let env = Env {
@@ -138,26 +293,20 @@ impl<F: Filter> HttpContext for Stream<F> {
             store: &HostStore,
             metrics: &configured.metrics,
         };
-        match configured
-            .filter
-            .on_request(&mut self.state, &request, &env)
-        {
-            Decision::Continue(edits) => {
-                if edits.is_empty() {
-                    return Action::Continue;
-                }
-                match host::apply_edits(MapType::HttpRequestHeaders, &edits) {
-                    Ok(()) => Action::Continue,
-                    Err(status) => {
-                        host::log(
-                            LogLevel::Error,
-                            &format!("{}: cannot edit request headers: {status:?}", F::NAME),
-                        );
-                        self.respond(&LocalResponse::new(500).body("request headers not editable"))
-                    }
-                }
-            }
+        let decision = match self.state.try_borrow_mut() {
+            Ok(mut state) => configured.filter.on_request(&mut state, &request, &env),
+            Err(_) => return self.respond(&LocalResponse::new(500).body("stream state busy")),
+        };
+        match decision {
+            Decision::Continue(edits) => self.apply(&edits),
             Decision::Respond(reply) => self.respond(&reply),
+            Decision::Wait => match self.parked.try_borrow_mut() {
+                Ok(mut map) => {
+                    map.insert(self.id, self.state.clone());
+                    Action::Pause
+                }
+                Err(_) => self.respond(&LocalResponse::new(503).body("cannot hold the request")),
+            },
         }
     }
 
@@ -165,7 +314,10 @@ impl<F: Filter> HttpContext for Stream<F> {
         let Some(configured) = self.configured.clone() else {
             return Action::Continue;
         };
-        if !configured.filter.wants_response(&self.state) {
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        if !configured.filter.wants_response(&state) {
             return Action::Continue;
         }
         let (Ok(pairs), Some(now)) = (
@@ -179,10 +331,9 @@ impl<F: Filter> HttpContext for Stream<F> {
             store: &HostStore,
             metrics: &configured.metrics,
         };
-        let edits =
-            configured
-                .filter
-                .on_response(&mut self.state, &Response::from_pairs(pairs), &env);
+        let edits = configured
+            .filter
+            .on_response(&mut state, &Response::from_pairs(pairs), &env);
         if let Err(status) = host::apply_edits(MapType::HttpResponseHeaders, &edits) {
             host::log(
                 LogLevel::Warn,

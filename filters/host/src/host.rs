@@ -1,6 +1,6 @@
 //! Host calls, each wrapped so that its failure is a value rather than a trap.
 
-use filter_core::decision::{HeaderEdits, LocalResponse};
+use filter_core::decision::{Callout, HeaderEdits, LocalResponse};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind, Metrics};
 use filter_core::store::{Cas, SharedStore, StoreError, Written};
 use filter_core::time::Time;
@@ -37,6 +37,24 @@ pub(crate) fn plugin_configuration() -> Result<Vec<u8>, Status> {
 
 pub(crate) fn header_pairs(map: MapType) -> Result<Vec<(String, String)>, Status> {
     hostcalls::get_map(map)
+}
+
+/// The body of the callout response being delivered.
+pub(crate) fn call_response_body(size: usize) -> Result<Vec<u8>, Status> {
+    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, size)
+        .map(Option::unwrap_or_default)
+}
+
+/// Sends a callout; its answer arrives in the root's `on_http_call_response`.
+pub(crate) fn dispatch(callout: &Callout) -> Result<u32, String> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", callout.path.as_str()),
+        (":authority", callout.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    hostcalls::dispatch_http_call(&callout.cluster, headers, None, Vec::new(), callout.timeout)
+        .map_err(|status| format!("cannot call cluster {}: {status:?}", callout.cluster))
 }
 
 /// Applies header edits to the request or response header map.

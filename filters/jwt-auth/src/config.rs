@@ -8,6 +8,7 @@ use filter_core::config::{ConfigDuration, ConfigError, FieldPath};
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// The whole configuration as written.
@@ -194,10 +195,8 @@ pub struct Provider {
     pub audiences: Vec<String>,
     /// Allowed algorithms.
     pub algorithms: Vec<Alg>,
-    /// Its keys.
-    pub keys: KeySet,
-    /// Changes whenever the keys change, so cached verifications made with old keys expire.
-    pub keys_generation: u64,
+    /// Where its keys come from.
+    pub keys: KeySource,
     /// Where its token may be.
     pub sources: Vec<Source>,
     /// Keep the token upstream.
@@ -214,6 +213,30 @@ pub struct Provider {
     pub max_token_bytes: usize,
     /// Required `typ`, normalised (lower case, without `application/`).
     pub require_typ: Option<String>,
+}
+
+/// Where a provider's keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// Keys in the configuration: fixed for the life of the configuration.
+    Local(Rc<KeySet>),
+    /// Keys fetched from a key server (see [`crate::remote`]).
+    Remote(Remote),
+}
+
+/// A key server reached through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The Envoy cluster.
+    pub cluster: String,
+    /// `:authority` of the fetch.
+    pub authority: String,
+    /// `:path` of the fetch.
+    pub path: String,
+    /// How long fetched keys are kept when the server sends no `Cache-Control: max-age`.
+    pub cache_duration: Duration,
+    /// Fetch timeout.
+    pub timeout: Duration,
 }
 
 /// A compiled requirement; providers are indexes into [`Compiled::providers`].
@@ -374,11 +397,18 @@ fn compile_provider(
         }
     }
     let keys = match (&c.local_jwks, &c.remote_jwks) {
-        (Some(local), None) => local_keys(local, &algorithms, &at.field("local_jwks"))?,
-        (None, Some(_)) => {
-            return Err(at
-                .field("remote_jwks")
-                .error("not supported yet by this build; use local_jwks"));
+        (Some(local), None) => KeySource::Local(Rc::new(local_keys(
+            local,
+            &algorithms,
+            &at.field("local_jwks"),
+        )?)),
+        (None, Some(remote)) => {
+            if let Some(i) = algorithms.iter().position(|a| a.is_hmac()) {
+                return Err(at.field("algorithms").index(i).error(
+                    "HMAC algorithms need a shared secret, which belongs in local_jwks, never on a key server",
+                ));
+            }
+            KeySource::Remote(compile_remote(remote, &at.field("remote_jwks"))?)
         }
         _ => return Err(at.error("give exactly one of `local_jwks` and `remote_jwks`")),
     };
@@ -419,7 +449,6 @@ fn compile_provider(
         audiences: c.audiences,
         algorithms,
         keys,
-        keys_generation: 0,
         sources,
         forward: c.forward,
         payload_header,
@@ -494,6 +523,39 @@ fn local_keys(
         )));
     }
     Ok(keys)
+}
+
+const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
+const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn compile_remote(r: &RemoteJwksConfig, at: &FieldPath) -> Result<Remote, ConfigError> {
+    if r.cluster.is_empty() {
+        return Err(at.field("cluster").error("must name an Envoy cluster"));
+    }
+    if !r.path.starts_with('/') {
+        return Err(at
+            .field("path")
+            .error(format!("must start with '/', got {:?}", r.path)));
+    }
+    let cache_duration = r
+        .cache_duration
+        .map_or(DEFAULT_CACHE_DURATION, ConfigDuration::get);
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&cache_duration) {
+        return Err(at
+            .field("cache_duration")
+            .error("must be between 1s and 24h"));
+    }
+    let timeout = r.timeout.map_or(DEFAULT_FETCH_TIMEOUT, ConfigDuration::get);
+    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&timeout) {
+        return Err(at.field("timeout").error("must be between 10ms and 60s"));
+    }
+    Ok(Remote {
+        cluster: r.cluster.clone(),
+        authority: r.authority.clone().unwrap_or_else(|| r.cluster.clone()),
+        path: r.path.clone(),
+        cache_duration,
+        timeout,
+    })
 }
 
 fn compile_sources(c: &ProviderConfig, at: &FieldPath) -> Result<Vec<Source>, ConfigError> {

@@ -6,7 +6,9 @@
 //! strictly ([`token`], [`json`]), checked against the provider's algorithms, `typ`, issuer and
 //! keys ([`verify`], [`jwks`], [`crypto`]) and claims ([`claims`]); a refusal becomes a response
 //! in one table ([`reply`]). Every header the filter may write is removed from every incoming
-//! request first, so a client can never forge an identity header.
+//! request first, so a client can never forge an identity header. Verified tokens are
+//! remembered per worker ([`cache`]); keys from a key server are fetched in the background and
+//! shared by all workers ([`remote`]).
 #![deny(unsafe_code)]
 
 pub mod alg;
@@ -17,20 +19,24 @@ pub mod crypto;
 pub mod extract;
 pub mod json;
 pub mod jwks;
+pub mod remote;
 pub mod reply;
 pub mod rules;
 pub mod token;
 pub mod verify;
 
 use crate::cache::TokenCache;
-use crate::config::{Compiled, JwtAuthConfig};
-use crate::rules::{CacheStats, Denial, Passed};
+use crate::config::{Compiled, JwtAuthConfig, KeySource};
+use crate::remote::{Refetch, WorkerKeys};
+use crate::rules::{Denial, KeySnapshot, Notes, Passed};
 use filter_core::config::ConfigError;
-use filter_core::decision::{Decision, HeaderEdits};
+use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind};
 use filter_core::request::RequestView;
+use filter_core::time::Time;
 use std::cell::RefCell;
+use std::time::Duration;
 
 /// The filter, as compiled from its configuration.
 #[derive(Debug)]
@@ -38,6 +44,18 @@ pub struct JwtAuth {
     config: Compiled,
     /// This worker's verified tokens (each worker's VM has its own).
     cache: RefCell<TokenCache>,
+    /// This worker's copy of each remote provider's keys (by provider index).
+    remote_keys: RefCell<Vec<Option<WorkerKeys>>>,
+}
+
+/// Per-request state, kept while a request waits for keys.
+#[derive(Debug, Default)]
+pub struct JwtStream {
+    /// When the request started waiting for keys.
+    waiting_since: Option<Time>,
+    /// The provider and key generation a `kid`-miss refetch was asked for: once the generation
+    /// moves on, the token is judged with the new keys, without waiting again.
+    refetch: Option<(usize, u64)>,
 }
 
 const fn counter(name: &'static str) -> MetricDef {
@@ -54,8 +72,90 @@ const DENIED_INVALID_TOKEN: MetricId = MetricId(3);
 const DENIED_INSUFFICIENT_SCOPE: MetricId = MetricId(4);
 const CACHE_HITS: MetricId = MetricId(5);
 const CACHE_MISSES: MetricId = MetricId(6);
+const DENIED_UNAVAILABLE: MetricId = MetricId(7);
+const JWKS_FETCH_SUCCESS: MetricId = MetricId(8);
+const JWKS_FETCH_FAILURE: MetricId = MetricId(9);
+
+/// How long a request may wait for a remote provider's keys beyond the fetch timeout.
+const WAIT_MARGIN: Duration = Duration::from_secs(1);
 
 impl JwtAuth {
+    /// The keys every provider has now: local keys always, remote ones once fetched.
+    fn snapshot(&self, now: Time) -> KeySnapshot {
+        let copies = self.remote_keys.try_borrow().ok();
+        self.config
+            .providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match &p.keys {
+                KeySource::Local(keys) => Some((keys.clone(), 0)),
+                KeySource::Remote(_) => copies
+                    .as_ref()
+                    .and_then(|c| c.get(i).cloned().flatten())
+                    .filter(|k| k.usable(now))
+                    .map(|k| (k.keys, k.generation)),
+            })
+            .collect()
+    }
+
+    /// How long a request may wait for `provider`'s keys.
+    fn wait_limit(&self, provider: usize) -> Duration {
+        match self.config.providers.get(provider).map(|p| &p.keys) {
+            Some(KeySource::Remote(r)) => r.timeout + WAIT_MARGIN,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Whether a refused request should rather wait for keys: none yet, or a refetch after an
+    /// unknown `kid` (key rotation) that has not completed. Asks for that refetch if needed.
+    fn should_wait(
+        &self,
+        stream: &mut JwtStream,
+        denial: &Denial,
+        notes: &Notes,
+        keys: &KeySnapshot,
+        env: &Env<'_>,
+    ) -> bool {
+        let waited = |limit: Duration| {
+            stream
+                .waiting_since
+                .is_some_and(|since| env.now.since(since) >= limit)
+        };
+        if let Denial::KeysUnavailable(_) = denial {
+            let limit = notes
+                .needs_keys
+                .iter()
+                .map(|p| self.wait_limit(*p))
+                .max()
+                .unwrap_or_default();
+            return !waited(limit);
+        }
+        let generation = |p: usize| keys.get(p).cloned().flatten().map_or(0, |(_, g)| g);
+        if let Some((provider, asked_at)) = stream.refetch {
+            // Waiting for a refetch: until the keys change, or the wait is too long.
+            return generation(provider) == asked_at && !waited(self.wait_limit(provider));
+        }
+        if !matches!(denial, Denial::InvalidToken(_)) {
+            return false;
+        }
+        for &p in &notes.unknown_key {
+            let Some(provider) = self.config.providers.get(p) else {
+                continue;
+            };
+            if !matches!(provider.keys, KeySource::Remote(_)) {
+                continue;
+            }
+            match remote::request_refetch(provider, env.store, env.now) {
+                Refetch::Requested | Refetch::InProgress => {
+                    stream.refetch = Some((p, generation(p)));
+                    return true;
+                }
+                Refetch::Cooldown => {}
+            }
+        }
+        false
+    }
+
     /// Applies the decision for a request that may pass: identity headers cleared, then the
     /// verified tokens' headers set and (unless forwarded) the tokens removed.
     fn pass(&self, request: &dyn RequestView, passed: &[Passed]) -> HeaderEdits {
@@ -88,7 +188,7 @@ impl JwtAuth {
 impl Filter for JwtAuth {
     const NAME: &'static str = "jwt_auth";
     type Config = JwtAuthConfig;
-    type Stream = ();
+    type Stream = JwtStream;
     const METRICS: &'static [MetricDef] = &[
         counter("allowed"),
         counter("denied_missing"),
@@ -97,33 +197,55 @@ impl Filter for JwtAuth {
         counter("denied_insufficient_scope"),
         counter("cache_hits"),
         counter("cache_misses"),
+        counter("denied_unavailable"),
+        counter("jwks_fetch_success"),
+        counter("jwks_fetch_failure"),
     ];
 
     fn new(config: JwtAuthConfig) -> Result<Self, ConfigError> {
         let config = config.compile()?;
         let cache = RefCell::new(TokenCache::new(config.token_cache_size));
-        Ok(JwtAuth { config, cache })
+        let remote_keys = RefCell::new(vec![None; config.providers.len()]);
+        Ok(JwtAuth {
+            config,
+            cache,
+            remote_keys,
+        })
     }
 
-    fn on_request(&self, _stream: &mut (), request: &dyn RequestView, env: &Env<'_>) -> Decision {
-        let mut stats = CacheStats::default();
+    fn on_request(
+        &self,
+        stream: &mut JwtStream,
+        request: &dyn RequestView,
+        env: &Env<'_>,
+    ) -> Decision {
+        let keys = self.snapshot(env.now);
+        let mut notes = Notes::default();
         // Callbacks of one worker never overlap, so the cache is always free here; if it ever
         // were not, deciding without it is still correct, only slower.
         let decided = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => rules::decide(&self.config, request, env.now, &mut cache, &mut stats),
+            Ok(mut cache) => rules::decide(
+                &self.config,
+                request,
+                env.now,
+                &keys,
+                &mut cache,
+                &mut notes,
+            ),
             Err(_) => rules::decide(
                 &self.config,
                 request,
                 env.now,
+                &keys,
                 &mut TokenCache::new(0),
-                &mut stats,
+                &mut notes,
             ),
         };
-        if stats.hits > 0 {
-            env.metrics.add(CACHE_HITS, i64::from(stats.hits));
+        if notes.hits > 0 {
+            env.metrics.add(CACHE_HITS, i64::from(notes.hits));
         }
-        if stats.misses > 0 {
-            env.metrics.add(CACHE_MISSES, i64::from(stats.misses));
+        if notes.misses > 0 {
+            env.metrics.add(CACHE_MISSES, i64::from(notes.misses));
         }
         match decided {
             Ok(passed) => {
@@ -131,15 +253,65 @@ impl Filter for JwtAuth {
                 Decision::Continue(self.pass(request, &passed))
             }
             Err(denial) => {
+                if self.should_wait(stream, &denial, &notes, &keys, env) {
+                    stream.waiting_since.get_or_insert(env.now);
+                    return Decision::Wait;
+                }
                 let metric = match denial {
                     Denial::Missing => DENIED_MISSING,
                     Denial::InvalidRequest => DENIED_INVALID_REQUEST,
                     Denial::InvalidToken(_) => DENIED_INVALID_TOKEN,
                     Denial::InsufficientScope { .. } => DENIED_INSUFFICIENT_SCOPE,
+                    Denial::KeysUnavailable(_) => DENIED_UNAVAILABLE,
                 };
                 env.metrics.add(metric, 1);
                 Decision::Respond(reply::reply(&denial, &self.config.realm))
             }
+        }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        let any_remote = self
+            .config
+            .providers
+            .iter()
+            .any(|p| matches!(p.keys, KeySource::Remote(_)));
+        any_remote.then_some(remote::TICK)
+    }
+
+    fn on_tick(&self, env: &Env<'_>) -> Vec<Callout> {
+        let Ok(mut copies) = self.remote_keys.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let mut callouts = Vec::new();
+        for (index, provider) in self.config.providers.iter().enumerate() {
+            if let (KeySource::Remote(r), Some(copy)) = (&provider.keys, copies.get_mut(index))
+                && let Some(callout) = remote::tick(provider, r, index, copy, env.store, env.now)
+            {
+                callouts.push(callout);
+            }
+        }
+        callouts
+    }
+
+    fn on_callout_response(&self, tag: u64, result: CalloutResult, env: &Env<'_>) {
+        let index = usize::try_from(tag).unwrap_or(usize::MAX);
+        let (Some(provider), Ok(mut copies)) = (
+            self.config.providers.get(index),
+            self.remote_keys.try_borrow_mut(),
+        ) else {
+            return;
+        };
+        if let (KeySource::Remote(r), Some(copy)) = (&provider.keys, copies.get_mut(index)) {
+            let ok = remote::fetched(provider, r, copy, result, env.store, env.now);
+            env.metrics.add(
+                if ok {
+                    JWKS_FETCH_SUCCESS
+                } else {
+                    JWKS_FETCH_FAILURE
+                },
+                1,
+            );
         }
     }
 }

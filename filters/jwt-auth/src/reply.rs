@@ -32,6 +32,14 @@ pub fn reply(denial: &Denial, realm: &str) -> LocalResponse {
             None,
             detail.clone(),
         ),
+        Denial::KeysUnavailable(detail) => {
+            // The key server has not answered yet: not the client's fault, try again shortly.
+            return LocalResponse::new(503)
+                .header("retry-after", "5")
+                .header("content-type", "application/json")
+                .body("{\"error\":\"temporarily_unavailable\"}")
+                .detail(detail.clone());
+        }
         Denial::InsufficientScope { scopes, detail } => (
             403,
             Some("insufficient_scope"),

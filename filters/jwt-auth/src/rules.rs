@@ -8,9 +8,12 @@ use crate::cache::{self, TokenCache};
 use crate::claims;
 use crate::config::{Compiled, Requirement, Source};
 use crate::extract::{self, Found};
+use crate::jwks::KeySet;
+use crate::verify::Failure;
 use crate::verify::{self, Verified};
 use filter_core::request::RequestView;
 use filter_core::time::Time;
+use std::rc::Rc;
 
 /// Why a request is refused; [`crate::reply`] turns each into a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,9 @@ pub enum Denial {
         /// What was missing, for the log.
         detail: String,
     },
+    /// A token arrived but the provider has no keys yet (its key server has not answered):
+    /// not the client's fault, so not a 401.
+    KeysUnavailable(String),
 }
 
 impl Denial {
@@ -35,7 +41,8 @@ impl Denial {
     /// malformed request first, then a valid token lacking rights, then a bad token, then none.
     fn rank(&self) -> u8 {
         match self {
-            Denial::InvalidRequest => 4,
+            Denial::InvalidRequest => 5,
+            Denial::KeysUnavailable(_) => 4,
             Denial::InsufficientScope { .. } => 3,
             Denial::InvalidToken(_) => 2,
             Denial::Missing => 1,
@@ -59,16 +66,25 @@ enum Outcome {
     Missing,
     Malformed,
     Invalid(String),
+    NoKeys(String),
     Valid(Verified, Source),
 }
 
-/// How the verified-token cache did for one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    /// Tokens whose signature check was skipped.
+/// The keys each provider has right now, with their generation (which changes whenever they
+/// do); `None` for a remote provider whose keys have not arrived yet.
+pub type KeySnapshot = Vec<Option<(Rc<KeySet>, u64)>>;
+
+/// What a decision noticed on the way, besides its result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// Tokens whose signature check the cache saved.
     pub hits: u32,
     /// Tokens whose signature was checked.
     pub misses: u32,
+    /// Providers that had a token to check but no keys.
+    pub needs_keys: Vec<usize>,
+    /// Providers that had no key for a token's `kid`/`alg` (a rotation may be under way).
+    pub unknown_key: Vec<usize>,
 }
 
 struct Evaluation<'a> {
@@ -76,8 +92,9 @@ struct Evaluation<'a> {
     request: &'a dyn RequestView,
     now: Time,
     outcomes: Vec<Option<Outcome>>,
+    keys: &'a KeySnapshot,
     cache: &'a mut TokenCache,
-    stats: CacheStats,
+    notes: Notes,
 }
 
 impl Evaluation<'_> {
@@ -91,27 +108,38 @@ impl Evaluation<'_> {
         let outcome = match extract::find(self.request, &p.sources) {
             Found::Nothing => Outcome::Missing,
             Found::Malformed => Outcome::Malformed,
-            Found::Token { token, source } => {
-                let key = cache::key(provider, &token);
-                let signed = match self.cache.get(&key, p.keys_generation) {
-                    Some(verified) => {
-                        self.stats.hits += 1;
-                        Ok(verified)
-                    }
-                    None => {
-                        self.stats.misses += 1;
-                        let result = verify::verify_signature(p, &token);
-                        if let Ok(verified) = &result {
-                            self.cache.put(key, verified.clone(), p.keys_generation);
+            Found::Token { token, source } => match self.keys.get(provider) {
+                Some(Some((keys, generation))) => {
+                    let key = cache::key(provider, &token);
+                    let signed = match self.cache.get(&key, *generation) {
+                        Some(verified) => {
+                            self.notes.hits += 1;
+                            Ok(verified)
                         }
-                        result
+                        None => {
+                            self.notes.misses += 1;
+                            let result = verify::verify_signature(p, keys, &token);
+                            if let Ok(verified) = &result {
+                                self.cache.put(key, verified.clone(), *generation);
+                            }
+                            result
+                        }
+                    };
+                    match signed.and_then(|v| verify::check_claims(p, &v, self.now).map(|()| v)) {
+                        Ok(verified) => Outcome::Valid(verified, source),
+                        Err(failure) => {
+                            if failure == Failure::NoKey {
+                                self.notes.unknown_key.push(provider);
+                            }
+                            Outcome::Invalid(format!("provider {}: {failure}", p.name))
+                        }
                     }
-                };
-                match signed.and_then(|v| verify::check_claims(p, &v, self.now).map(|()| v)) {
-                    Ok(verified) => Outcome::Valid(verified, source),
-                    Err(failure) => Outcome::Invalid(format!("provider {}: {failure}", p.name)),
                 }
-            }
+                _ => {
+                    self.notes.needs_keys.push(provider);
+                    Outcome::NoKeys(format!("provider {}: no keys yet", p.name))
+                }
+            },
         };
         if let Some(slot) = self.outcomes.get_mut(provider) {
             *slot = Some(outcome.clone());
@@ -131,6 +159,7 @@ impl Evaluation<'_> {
                 Outcome::Missing => Err(Denial::Missing),
                 Outcome::Malformed => Err(Denial::InvalidRequest),
                 Outcome::Invalid(detail) => Err(Denial::InvalidToken(detail)),
+                Outcome::NoKeys(detail) => Err(Denial::KeysUnavailable(detail)),
                 Outcome::Valid(verified, source) => {
                     if !claims::has_scopes(&verified.claims, scopes) {
                         return Err(Denial::InsufficientScope {
@@ -186,13 +215,15 @@ impl Evaluation<'_> {
 
 /// Decides a request: the tokens that passed (possibly none), or why it is refused.
 ///
-/// Verified tokens are looked up in, and added to, `cache`; `stats` counts how that went.
+/// `keys` are the providers' current keys. Verified tokens are looked up in, and added to,
+/// `cache`; `notes` says how that went and what was missing.
 pub fn decide(
     compiled: &Compiled,
     request: &dyn RequestView,
     now: Time,
+    keys: &KeySnapshot,
     cache: &mut TokenCache,
-    stats: &mut CacheStats,
+    notes: &mut Notes,
 ) -> Result<Vec<Passed>, Denial> {
     let Some(rule) = compiled.rules.iter().find(|r| r.matcher.matches(request)) else {
         return Ok(Vec::new());
@@ -205,11 +236,12 @@ pub fn decide(
         request,
         now,
         outcomes: vec![None; compiled.providers.len()],
+        keys,
         cache,
-        stats: CacheStats::default(),
+        notes: Notes::default(),
     };
     let mut passed = Vec::new();
     let result = evaluation.eval(requirement, &mut passed);
-    *stats = evaluation.stats;
+    *notes = evaluation.notes;
     result.map(|()| passed)
 }

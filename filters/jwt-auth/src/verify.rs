@@ -8,6 +8,7 @@
 use crate::claims::{self, ClaimError};
 use crate::config::{Provider, normalise_typ};
 use crate::crypto;
+use crate::jwks::KeySet;
 use crate::token::{self, TokenError};
 use filter_core::time::Time;
 use serde_json::{Map, Value};
@@ -55,9 +56,15 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Verifies `token` for `provider` at `now`: [`verify_signature`] then [`check_claims`].
-pub fn verify(provider: &Provider, token: &str, now: Time) -> Result<Verified, Failure> {
-    let verified = verify_signature(provider, token)?;
+/// Verifies `token` for `provider` (whose current keys are `keys`) at `now`:
+/// [`verify_signature`] then [`check_claims`].
+pub fn verify(
+    provider: &Provider,
+    keys: &KeySet,
+    token: &str,
+    now: Time,
+) -> Result<Verified, Failure> {
+    let verified = verify_signature(provider, keys, token)?;
     check_claims(provider, &verified, now)?;
     Ok(verified)
 }
@@ -70,7 +77,11 @@ pub fn check_claims(provider: &Provider, verified: &Verified, now: Time) -> Resu
 
 /// Everything about a token that does not depend on the time: its form, header, issuer and
 /// signature. The result may be cached for as long as the provider's keys stay the same.
-pub fn verify_signature(provider: &Provider, token: &str) -> Result<Verified, Failure> {
+pub fn verify_signature(
+    provider: &Provider,
+    keys: &KeySet,
+    token: &str,
+) -> Result<Verified, Failure> {
     let parsed = token::parse(token, provider.max_token_bytes).map_err(Failure::Token)?;
     let alg = parsed.header.alg;
     if !provider.algorithms.contains(&alg) {
@@ -91,8 +102,7 @@ pub fn verify_signature(provider: &Provider, token: &str) -> Result<Verified, Fa
     let input = parsed.signing_input.as_bytes();
     let mut tried = 0;
     let mut verified = false;
-    for jwk in provider
-        .keys
+    for jwk in keys
         .candidates(alg, parsed.header.kid.as_deref())
         .filter(|jwk| jwk.alg.is_none_or(|a| provider.algorithms.contains(&a)))
         .take(MAX_KEYS_TRIED)

@@ -74,7 +74,8 @@ impl Setup {
             store: &MemStore::new(),
             metrics: &metrics,
         };
-        self.filter.on_request(&mut (), request, &env)
+        self.filter
+            .on_request(&mut jwt_auth::JwtStream::default(), request, &env)
     }
 
     fn run(&self, request: &Request) -> Decision {
@@ -94,6 +95,7 @@ fn passed(d: &Decision) -> &HeaderEdits {
     match d {
         Decision::Continue(edits) => edits,
         Decision::Respond(r) => panic!("refused with {} ({}): {:?}", r.status, r.detail, r.headers),
+        Decision::Wait => panic!("held, not let through"),
     }
 }
 
@@ -101,6 +103,7 @@ fn refused(d: &Decision) -> &LocalResponse {
     match d {
         Decision::Respond(r) => r,
         Decision::Continue(edits) => panic!("let through: {edits:?}"),
+        Decision::Wait => panic!("held, not answered"),
     }
 }
 
@@ -809,11 +812,23 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
         metrics: &metrics,
     };
     let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
-    passed(&setup.filter.on_request(&mut (), &request, &at(NOW)));
-    passed(&setup.filter.on_request(&mut (), &request, &at(NOW + 1)));
+    passed(
+        &setup
+            .filter
+            .on_request(&mut jwt_auth::JwtStream::default(), &request, &at(NOW)),
+    );
+    passed(
+        &setup
+            .filter
+            .on_request(&mut jwt_auth::JwtStream::default(), &request, &at(NOW + 1)),
+    );
     assert_eq!((metrics.value(hits), metrics.value(misses)), (1, 1));
     // exp is NOW + 600 with 60 s of skew: the cached verification does not keep it alive.
-    assert_invalid(&setup.filter.on_request(&mut (), &request, &at(NOW + 661)));
+    assert_invalid(&setup.filter.on_request(
+        &mut jwt_auth::JwtStream::default(),
+        &request,
+        &at(NOW + 661),
+    ));
     assert_eq!(metrics.value(hits), 2);
     assert_eq!(metrics.value(allowed), 2);
     // A token with a flipped signature bit is a different token: a miss, and refused.
@@ -822,7 +837,11 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
     bytes[0] ^= 1;
     let forged = format!("{input}.{}", b64(&bytes));
     let forged_request = get("/").with_header("authorization", format!("Bearer {forged}"));
-    assert_invalid(&setup.filter.on_request(&mut (), &forged_request, &at(NOW)));
+    assert_invalid(&setup.filter.on_request(
+        &mut jwt_auth::JwtStream::default(),
+        &forged_request,
+        &at(NOW),
+    ));
     assert_eq!(metrics.value(misses), 2);
 }
 
@@ -846,4 +865,136 @@ fn token_cache_size_is_validated() {
     );
     let setup = Setup { filter: off };
     passed(&setup.bearer(&key.sign(&claims())));
+}
+
+// === remote JWKS (the fetch itself runs in Envoy: tests/integration/jwt_auth.rs) ===
+
+fn remote_filter() -> JwtAuth {
+    filter(json!({
+        "providers": { "idp": {
+            "issuer": "https://issuer.example", "audiences": ["api"], "algorithms": ["EdDSA", "ES256"],
+            "remote_jwks": { "cluster": "keys", "path": "/jwks.json", "timeout": "2s" },
+        } },
+        "rules": [ { "match": {}, "requires": { "provider": "idp" } } ],
+    }))
+}
+
+fn jwks_answer(keys: &[&Key]) -> filter_core::decision::CalloutResult {
+    filter_core::decision::CalloutResult::Response {
+        status: Some(200),
+        headers: vec![],
+        body: jwks(keys).into_bytes(),
+    }
+}
+
+#[test]
+fn requests_wait_for_the_first_keys_then_get_503() {
+    use jwt_auth::JwtStream;
+    let f = remote_filter();
+    let store = MemStore::new();
+    let metrics = RecordedMetrics::default();
+    let env = |secs: u64| Env {
+        now: Time::from_secs(secs),
+        store: &store,
+        metrics: &metrics,
+    };
+    let key = Key::generate(Alg::EdDSA, "k1");
+    let request = get("/").with_header("authorization", format!("Bearer {}", key.sign(&claims())));
+    // No token: nothing to wait for.
+    assert_eq!(
+        refused(&f.on_request(&mut JwtStream::default(), &get("/"), &env(NOW))).status,
+        401
+    );
+    let mut stream = JwtStream::default();
+    assert_eq!(
+        f.on_request(&mut stream, &request, &env(NOW)),
+        Decision::Wait
+    );
+    assert_eq!(
+        f.on_request(&mut stream, &request, &env(NOW + 2)),
+        Decision::Wait
+    );
+    // Timeout (2 s) plus a second, and still no keys: 503 with Retry-After.
+    let r = f.on_request(&mut stream, &request, &env(NOW + 3));
+    let r = refused(&r);
+    assert_eq!(r.status, 503);
+    assert!(
+        r.headers
+            .contains(&("retry-after".to_owned(), "5".to_owned()))
+    );
+    // Keys arrive: a waiting request passes on its next decision.
+    let mut stream = JwtStream::default();
+    assert_eq!(
+        f.on_request(&mut stream, &request, &env(NOW)),
+        Decision::Wait
+    );
+    let callouts = f.on_tick(&env(NOW));
+    assert_eq!(callouts.len(), 1);
+    f.on_callout_response(callouts[0].tag, jwks_answer(&[&key]), &env(NOW));
+    passed(&f.on_request(&mut stream, &request, &env(NOW + 1)));
+}
+
+#[test]
+fn a_new_kid_is_accepted_after_one_refetch_and_random_kids_cause_no_storm() {
+    use jwt_auth::JwtStream;
+    let f = remote_filter();
+    let store = MemStore::new();
+    let metrics = RecordedMetrics::default();
+    let env = |secs: u64| Env {
+        now: Time::from_secs(secs),
+        store: &store,
+        metrics: &metrics,
+    };
+    let old = Key::generate(Alg::EdDSA, "old");
+    let new = Key::generate(Alg::ES256, "new");
+    let callouts = f.on_tick(&env(NOW));
+    f.on_callout_response(callouts[0].tag, jwks_answer(&[&old]), &env(NOW));
+    let bearer =
+        |k: &Key| get("/").with_header("authorization", format!("Bearer {}", k.sign(&claims())));
+    passed(&f.on_request(&mut JwtStream::default(), &bearer(&old), &env(NOW)));
+    // The issuer rotated: a token with the new kid waits for a refetch...
+    let mut stream = JwtStream::default();
+    assert_eq!(
+        f.on_request(&mut stream, &bearer(&new), &env(NOW + 1)),
+        Decision::Wait
+    );
+    assert_eq!(
+        f.on_request(&mut stream, &bearer(&new), &env(NOW + 1)),
+        Decision::Wait,
+        "until the keys change"
+    );
+    let callouts = f.on_tick(&env(NOW + 1));
+    assert_eq!(
+        callouts.len(),
+        1,
+        "the kid miss asked for a fetch before the refresh time"
+    );
+    f.on_callout_response(callouts[0].tag, jwks_answer(&[&old, &new]), &env(NOW + 1));
+    passed(&f.on_request(&mut stream, &bearer(&new), &env(NOW + 1)));
+    // Unknown kids within the cooldown: refused at once, no fetch.
+    let stranger = Key::generate(Alg::EdDSA, "stranger");
+    for s in 2..10 {
+        assert_invalid(&f.on_request(&mut JwtStream::default(), &bearer(&stranger), &env(NOW + s)));
+        assert!(f.on_tick(&env(NOW + s)).is_empty());
+    }
+}
+
+#[test]
+fn remote_keys_cannot_carry_hmac_secrets() {
+    let err = config_error(
+        json!({ "providers": { "idp": { "issuer": "i", "algorithms": ["RS256", "HS256"],
+        "remote_jwks": { "cluster": "keys", "path": "/jwks.json" } } } }),
+    );
+    assert!(
+        err.starts_with("providers.idp.algorithms[1]: HMAC algorithms need a shared secret"),
+        "{err}"
+    );
+    let err = config_error(
+        json!({ "providers": { "idp": { "issuer": "i", "algorithms": ["RS256"],
+        "remote_jwks": { "cluster": "keys", "path": "jwks.json" } } } }),
+    );
+    assert_eq!(
+        err,
+        "providers.idp.remote_jwks.path: must start with '/', got \"jwks.json\""
+    );
 }

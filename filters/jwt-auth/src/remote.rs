@@ -1,0 +1,555 @@
+//! Remote JWKS: keys fetched from a key server through an Envoy cluster, shared by all workers.
+//!
+//! Fetching never happens on the request path. Each worker's root context ticks (every 100 ms)
+//! and, per remote provider:
+//! 1. copies the shared key set if another worker fetched a newer one (a small metadata record
+//!    is read each tick; the document only when its generation changed);
+//! 2. starts a fetch when one is needed (no keys yet, the refresh time has come, or a request met
+//!    an unknown `kid`) and nobody else is fetching: a lease taken by compare-and-swap in shared
+//!    data makes one fetch serve every worker.
+//!
+//! A good answer replaces the shared document and bumps its generation (which also retires the
+//! verified-token cache entries made under the old keys). A failed fetch keeps the last good
+//! keys serving (for up to [`MAX_STALE`] past their expiry) and retries with backoff.
+//!
+//! Key rotation: a token whose `kid` no provider key matches asks for a refetch, at most once per
+//! [`KID_MISS_COOLDOWN`] per provider, so a flood of random `kid`s causes no fetch storm (J8).
+//!
+//! Shared data keys (one small fixed set per provider, so memory stays bounded):
+//! `jwt_auth.jwks.<provider>.meta`, `.doc` and `.fetch`.
+
+use crate::config::{Provider, Remote};
+use crate::jwks::{self, KeySet};
+use filter_core::decision::{Callout, CalloutResult};
+use filter_core::store::{self, SharedStore};
+use filter_core::time::Time;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often each worker checks on its remote providers (and re-decides held requests).
+pub const TICK: Duration = Duration::from_millis(100);
+/// At most one `kid`-miss refetch per provider in this window.
+pub const KID_MISS_COOLDOWN: Duration = Duration::from_secs(30);
+/// Bounds on a key server's `Cache-Control: max-age`.
+pub const MIN_TTL: Duration = Duration::from_secs(30);
+/// See [`MIN_TTL`].
+pub const MAX_TTL: Duration = Duration::from_secs(86_400);
+/// How long past their expiry the last good keys keep serving while the key server fails.
+pub const MAX_STALE: Duration = Duration::from_secs(86_400);
+/// Longest wait between failed fetches.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Compare-and-swap attempts on the small control records.
+const CAS_ATTEMPTS: u32 = 8;
+
+/// A worker's copy of a provider's remote keys.
+#[derive(Debug, Clone)]
+pub struct WorkerKeys {
+    /// The parsed keys.
+    pub keys: Rc<KeySet>,
+    /// Changes whenever the shared document does.
+    pub generation: u64,
+    /// When the keys should be refreshed.
+    pub refresh_at: Time,
+    /// When the keys expire (they still serve for [`MAX_STALE`] after, if fetches fail).
+    pub expires_at: Time,
+}
+
+impl WorkerKeys {
+    /// Whether these keys may still verify tokens at `now`.
+    pub fn usable(&self, now: Time) -> bool {
+        now < self.expires_at.plus(MAX_STALE)
+    }
+}
+
+/// The shared record describing the current document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Meta {
+    generation: u64,
+    refresh_at: u64,
+    expires_at: u64,
+}
+
+/// The shared record coordinating fetches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Control {
+    lease_until: u64,
+    next_attempt: u64,
+    failures: u64,
+    wanted: u64,
+    last_kid_refetch: u64,
+}
+
+fn numbers<const N: usize>(bytes: Option<&[u8]>) -> [u64; N] {
+    let mut out = [0u64; N];
+    if let Some(text) = bytes.and_then(|b| std::str::from_utf8(b).ok()) {
+        for (slot, word) in out.iter_mut().zip(text.split(' ')) {
+            *slot = word.parse().unwrap_or(0);
+        }
+    }
+    out
+}
+
+impl Meta {
+    fn decode(bytes: Option<&[u8]>) -> Self {
+        let [generation, refresh_at, expires_at] = numbers::<3>(bytes);
+        Self {
+            generation,
+            refresh_at,
+            expires_at,
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "{} {} {}",
+            self.generation, self.refresh_at, self.expires_at
+        )
+        .into_bytes()
+    }
+}
+
+impl Control {
+    fn decode(bytes: Option<&[u8]>) -> Self {
+        let [
+            lease_until,
+            next_attempt,
+            failures,
+            wanted,
+            last_kid_refetch,
+        ] = numbers::<5>(bytes);
+        Self {
+            lease_until,
+            next_attempt,
+            failures,
+            wanted,
+            last_kid_refetch,
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "{} {} {} {} {}",
+            self.lease_until, self.next_attempt, self.failures, self.wanted, self.last_kid_refetch
+        )
+        .into_bytes()
+    }
+}
+
+fn key(provider: &Provider, part: &str) -> String {
+    format!("jwt_auth.jwks.{}.{part}", provider.name)
+}
+
+fn read<T>(store: &dyn SharedStore, key: &str, decode: fn(Option<&[u8]>) -> T) -> T {
+    let value = store.get(key).ok().flatten();
+    decode(value.as_ref().map(|(bytes, _)| bytes.as_slice()))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One tick for one remote provider: refreshes the worker's copy from shared data, and returns
+/// the fetch to start, if this worker should start one now.
+pub fn tick(
+    provider: &Provider,
+    remote: &Remote,
+    index: usize,
+    copy: &mut Option<WorkerKeys>,
+    store: &dyn SharedStore,
+    now: Time,
+) -> Option<Callout> {
+    let meta = read(store, &key(provider, "meta"), Meta::decode);
+    if meta.generation > 0 && copy.as_ref().is_none_or(|c| c.generation < meta.generation) {
+        let doc = store.get(&key(provider, "doc")).ok().flatten();
+        if let Some(keys) = doc.and_then(|(bytes, _)| usable_keys(provider, &bytes)) {
+            *copy = Some(WorkerKeys {
+                keys: Rc::new(keys),
+                generation: meta.generation,
+                refresh_at: Time::from_nanos(meta.refresh_at),
+                expires_at: Time::from_nanos(meta.expires_at),
+            });
+        }
+    }
+    let control = read(store, &key(provider, "fetch"), Control::decode);
+    let needed = copy.as_ref().is_none_or(|c| now >= c.refresh_at) || control.wanted != 0;
+    let now_ns = now.as_nanos();
+    if !needed || now_ns < control.lease_until || now_ns < control.next_attempt {
+        return None;
+    }
+    let lease = now
+        .plus(remote.timeout)
+        .plus(Duration::from_secs(1))
+        .as_nanos();
+    let won = store::update(store, &key(provider, "fetch"), CAS_ATTEMPTS, |current| {
+        let mut c = Control::decode(current);
+        if now_ns < c.lease_until {
+            return (None, false);
+        }
+        c.lease_until = lease;
+        (Some(c.encode()), true)
+    });
+    if won != Ok(true) {
+        return None;
+    }
+    Some(Callout {
+        tag: u64::try_from(index).unwrap_or(u64::MAX),
+        cluster: remote.cluster.clone(),
+        authority: remote.authority.clone(),
+        path: remote.path.clone(),
+        timeout: remote.timeout,
+    })
+}
+
+/// A key set from a JWKS document, if it holds a key this provider can use.
+fn usable_keys(provider: &Provider, doc: &[u8]) -> Option<KeySet> {
+    let keys = jwks::parse_jwks(doc).ok()?;
+    let fits = keys.keys.iter().any(|jwk| {
+        provider
+            .algorithms
+            .iter()
+            .any(|alg| jwk.key.fits(*alg) && jwk.alg.is_none_or(|a| a == *alg))
+    });
+    fits.then_some(keys)
+}
+
+/// `Cache-Control: max-age=N`, clamped to [[`MIN_TTL`], [`MAX_TTL`]].
+fn max_age(headers: &[(String, String)]) -> Option<Duration> {
+    let value = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+        .map(|(_, v)| v.as_str())?;
+    let seconds: u64 = value.split(',').find_map(|directive| {
+        let (name, n) = directive.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| n.trim().parse().ok())?
+    })?;
+    Some(Duration::from_secs(seconds).clamp(MIN_TTL, MAX_TTL))
+}
+
+/// Handles the answer to a fetch: on success the document is shared under a new generation and
+/// becomes this worker's copy; on failure the old keys stay and the next try backs off. Returns
+/// whether it succeeded.
+pub fn fetched(
+    provider: &Provider,
+    remote: &Remote,
+    copy: &mut Option<WorkerKeys>,
+    result: CalloutResult,
+    store: &dyn SharedStore,
+    now: Time,
+) -> bool {
+    let good = match &result {
+        CalloutResult::Response {
+            status: Some(200),
+            headers,
+            body,
+        } if body.len() <= jwks::MAX_JWKS_BYTES => {
+            usable_keys(provider, body).map(|keys| (keys, body, max_age(headers)))
+        }
+        _ => None,
+    };
+    let control_key = key(provider, "fetch");
+    let Some((keys, body, ttl)) = good else {
+        let _ = store::update(store, &control_key, CAS_ATTEMPTS, |current| {
+            let mut c = Control::decode(current);
+            c.failures = c.failures.saturating_add(1);
+            let backoff = Duration::from_secs(1u64 << c.failures.min(9)).min(MAX_BACKOFF);
+            c.next_attempt = now.plus(backoff).as_nanos();
+            c.lease_until = 0;
+            c.wanted = 0;
+            (Some(c.encode()), ())
+        });
+        return false;
+    };
+    let ttl = ttl.unwrap_or(remote.cache_duration);
+    // The document first, then the record naming its generation: a worker that sees the new
+    // generation always finds the new (or an even newer) document.
+    if store.set(&key(provider, "doc"), body, None).is_err() {
+        return false;
+    }
+    let refresh_at = now.plus(ttl.saturating_mul(4) / 5);
+    let expires_at = now.plus(ttl);
+    let meta = store::update(store, &key(provider, "meta"), CAS_ATTEMPTS, |current| {
+        let next = Meta {
+            generation: Meta::decode(current).generation.saturating_add(1),
+            refresh_at: refresh_at.as_nanos(),
+            expires_at: expires_at.as_nanos(),
+        };
+        (Some(next.encode()), next)
+    });
+    let _ = store::update(store, &control_key, CAS_ATTEMPTS, |current| {
+        let mut c = Control::decode(current);
+        c.lease_until = 0;
+        c.next_attempt = 0;
+        c.failures = 0;
+        c.wanted = 0;
+        (Some(c.encode()), ())
+    });
+    if let Ok(meta) = meta {
+        *copy = Some(WorkerKeys {
+            keys: Rc::new(keys),
+            generation: meta.generation,
+            refresh_at,
+            expires_at,
+        });
+    }
+    true
+}
+
+/// What asking for a refetch after an unknown `kid` gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refetch {
+    /// A refetch was asked for: wait for the next generation.
+    Requested,
+    /// One is already asked for or under way: wait for it too.
+    InProgress,
+    /// Too soon after the last one: the `kid` is unknown, answer now.
+    Cooldown,
+}
+
+/// Asks for a refetch of a provider's keys because a token named a `kid` they lack.
+pub fn request_refetch(provider: &Provider, store: &dyn SharedStore, now: Time) -> Refetch {
+    let now_ns = now.as_nanos();
+    let cooldown = nanos(KID_MISS_COOLDOWN);
+    store::update(store, &key(provider, "fetch"), CAS_ATTEMPTS, |current| {
+        let mut c = Control::decode(current);
+        if c.wanted != 0 || now_ns < c.lease_until {
+            return (None, Refetch::InProgress);
+        }
+        if c.last_kid_refetch != 0 && now_ns.saturating_sub(c.last_kid_refetch) < cooldown {
+            return (None, Refetch::Cooldown);
+        }
+        c.wanted = 1;
+        c.last_kid_refetch = now_ns;
+        (Some(c.encode()), Refetch::Requested)
+    })
+    .unwrap_or(Refetch::Cooldown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compiled, JwtAuthConfig, KeySource};
+    use filter_core::config::parse_json;
+    use filter_core::store::MemStore;
+    use serde_json::json;
+
+    const T0: u64 = 1_767_225_600;
+
+    fn compiled() -> Compiled {
+        let config = json!({ "providers": { "idp": {
+            "issuer": "https://issuer.example", "algorithms": ["EdDSA"],
+            "remote_jwks": { "cluster": "keys", "path": "/jwks.json", "cache_duration": "10m", "timeout": "2s" },
+        } } });
+        parse_json::<JwtAuthConfig>(config.to_string().as_bytes())
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    fn remote(c: &Compiled) -> (&Provider, &Remote) {
+        let p = &c.providers[0];
+        match &p.keys {
+            KeySource::Remote(r) => (p, r),
+            KeySource::Local(_) => panic!("expected a remote provider"),
+        }
+    }
+
+    fn jwks_response(kid: &str, cache_control: Option<&str>) -> CalloutResult {
+        let key = testkit::Key::generate(testkit::Alg::EdDSA, kid);
+        CalloutResult::Response {
+            status: Some(200),
+            headers: cache_control
+                .map(|v| vec![("cache-control".to_owned(), v.to_owned())])
+                .unwrap_or_default(),
+            body: testkit::jwks(&[&key]).into_bytes(),
+        }
+    }
+
+    fn at(secs: u64) -> Time {
+        Time::from_secs(secs)
+    }
+
+    #[test]
+    fn one_fetch_serves_every_worker() {
+        let c = compiled();
+        let (p, r) = remote(&c);
+        let store = MemStore::new();
+        let (mut a, mut b) = (None, None);
+        let callout = tick(p, r, 0, &mut a, &store, at(T0)).expect("cold start fetches");
+        assert_eq!(
+            (
+                callout.cluster.as_str(),
+                callout.path.as_str(),
+                callout.authority.as_str()
+            ),
+            ("keys", "/jwks.json", "keys")
+        );
+        // The other worker sees the lease: no second fetch.
+        assert!(tick(p, r, 0, &mut b, &store, at(T0)).is_none());
+        assert!(fetched(
+            p,
+            r,
+            &mut a,
+            jwks_response("k1", None),
+            &store,
+            at(T0)
+        ));
+        assert_eq!(a.as_ref().map(|k| k.generation), Some(1));
+        // Worker b copies the shared keys on its next tick, without fetching.
+        assert!(tick(p, r, 0, &mut b, &store, at(T0)).is_none());
+        assert_eq!(b.as_ref().map(|k| k.generation), Some(1));
+        assert!(
+            b.as_ref()
+                .unwrap()
+                .keys
+                .candidates(crate::alg::Alg::EdDSA, Some("k1"))
+                .next()
+                .is_some()
+        );
+        // Refresh at 80% of the cache duration (10m): 480 s.
+        assert!(tick(p, r, 0, &mut b, &store, at(T0 + 479)).is_none());
+        assert!(tick(p, r, 0, &mut b, &store, at(T0 + 480)).is_some());
+    }
+
+    #[test]
+    fn max_age_is_honoured_within_bounds() {
+        let c = compiled();
+        let (p, r) = remote(&c);
+        for (header, ttl) in [
+            ("public, max-age=100", 100),
+            ("max-age=5", 30),
+            ("max-age=999999", 86_400),
+        ] {
+            let store = MemStore::new();
+            let mut copy = None;
+            let _ = tick(p, r, 0, &mut copy, &store, at(T0));
+            assert!(fetched(
+                p,
+                r,
+                &mut copy,
+                jwks_response("k", Some(header)),
+                &store,
+                at(T0)
+            ));
+            assert_eq!(copy.unwrap().expires_at, at(T0 + ttl), "{header}");
+        }
+    }
+
+    #[test]
+    fn failures_keep_the_old_keys_and_back_off() {
+        let c = compiled();
+        let (p, r) = remote(&c);
+        let store = MemStore::new();
+        let mut copy = None;
+        let _ = tick(p, r, 0, &mut copy, &store, at(T0));
+        assert!(fetched(
+            p,
+            r,
+            &mut copy,
+            jwks_response("k1", None),
+            &store,
+            at(T0)
+        ));
+        let refresh = T0 + 480;
+        assert!(tick(p, r, 0, &mut copy, &store, at(refresh)).is_some());
+        let bad = [
+            CalloutResult::Failed("reset".into()),
+            CalloutResult::Response {
+                status: Some(503),
+                headers: vec![],
+                body: vec![],
+            },
+            CalloutResult::Response {
+                status: Some(200),
+                headers: vec![],
+                body: b"not json".to_vec(),
+            },
+            CalloutResult::Response {
+                status: Some(200),
+                headers: vec![],
+                body: br#"{"keys":[]}"#.to_vec(),
+            },
+        ];
+        for (i, result) in bad.into_iter().enumerate() {
+            let now = refresh + 1000 * i as u64;
+            let _ = tick(p, r, 0, &mut copy, &store, at(now));
+            assert!(!fetched(p, r, &mut copy, result, &store, at(now)));
+            assert_eq!(
+                copy.as_ref().map(|k| k.generation),
+                Some(1),
+                "old keys stay"
+            );
+        }
+        // Four failures: the next try waits 16 s.
+        let last = refresh + 3000;
+        assert!(tick(p, r, 0, &mut copy, &store, at(last + 15)).is_none());
+        assert!(tick(p, r, 0, &mut copy, &store, at(last + 16)).is_some());
+        // Stale keys serve until a day past their expiry.
+        let keys = copy.unwrap();
+        assert!(keys.usable(at(T0 + 600 + 86_399)));
+        assert!(!keys.usable(at(T0 + 600 + 86_400)));
+    }
+
+    #[test]
+    fn kid_misses_refetch_at_most_once_per_cooldown() {
+        let c = compiled();
+        let (p, r) = remote(&c);
+        let store = MemStore::new();
+        let mut copy = None;
+        let _ = tick(p, r, 0, &mut copy, &store, at(T0));
+        assert!(fetched(
+            p,
+            r,
+            &mut copy,
+            jwks_response("k1", None),
+            &store,
+            at(T0)
+        ));
+        assert_eq!(request_refetch(p, &store, at(T0 + 1)), Refetch::Requested);
+        assert_eq!(request_refetch(p, &store, at(T0 + 1)), Refetch::InProgress);
+        assert!(
+            tick(p, r, 0, &mut copy, &store, at(T0 + 1)).is_some(),
+            "wanted: fetch now"
+        );
+        assert_eq!(
+            request_refetch(p, &store, at(T0 + 1)),
+            Refetch::InProgress,
+            "leased"
+        );
+        assert!(fetched(
+            p,
+            r,
+            &mut copy,
+            jwks_response("k2", None),
+            &store,
+            at(T0 + 2)
+        ));
+        assert_eq!(copy.as_ref().map(|k| k.generation), Some(2));
+        // A flood of unknown kids right after: no fetch storm.
+        for s in 3..31 {
+            assert_eq!(request_refetch(p, &store, at(T0 + s)), Refetch::Cooldown);
+        }
+        assert_eq!(request_refetch(p, &store, at(T0 + 31)), Refetch::Requested);
+    }
+
+    #[test]
+    fn hostile_shared_records_decode_to_defaults() {
+        for junk in [
+            &b""[..],
+            b"x y z",
+            b"1 2",
+            "\u{ff}".as_bytes(),
+            b"99999999999999999999999 1 1",
+        ] {
+            let _ = Meta::decode(Some(junk));
+            let _ = Control::decode(Some(junk));
+        }
+        assert_eq!(
+            Meta::decode(Some(b"3 4 5")),
+            Meta {
+                generation: 3,
+                refresh_at: 4,
+                expires_at: 5
+            }
+        );
+    }
+}
