@@ -345,3 +345,370 @@ fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back() {
     );
     assert_eq!(upstream.count(), 1);
 }
+
+/// The J1 to J39 checklist (`../shared/reference/semantics.md` §4.c), each case a real request
+/// through one Envoy: what a client sees. (J8, J32, J33 and J34 have their own tests above and
+/// below; J9 is a configuration refusal, J37 is out of scope, J38 is constant-time by
+/// construction and unit-tested.)
+#[test]
+fn the_attack_checklist_through_envoy() {
+    use filter_tests::tokens::b64;
+    let rsa = Key::generate(Alg::RS256, "rsa");
+    let ec = Key::generate(Alg::ES256, "ec");
+    let ed = Key::generate(Alg::EdDSA, "ed");
+    let hs = Key::generate(Alg::HS256, "hs");
+    let weak = Key::rsa_with_bits(Alg::RS256, "weak", 1024);
+    let upstream = Upstream::echo();
+    let keys = [&rsa, &ec, &ed, &hs, &weak];
+    let config = json!({
+        "providers": { "idp": {
+            "issuer": "https://issuer.example", "audiences": ["api"],
+            "algorithms": ["RS256", "ES256", "EdDSA", "HS256"],
+            "local_jwks": { "inline": jwks(&keys) },
+            "from_params": ["access_token"],
+        } },
+        "rules": [
+            { "match": { "prefix": "/admin" }, "requires": { "provider": "idp", "scopes": ["admin"] } },
+            { "match": { "prefix": "/" }, "requires": { "provider": "idp" } },
+        ],
+    });
+    let envoy = Envoy::start(
+        &Gateway::new(upstream.port())
+            .filter("jwt_auth", &config.to_string())
+            .render(),
+    );
+    let port = envoy.port("gateway");
+    let now = now_secs();
+    let good = || claims("alice");
+    let with = |field: &str, value: Value| {
+        let mut c = good();
+        if value.is_null() {
+            c.as_object_mut().unwrap().remove(field);
+        } else {
+            c[field] = value;
+        }
+        c
+    };
+    let raw = |key: &Key, header: &str, payload: &str| {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        format!("{input}.{}", b64(&key.signature(input.as_bytes())))
+    };
+    let payload = b64(good().to_string().as_bytes());
+    let ec_token = ec.sign(&good());
+    let ec_input = ec_token.rsplit_once('.').unwrap().0.to_owned();
+    let header = |extra: Value| {
+        let mut h = json!({ "alg": "ES256", "kid": "ec" });
+        h.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        ec.sign_with_header(&h, &good())
+    };
+
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "J1 alg none",
+            format!("{}.{payload}.", b64(br#"{"alg":"none"}"#)),
+            401,
+        ),
+        (
+            "J1 alg nOnE",
+            format!("{}.{payload}.AAAA", b64(br#"{"alg":"nOnE"}"#)),
+            401,
+        ),
+        (
+            "J1 alg escaped none",
+            format!("{}.{payload}.AAAA", b64(br#"{"alg":"\u006eone"}"#)),
+            401,
+        ),
+        (
+            "J2 HS256 keyed with the RSA public key",
+            Key::hmac_with_secret(Alg::HS256, "rsa", &rsa.confusion_secret()).sign(&good()),
+            401,
+        ),
+        (
+            "J3 PS256 not allowed",
+            Key::generate(Alg::RS256, "rsa")
+                .as_alg(Alg::PS256)
+                .sign(&good()),
+            401,
+        ),
+        (
+            "J4 ECDSA r = s = 0",
+            format!("{ec_input}.{}", b64(&[0u8; 64])),
+            401,
+        ),
+        (
+            "J5 ECDSA 63 bytes",
+            format!("{ec_input}.{}", b64(&[1u8; 63])),
+            401,
+        ),
+        ("J6 embedded jwk", header(json!({ "jwk": ec.jwk() })), 401),
+        (
+            "J6 jku",
+            header(json!({ "jku": "http://127.0.0.1:1/jwks" })),
+            401,
+        ),
+        ("J6 x5c", header(json!({ "x5c": ["MIIB"] })), 401),
+        (
+            "J7 path kid",
+            ec.sign_with_header(&json!({ "alg": "ES256", "kid": "../../dev/null" }), &good()),
+            401,
+        ),
+        (
+            "J7 long kid",
+            ec.sign_with_header(&json!({ "alg": "ES256", "kid": "k".repeat(300) }), &good()),
+            401,
+        ),
+        (
+            "J10 JWE",
+            "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aGVsbG8.d29ybGQ.dGFn".to_owned(),
+            401,
+        ),
+        ("J13 crit", header(json!({ "crit": ["exp"] })), 401),
+        ("J13 empty crit", header(json!({ "crit": [] })), 401),
+        (
+            "J14 duplicate alg",
+            raw(
+                &hs,
+                r#"{"alg":"HS256","alg":"none","kid":"hs"}"#,
+                &good().to_string(),
+            ),
+            401,
+        ),
+        (
+            "J14 duplicate exp",
+            raw(
+                &hs,
+                r#"{"alg":"HS256","kid":"hs"}"#,
+                &good().to_string().replacen('{', r#"{"exp":1,"#, 1),
+            ),
+            401,
+        ),
+        (
+            "J15 exp as string",
+            ed.sign(&with("exp", json!((now + 300).to_string()))),
+            401,
+        ),
+        ("J15 exp as bool", ed.sign(&with("exp", json!(true))), 401),
+        ("J15 nbf as array", ed.sign(&with("nbf", json!([1]))), 401),
+        (
+            "J15 exp after 9999",
+            ed.sign(&with("exp", json!(253_402_300_800u64))),
+            401,
+        ),
+        (
+            "J16 fractional exp",
+            ed.sign(&with("exp", json!(now as f64 + 300.5))),
+            200,
+        ),
+        (
+            "J17 expired beyond skew",
+            ed.sign(&with("exp", json!(now - 120))),
+            401,
+        ),
+        (
+            "J17 nbf in the future",
+            ed.sign(&with("nbf", json!(now + 300))),
+            401,
+        ),
+        ("J18 no exp", ed.sign(&with("exp", Value::Null)), 401),
+        ("J19 no aud", ed.sign(&with("aud", Value::Null)), 401),
+        ("J19 empty aud", ed.sign(&with("aud", json!([]))), 401),
+        (
+            "J19 aud of the wrong type",
+            ed.sign(&with("aud", json!([123]))),
+            401,
+        ),
+        (
+            "J19 aud of the wrong case",
+            ed.sign(&with("aud", json!("API"))),
+            401,
+        ),
+        (
+            "J20 iss with a trailing slash",
+            ed.sign(&with("iss", json!("https://issuer.example/"))),
+            401,
+        ),
+        (
+            "J22 typ of another token kind",
+            ed.sign_with_header(
+                &json!({ "alg": "EdDSA", "kid": "ed", "typ": "secevent+jwt" }),
+                &good(),
+            ),
+            401,
+        ),
+        ("J23 1024-bit RSA key", weak.sign(&good()), 401),
+        (
+            "J25 huge token",
+            ed.sign(&with("pad", json!("x".repeat(9000)))),
+            401,
+        ),
+        (
+            "J26 payload not UTF-8",
+            {
+                let input = format!(
+                    "{}.{}",
+                    b64(br#"{"alg":"EdDSA","kid":"ed"}"#),
+                    b64(b"{\"sub\":\"\xff\"}")
+                );
+                format!("{input}.{}", b64(&ed.signature(input.as_bytes())))
+            },
+            401,
+        ),
+        (
+            "J27 padded signature",
+            format!("{}=", ec.sign(&good())),
+            401,
+        ),
+        (
+            "J36 within the clock skew",
+            ed.sign(&with("exp", json!(now - 30))),
+            200,
+        ),
+        ("all four key families: RS256", rsa.sign(&good()), 200),
+        ("all four key families: ES256", ec.sign(&good()), 200),
+        ("all four key families: EdDSA", ed.sign(&good()), 200),
+        ("all four key families: HS256", hs.sign(&good()), 200),
+    ];
+    let mut failures = Vec::new();
+    for (name, token, expected) in &cases {
+        let r = client::get("/x")
+            .header("authorization", &bearer(token))
+            .send(port);
+        if r.status != *expected {
+            failures.push(format!(
+                "{name}: expected {expected}, got {} {}",
+                r.status,
+                r.text()
+            ));
+        } else if r.status == 401 && !challenge(&r).contains("error=\"invalid_token\"") {
+            failures.push(format!(
+                "{name}: 401 without invalid_token: {}",
+                challenge(&r)
+            ));
+        }
+    }
+    let token = ed.sign(&good());
+    let requests = [
+        (
+            "J11 JSON serialization",
+            client::get("/x").header("authorization", "Bearer {\"payload\":\"e30\"}"),
+            400,
+        ),
+        (
+            "J28 header and query",
+            client::get(&format!("/x?access_token={token}"))
+                .header("authorization", &bearer(&token)),
+            400,
+        ),
+        (
+            "J28 two authorization fields",
+            client::get("/x")
+                .header("authorization", &bearer(&token))
+                .header("authorization", &bearer(&token)),
+            400,
+        ),
+        (
+            "J29 lower-case scheme",
+            client::get("/x").header("authorization", &format!("bearer {token}")),
+            200,
+        ),
+        (
+            "J29 several spaces",
+            client::get("/x").header("authorization", &format!("Bearer    {token}")),
+            200,
+        ),
+        (
+            "J30 Basic credentials",
+            client::get("/x").header("authorization", "Basic dXNlcjpwYXNz"),
+            401,
+        ),
+        (
+            "J31 missing scope",
+            client::get("/admin/x").header("authorization", &bearer(&token)),
+            403,
+        ),
+        (
+            "J39 token in the query",
+            client::get(&format!("/x?access_token={token}")),
+            200,
+        ),
+    ];
+    for (name, request, expected) in requests {
+        let r = request.send(port);
+        if r.status != expected {
+            failures.push(format!(
+                "{name}: expected {expected}, got {} {}",
+                r.status,
+                r.text()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len() + 8,
+        failures.join("\n")
+    );
+    // J30: no error code when there is no bearer token at all.
+    let basic = client::get("/x")
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send(port);
+    assert_eq!(challenge(&basic), "Bearer realm=\"api\"");
+}
+
+#[test]
+fn a_key_removed_from_the_key_server_stops_working_at_the_next_refresh() {
+    let kept = Key::generate(Alg::EdDSA, "kept");
+    let revoked = Key::generate(Alg::EdDSA, "revoked");
+    let key_server = Upstream::start(vec![
+        Reply::Json(jwks(&[&kept, &revoked])),
+        Reply::Json(jwks(&[&kept])),
+    ]);
+    let upstream = Upstream::echo();
+    let config = json!({
+        "providers": { "idp": {
+            "issuer": "https://issuer.example", "audiences": ["api"], "algorithms": ["EdDSA"],
+            "remote_jwks": { "cluster": "jwks", "path": "/jwks", "cache_duration": "1s" },
+        } },
+        "rules": [ { "match": {}, "requires": { "provider": "idp" } } ],
+    });
+    let envoy = Envoy::start(
+        &Gateway::new(upstream.port())
+            .cluster("jwks", key_server.port())
+            .filter("jwt_auth", &config.to_string())
+            .render(),
+    );
+    let port = envoy.port("gateway");
+    let token = revoked.sign(&claims("mallory"));
+    for _ in 0..4 {
+        assert_eq!(
+            client::get("/x")
+                .header("authorization", &bearer(&token))
+                .send(port)
+                .status,
+            200
+        );
+    }
+    // The refresh (at 80% of 1 s) drops the key; the verified-token cache must not keep it alive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while key_server.count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no refresh happened");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..4 {
+        assert_eq!(
+            client::get("/x")
+                .header("authorization", &bearer(&token))
+                .send(port)
+                .status,
+            401
+        );
+    }
+    let ok = client::get("/x")
+        .header("authorization", &bearer(&kept.sign(&claims("alice"))))
+        .send(port);
+    assert_eq!(ok.status, 200);
+}
