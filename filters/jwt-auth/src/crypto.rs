@@ -9,20 +9,17 @@ use std::fmt;
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
-use rsa::pkcs8::spki::der::oid::AssociatedOid;
-use rsa::signature::Verifier;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, RsaPublicKey};
-use sha2::digest::FixedOutputReset;
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use p256::ecdsa::signature::Verifier;
+use sha2::{Sha256, Sha384, Sha512};
 
 use crate::alg::Alg;
+use crate::rsa_verify::{self, RsaKey};
 
 /// A verification key: an asymmetric public key, or an HMAC shared secret.
 #[derive(Clone)]
 pub enum PublicKey {
     /// RSA, for `RS*` and `PS*`.
-    Rsa(RsaPublicKey),
+    Rsa(RsaKey),
     /// ECDSA on P-256, for `ES256` only.
     P256(p256::ecdsa::VerifyingKey),
     /// ECDSA on P-384, for `ES384` only.
@@ -37,7 +34,7 @@ impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // The modulus in decimal is a wall of digits that helps nobody reading a log.
-            PublicKey::Rsa(key) => write!(f, "Rsa({} bits)", key.n().bits()),
+            PublicKey::Rsa(key) => write!(f, "Rsa({} bits)", key.bits()),
             PublicKey::P256(key) => f.debug_tuple("P256").field(key).finish(),
             PublicKey::P384(key) => f.debug_tuple("P384").field(key).finish(),
             PublicKey::Ed25519(key) => f.debug_tuple("Ed25519").field(key).finish(),
@@ -70,12 +67,24 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
         return false;
     }
     match (alg, key) {
-        (Alg::RS256, PublicKey::Rsa(key)) => rsa_pkcs1::<Sha256>(key, signing_input, signature),
-        (Alg::RS384, PublicKey::Rsa(key)) => rsa_pkcs1::<Sha384>(key, signing_input, signature),
-        (Alg::RS512, PublicKey::Rsa(key)) => rsa_pkcs1::<Sha512>(key, signing_input, signature),
-        (Alg::PS256, PublicKey::Rsa(key)) => rsa_pss::<Sha256>(key, signing_input, signature),
-        (Alg::PS384, PublicKey::Rsa(key)) => rsa_pss::<Sha384>(key, signing_input, signature),
-        (Alg::PS512, PublicKey::Rsa(key)) => rsa_pss::<Sha512>(key, signing_input, signature),
+        (Alg::RS256, PublicKey::Rsa(key)) => {
+            rsa_verify::verify_pkcs1(alg, key, signing_input, signature)
+        }
+        (Alg::RS384, PublicKey::Rsa(key)) => {
+            rsa_verify::verify_pkcs1(alg, key, signing_input, signature)
+        }
+        (Alg::RS512, PublicKey::Rsa(key)) => {
+            rsa_verify::verify_pkcs1(alg, key, signing_input, signature)
+        }
+        (Alg::PS256, PublicKey::Rsa(key)) => {
+            rsa_verify::verify_pss(alg, key, signing_input, signature)
+        }
+        (Alg::PS384, PublicKey::Rsa(key)) => {
+            rsa_verify::verify_pss(alg, key, signing_input, signature)
+        }
+        (Alg::PS512, PublicKey::Rsa(key)) => {
+            rsa_verify::verify_pss(alg, key, signing_input, signature)
+        }
         (Alg::ES256, PublicKey::P256(key)) => es256(key, signing_input, signature),
         (Alg::ES384, PublicKey::P384(key)) => es384(key, signing_input, signature),
         (Alg::EdDSA, PublicKey::Ed25519(key)) => eddsa(key, signing_input, signature),
@@ -92,47 +101,6 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
         // even if the two tables ever drift apart.
         _ => false,
     }
-}
-
-/// RFC 8017 §8.2.2 step 1 and §5.2.2: the signature is exactly as long as the modulus and, as
-/// a number, below it. rsa 0.9's verifying keys check both too; checking here keeps the rule
-/// independent of which rsa entry point is used, and leading-zero or `s + n` variants of a
-/// valid signature out.
-fn rsa_signature_in_range(key: &RsaPublicKey, signature: &[u8]) -> bool {
-    signature.len() == key.size() && BigUint::from_bytes_be(signature) < *key.n()
-}
-
-fn rsa_pkcs1<D>(key: &RsaPublicKey, signing_input: &[u8], signature: &[u8]) -> bool
-where
-    D: Digest + AssociatedOid,
-{
-    if !rsa_signature_in_range(key, signature) {
-        return false;
-    }
-    let Ok(signature) = rsa::pkcs1v15::Signature::try_from(signature) else {
-        return false;
-    };
-    rsa::pkcs1v15::VerifyingKey::<D>::new(key.clone())
-        .verify(signing_input, &signature)
-        .is_ok()
-}
-
-/// RSASSA-PSS with MGF1 over the same hash. `VerifyingKey::new` fixes the salt length to the
-/// hash length, and rsa 0.9 checks the `00..00 01` separator at exactly that position, so a
-/// signature made with any other salt length fails (RFC 7518 §3.5 requires the hash length).
-fn rsa_pss<D>(key: &RsaPublicKey, signing_input: &[u8], signature: &[u8]) -> bool
-where
-    D: Digest + FixedOutputReset,
-{
-    if !rsa_signature_in_range(key, signature) {
-        return false;
-    }
-    let Ok(signature) = rsa::pss::Signature::try_from(signature) else {
-        return false;
-    };
-    rsa::pss::VerifyingKey::<D>::new_with_salt_len(key.clone(), <D as Digest>::output_size())
-        .verify(signing_input, &signature)
-        .is_ok()
 }
 
 /// JWS ECDSA signatures are the fixed-width `R‖S` (RFC 7518 §3.4), never DER.
@@ -205,6 +173,12 @@ pub(crate) mod test_keys {
         KEY.get_or_init(|| RsaPrivateKey::new(&mut OsRng, 2048).unwrap())
     }
 
+    /// The verifier's form of an `rsa` crate public key.
+    pub(crate) fn fast(public: &rsa::RsaPublicKey) -> super::RsaKey {
+        use rsa::traits::PublicKeyParts;
+        super::RsaKey::from_be_bytes(&public.n().to_bytes_be(), &public.e().to_bytes_be()).unwrap()
+    }
+
     /// base64url without padding, as JOSE writes binary values.
     pub(crate) fn b64(bytes: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(bytes)
@@ -218,6 +192,7 @@ mod tests {
 
     use rand::rngs::OsRng;
     use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    use rsa::traits::PublicKeyParts;
 
     const INPUT: &[u8] = b"eyJhbGciOiJYWCJ9.eyJzdWIiOiJ0ZXN0In0";
 
@@ -269,7 +244,7 @@ mod tests {
     }
 
     fn rsa_public() -> PublicKey {
-        PublicKey::Rsa(test_keys::rsa().to_public_key())
+        PublicKey::Rsa(test_keys::fast(&test_keys::rsa().to_public_key()))
     }
 
     fn pkcs1_sign(alg: Alg, input: &[u8]) -> Vec<u8> {
@@ -328,7 +303,7 @@ mod tests {
 
     #[test]
     fn rsa_signature_from_another_key_is_refused() {
-        let other = PublicKey::Rsa(test_keys::rsa_other().to_public_key());
+        let other = PublicKey::Rsa(test_keys::fast(&test_keys::rsa_other().to_public_key()));
         assert!(!verify(
             Alg::RS256,
             &other,
@@ -347,7 +322,7 @@ mod tests {
     fn rsa_signature_at_or_above_the_modulus_is_refused() {
         let public = test_keys::rsa().to_public_key();
         let modulus = public.n().to_bytes_be();
-        let key = PublicKey::Rsa(public);
+        let key = PublicKey::Rsa(test_keys::fast(&public));
         assert!(!verify(Alg::RS256, &key, INPUT, &modulus));
         assert!(!verify(Alg::PS256, &key, INPUT, &modulus));
         let all_ones = vec![0xff; modulus.len()];
@@ -365,7 +340,7 @@ mod tests {
     #[test]
     fn rsa_pss_salt_length_must_equal_the_hash_length() {
         let public = test_keys::rsa().to_public_key();
-        let key = PublicKey::Rsa(public.clone());
+        let key = PublicKey::Rsa(test_keys::fast(&public));
         for salt_len in [0, 20, 31, 33, 64] {
             let signature = pss_sign(Alg::PS256, salt_len, INPUT);
             // The signature is genuine for its own salt length: only the length is wrong.
@@ -603,7 +578,7 @@ mod tests {
         // J2: an HS256 "signature" keyed with the RSA public key's bytes, as an attacker who
         // downloaded the JWKS could compute, must not verify against the RSA key.
         let public = test_keys::rsa().to_public_key();
-        let key = PublicKey::Rsa(public.clone());
+        let key = PublicKey::Rsa(test_keys::fast(&public));
         for alg in [Alg::HS256, Alg::HS384, Alg::HS512] {
             assert!(!key.fits(alg));
             let forged = hmac_sign(alg, &public.n().to_bytes_be(), INPUT);

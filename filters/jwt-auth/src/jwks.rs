@@ -10,11 +10,11 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::{BigUint, RsaPublicKey};
 use serde_json::{Map, Value};
 
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
+use crate::rsa_verify::RsaKey;
 
 /// The largest JWKS document accepted, in bytes. Real sets are a few KiB.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -203,20 +203,24 @@ fn rsa_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
     if e.last().is_none_or(|byte| byte & 1 == 0) {
         return Err("RSA exponent is even".to_owned());
     }
-    let n = BigUint::from_bytes_be(&n);
-    let e = BigUint::from_bytes_be(&e);
-    let bits = n.bits();
+    // The size is checked before any arithmetic: a huge modulus is a CPU cost an attacker
+    // would choose (J24), and setting a key up does work proportional to its size squared.
+    let significant = n.iter().position(|b| *b != 0).map_or(0, |i| n.len() - i);
+    let top = n.get(n.len() - significant).copied().unwrap_or(0);
+    let bits = significant.saturating_sub(1) * 8 + (8 - top.leading_zeros() as usize);
     if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
         return Err(format!(
             "RSA modulus is {bits} bits, outside {MIN_RSA_BITS}..={MAX_RSA_BITS}"
         ));
     }
-    if e < BigUint::from_bytes_be(&[3]) {
+    if e.iter().rev().skip(1).all(|b| *b == 0) && e.last().is_some_and(|b| *b < 3) {
         return Err("RSA exponent is below 3".to_owned());
     }
-    RsaPublicKey::new_with_max_size(n, e, MAX_RSA_BITS)
+    RsaKey::from_be_bytes(&n, &e)
         .map(PublicKey::Rsa)
-        .map_err(|err| format!("invalid RSA key: {err}"))
+        .ok_or_else(|| {
+            "invalid RSA key (exponent wider than 32 bits, or not below the modulus)".to_owned()
+        })
 }
 
 fn ec_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
@@ -447,7 +451,7 @@ mod tests {
         bytes[0] = 0xff >> (8 - top_bits);
         bytes[0] |= 1 << (top_bits - 1);
         *bytes.last_mut().unwrap() |= 1;
-        let n = BigUint::from_bytes_be(&bytes);
+        let n = rsa::BigUint::from_bytes_be(&bytes);
         assert_eq!(n.bits(), bits);
         b64(&bytes)
     }
@@ -461,7 +465,7 @@ mod tests {
         let jwk = &set.keys[0];
         assert_eq!(jwk.kid.as_deref(), Some(ENVOY_KID));
         assert_eq!(jwk.alg, Some(Alg::RS256));
-        assert!(matches!(&jwk.key, PublicKey::Rsa(key) if key.n().bits() == 2048));
+        assert!(matches!(&jwk.key, PublicKey::Rsa(key) if key.bits() == 2048));
 
         let found: Vec<_> = set.candidates(Alg::RS256, Some(ENVOY_KID)).collect();
         assert_eq!(found.len(), 1);
@@ -821,7 +825,9 @@ mod tests {
         n.extend(public.n().to_bytes_be());
         let jwk = json!({"kty": "RSA", "n": b64(&n), "e": "AQAB"});
         let parsed = assert_usable(jwk);
-        assert!(matches!(parsed.key, PublicKey::Rsa(key) if key == public));
+        assert!(
+            matches!(parsed.key, PublicKey::Rsa(key) if key == crate::crypto::test_keys::fast(&public))
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod json;
 pub mod jwks;
 pub mod remote;
 pub mod reply;
+pub mod rsa_verify;
 pub mod rules;
 pub mod token;
 pub mod verify;
