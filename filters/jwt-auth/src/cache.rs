@@ -5,8 +5,9 @@
 //! whole lifetime. The cache remembers, per worker, what a successful verification produced.
 //!
 //! Safety rules:
-//! - The key is the SHA-256 of the token and the provider: a hit means exactly this token was
-//!   verified by exactly this provider's keys.
+//! - One cache per provider, keyed by the token itself (compared whole, not by a hash): a hit
+//!   means exactly this token was verified by exactly this provider's keys. Tokens longer than
+//!   [`MAX_CACHED_TOKEN`] are not cached, which bounds the memory a full cache holds.
 //! - Only the signature and parsing are skipped. Every claim check (`exp`, `nbf`, `iat`, `iss`,
 //!   `aud`) runs again on each hit with the current time, so a cached token is never accepted
 //!   past its `exp`; scopes and claim requirements are evaluated per request as always.
@@ -15,32 +16,25 @@
 //! - Bounded: at most `capacity` entries; when full, the least recently used one goes.
 
 use crate::verify::Verified;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::rc::Rc;
 
-/// The cache key: SHA-256 over the provider index and the token.
-pub type CacheKey = [u8; 32];
-
-/// Computes the cache key of `token` for `provider`.
-pub fn key(provider: usize, token: &str) -> CacheKey {
-    let mut hasher = Sha256::new();
-    hasher.update(provider.to_le_bytes());
-    hasher.update(token.as_bytes());
-    hasher.finalize().into()
-}
+/// Longer tokens are verified every time rather than cached (as Envoy's `jwt_authn` does).
+pub const MAX_CACHED_TOKEN: usize = 4096;
 
 #[derive(Debug)]
 struct Entry {
-    verified: Verified,
+    verified: Rc<Verified>,
     generation: u64,
     last_used: u64,
 }
 
-/// A bounded least-recently-used map from verified tokens to what their verification gave.
+/// One provider's verified tokens: a bounded least-recently-used map from the token to what
+/// its verification gave.
 #[derive(Debug)]
 pub struct TokenCache {
     capacity: usize,
-    entries: HashMap<CacheKey, Entry>,
+    entries: HashMap<Box<str>, Entry>,
     clock: u64,
 }
 
@@ -49,7 +43,7 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            entries: HashMap::with_capacity(capacity.min(4096)),
+            entries: HashMap::with_capacity(capacity.min(1024)),
             clock: 0,
         }
     }
@@ -64,11 +58,11 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
-    /// The verification remembered for `key`, if it was made under key-set `generation`.
-    pub fn get(&mut self, key: &CacheKey, generation: u64) -> Option<Verified> {
+    /// The verification remembered for `token`, if it was made under key-set `generation`.
+    pub fn get(&mut self, token: &str, generation: u64) -> Option<Rc<Verified>> {
         self.clock += 1;
         let clock = self.clock;
-        let entry = self.entries.get_mut(key)?;
+        let entry = self.entries.get_mut(token)?;
         if entry.generation != generation {
             return None;
         }
@@ -77,25 +71,25 @@ impl TokenCache {
     }
 
     /// Remembers a successful verification.
-    pub fn put(&mut self, key: CacheKey, verified: Verified, generation: u64) {
-        if self.capacity == 0 {
+    pub fn put(&mut self, token: &str, verified: Rc<Verified>, generation: u64) {
+        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
             return;
         }
         self.clock += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(token) {
             // Evicting scans the map: it happens only after a cache miss, which has just paid
             // for a signature check costing far more than this scan.
             if let Some(oldest) = self
                 .entries
                 .iter()
                 .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k.clone())
             {
                 self.entries.remove(&oldest);
             }
         }
         self.entries.insert(
-            key,
+            token.into(),
             Entry {
                 verified,
                 generation,
@@ -110,45 +104,46 @@ mod tests {
     use super::*;
     use serde_json::Map;
 
-    fn verified(sub: &str) -> Verified {
+    fn verified(sub: &str) -> Rc<Verified> {
         let mut claims = Map::new();
         claims.insert("sub".into(), sub.into());
-        Verified {
+        Rc::new(Verified {
             claims,
             payload_b64: String::new(),
-        }
+        })
     }
 
     #[test]
-    fn hits_only_for_the_same_token_provider_and_generation() {
+    fn hits_only_for_the_same_token_and_generation() {
         let mut cache = TokenCache::new(4);
-        cache.put(key(0, "t1"), verified("a"), 1);
-        assert_eq!(cache.get(&key(0, "t1"), 1), Some(verified("a")));
-        assert_eq!(cache.get(&key(1, "t1"), 1), None);
-        assert_eq!(cache.get(&key(0, "t2"), 1), None);
-        assert_eq!(
-            cache.get(&key(0, "t1"), 2),
-            None,
-            "keys changed: verify again"
-        );
+        cache.put("t1", verified("a"), 1);
+        assert_eq!(cache.get("t1", 1), Some(verified("a")));
+        assert_eq!(cache.get("t2", 1), None);
+        assert_eq!(cache.get("t1 ", 1), None, "compared whole");
+        assert_eq!(cache.get("t1", 2), None, "keys changed: verify again");
+    }
+
+    #[test]
+    fn long_tokens_are_not_cached() {
+        let mut cache = TokenCache::new(4);
+        let long = "x".repeat(MAX_CACHED_TOKEN + 1);
+        cache.put(&long, verified("a"), 0);
+        assert!(cache.is_empty());
     }
 
     #[test]
     fn stays_bounded_and_evicts_the_least_recently_used() {
         let mut cache = TokenCache::new(3);
         for t in ["a", "b", "c"] {
-            cache.put(key(0, t), verified(t), 0);
+            cache.put(t, verified(t), 0);
         }
-        assert!(cache.get(&key(0, "a"), 0).is_some());
-        cache.put(key(0, "d"), verified("d"), 0);
+        assert!(cache.get("a", 0).is_some());
+        cache.put("d", verified("d"), 0);
         assert_eq!(cache.len(), 3);
-        assert!(
-            cache.get(&key(0, "b"), 0).is_none(),
-            "b was the least recently used"
-        );
-        assert!(cache.get(&key(0, "a"), 0).is_some());
+        assert!(cache.get("b", 0).is_none(), "b was the least recently used");
+        assert!(cache.get("a", 0).is_some());
         for i in 0..100 {
-            cache.put(key(0, &format!("t{i}")), verified("x"), 0);
+            cache.put(&format!("t{i}"), verified("x"), 0);
         }
         assert_eq!(cache.len(), 3);
     }
@@ -156,8 +151,8 @@ mod tests {
     #[test]
     fn capacity_zero_disables_it() {
         let mut cache = TokenCache::new(0);
-        cache.put(key(0, "a"), verified("a"), 0);
+        cache.put("a", verified("a"), 0);
         assert!(cache.is_empty());
-        assert_eq!(cache.get(&key(0, "a"), 0), None);
+        assert_eq!(cache.get("a", 0), None);
     }
 }

@@ -43,8 +43,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct JwtAuth {
     config: Compiled,
-    /// This worker's verified tokens (each worker's VM has its own).
-    cache: RefCell<TokenCache>,
+    /// This worker's verified tokens, one cache per provider (each worker's VM has its own).
+    cache: RefCell<Vec<TokenCache>>,
     /// This worker's copy of each remote provider's keys (by provider index).
     remote_keys: RefCell<Vec<Option<WorkerKeys>>>,
 }
@@ -205,7 +205,11 @@ impl Filter for JwtAuth {
 
     fn new(config: JwtAuthConfig) -> Result<Self, ConfigError> {
         let config = config.compile()?;
-        let cache = RefCell::new(TokenCache::new(config.token_cache_size));
+        let cache = RefCell::new(
+            (0..config.providers.len())
+                .map(|_| TokenCache::new(config.token_cache_size))
+                .collect(),
+        );
         let remote_keys = RefCell::new(vec![None; config.providers.len()]);
         Ok(JwtAuth {
             config,
@@ -233,14 +237,7 @@ impl Filter for JwtAuth {
                 &mut cache,
                 &mut notes,
             ),
-            Err(_) => rules::decide(
-                &self.config,
-                request,
-                env.now,
-                &keys,
-                &mut TokenCache::new(0),
-                &mut notes,
-            ),
+            Err(_) => rules::decide(&self.config, request, env.now, &keys, &mut [], &mut notes),
         };
         if notes.hits > 0 {
             env.metrics.add(CACHE_HITS, i64::from(notes.hits));

@@ -4,7 +4,7 @@
 //! lets the request through unauthenticated. Each provider's token is looked for and verified
 //! at most once per request, however often the requirement tree names the provider.
 
-use crate::cache::{self, TokenCache};
+use crate::cache::TokenCache;
 use crate::claims;
 use crate::config::{Compiled, Requirement, Source};
 use crate::extract::{self, Found};
@@ -56,7 +56,7 @@ pub struct Passed {
     /// Index of the provider.
     pub provider: usize,
     /// The verified token.
-    pub verified: Verified,
+    pub verified: Rc<Verified>,
     /// Where the token was (to remove it when not forwarded).
     pub source: Source,
 }
@@ -67,7 +67,7 @@ enum Outcome {
     Malformed,
     Invalid(String),
     NoKeys(String),
-    Valid(Verified, Source),
+    Valid(Rc<Verified>, Source),
 }
 
 /// The keys each provider has right now, with their generation (which changes whenever they
@@ -93,7 +93,8 @@ struct Evaluation<'a> {
     now: Time,
     outcomes: Vec<Option<Outcome>>,
     keys: &'a KeySnapshot,
-    cache: &'a mut TokenCache,
+    /// One cache per provider.
+    cache: &'a mut [TokenCache],
     notes: Notes,
 }
 
@@ -110,17 +111,20 @@ impl Evaluation<'_> {
             Found::Malformed => Outcome::Malformed,
             Found::Token { token, source } => match self.keys.get(provider) {
                 Some(Some((keys, generation))) => {
-                    let key = cache::key(provider, &token);
-                    let signed = match self.cache.get(&key, *generation) {
+                    let mut cache = self.cache.get_mut(provider);
+                    let cached = cache
+                        .as_deref_mut()
+                        .and_then(|c| c.get(&token, *generation));
+                    let signed = match cached {
                         Some(verified) => {
                             self.notes.hits += 1;
                             Ok(verified)
                         }
                         None => {
                             self.notes.misses += 1;
-                            let result = verify::verify_signature(p, keys, &token);
-                            if let Ok(verified) = &result {
-                                self.cache.put(key, verified.clone(), *generation);
+                            let result = verify::verify_signature(p, keys, &token).map(Rc::new);
+                            if let (Ok(verified), Some(cache)) = (&result, cache) {
+                                cache.put(&token, verified.clone(), *generation);
                             }
                             result
                         }
@@ -222,7 +226,7 @@ pub fn decide(
     request: &dyn RequestView,
     now: Time,
     keys: &KeySnapshot,
-    cache: &mut TokenCache,
+    cache: &mut [TokenCache],
     notes: &mut Notes,
 ) -> Result<Vec<Passed>, Denial> {
     let Some(rule) = compiled.rules.iter().find(|r| r.matcher.matches(request)) else {
