@@ -156,7 +156,7 @@ fn check_path(value: &str, at: &FieldPath) -> Result<String, ConfigError> {
 }
 
 /// RFC 9110 `token`: what methods and header names are made of.
-fn is_token(s: &str) -> bool {
+pub fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))

@@ -40,15 +40,6 @@ pub trait Metrics {
     fn record(&self, id: MetricId, value: u64);
 }
 
-/// Metrics that go nowhere.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoMetrics;
-
-impl Metrics for NoMetrics {
-    fn add(&self, _: MetricId, _: i64) {}
-    fn record(&self, _: MetricId, _: u64) {}
-}
-
 /// Metrics kept in memory, for tests: counters and gauges as sums, records as last value.
 #[derive(Debug, Default)]
 pub struct RecordedMetrics {

@@ -351,11 +351,7 @@ fn fits_quoted_string(b: u8) -> bool {
 
 fn header_name(name: &str, at: &FieldPath) -> Result<String, ConfigError> {
     let lower = name.to_ascii_lowercase();
-    let token = !lower.is_empty()
-        && lower
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !token {
+    if !filter_core::matcher::is_token(&lower) {
         return Err(at.error(format!("{name:?} is not a header name")));
     }
     if matches!(
@@ -441,7 +437,7 @@ fn compile_provider(
     let require_typ = match c.require_typ.as_deref() {
         None => None,
         Some("") => return Err(at.field("require_typ").error("must not be empty")),
-        Some(typ) => Some(normalise_typ(typ)),
+        Some(typ) => Some(crate::token::normalise_typ(typ)),
     };
     Ok(Provider {
         name: name.to_owned(),
@@ -458,16 +454,6 @@ fn compile_provider(
         max_token_bytes: usize::try_from(max_token_bytes).unwrap_or(usize::MAX),
         require_typ,
     })
-}
-
-/// `typ` is a media type, compared case-insensitively, with `application/` optional
-/// (RFC 7515 §4.1.9).
-pub fn normalise_typ(typ: &str) -> String {
-    let lower = typ.to_ascii_lowercase();
-    lower
-        .strip_prefix("application/")
-        .map(str::to_owned)
-        .unwrap_or(lower)
 }
 
 fn local_keys(

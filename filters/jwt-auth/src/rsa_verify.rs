@@ -76,11 +76,6 @@ impl RsaKey {
         self.bits
     }
 
-    /// The public exponent.
-    pub fn exponent(&self) -> u64 {
-        self.e
-    }
-
     /// `signature^e mod n` as `len` big-endian bytes, or `None` if the signature is not exactly
     /// the modulus' length (RFC 8017 §8.2.2 step 1) or not below the modulus.
     fn public_op(&self, signature: &[u8]) -> Option<Vec<u8>> {

@@ -169,14 +169,25 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Token<'_>, TokenError> {
     })
 }
 
-/// Whether `typ` marks an OAuth access token (RFC 9068 §2.1); media types are case-insensitive.
-pub fn typ_is_access_token(typ: &str) -> bool {
-    typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+/// `typ` is a media type: compared case-insensitively, with the `application/` prefix optional
+/// (RFC 7515 §4.1.9). Both the configured `require_typ` and a token's `typ` go through this.
+pub fn normalise_typ(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    lower
+        .strip_prefix("application/")
+        .map(str::to_owned)
+        .unwrap_or(lower)
 }
 
-/// Whether `typ` is acceptable when the configuration asks for nothing specific.
+/// Whether `typ` marks an OAuth access token (RFC 9068 §2.1).
+pub fn typ_is_access_token(typ: &str) -> bool {
+    normalise_typ(typ) == "at+jwt"
+}
+
+/// Whether `typ` is acceptable when the configuration asks for nothing specific: "a JWT"
+/// (RFC 7519 §5.1) or "an access token" (RFC 9068).
 pub fn typ_is_acceptable_default(typ: &str) -> bool {
-    typ.eq_ignore_ascii_case("JWT") || typ_is_access_token(typ)
+    matches!(normalise_typ(typ).as_str(), "jwt" | "at+jwt")
 }
 
 fn is_base64url_or_dot(b: u8) -> bool {
@@ -666,7 +677,7 @@ mod tests {
             assert!(typ_is_access_token(yes), "{yes}");
             assert!(typ_is_acceptable_default(yes), "{yes}");
         }
-        for yes in ["JWT", "jwt", "Jwt"] {
+        for yes in ["JWT", "jwt", "Jwt", "application/jwt"] {
             assert!(!typ_is_access_token(yes), "{yes}");
             assert!(typ_is_acceptable_default(yes), "{yes}");
         }

@@ -6,7 +6,7 @@
 //! tokens of the issuer it belongs to (RFC 8725 §3.8, J21).
 
 use crate::claims::{self, ClaimError};
-use crate::config::{Provider, normalise_typ};
+use crate::config::Provider;
 use crate::crypto;
 use crate::jwks::KeySet;
 use crate::token::{self, TokenError};
@@ -88,11 +88,9 @@ pub fn verify_signature(
         return Err(Failure::AlgorithmNotAllowed(alg.name()));
     }
     let typ_ok = match (&provider.require_typ, parsed.header.typ.as_deref()) {
-        (Some(required), Some(typ)) => normalise_typ(typ) == *required,
+        (Some(required), Some(typ)) => token::normalise_typ(typ) == *required,
         (Some(_), None) => false,
-        // Without a requirement, a typ that is present must still say "a JWT" (RFC 7519 §5.1)
-        // or "an access token" (RFC 9068); `application/` is optional (RFC 7515 §4.1.9).
-        (None, Some(typ)) => matches!(normalise_typ(typ).as_str(), "jwt" | "at+jwt"),
+        (None, Some(typ)) => token::typ_is_acceptable_default(typ),
         (None, None) => true,
     };
     if !typ_ok {
