@@ -47,6 +47,9 @@ pub struct JwtAuth {
     cache: RefCell<Vec<TokenCache>>,
     /// This worker's copy of each remote provider's keys (by provider index).
     remote_keys: RefCell<Vec<Option<WorkerKeys>>>,
+    /// The keys every provider can verify with now. Rebuilt only when they can change (on a
+    /// tick and on a fetch's answer), so a request borrows it instead of assembling it.
+    keys: RefCell<KeySnapshot>,
 }
 
 /// Per-request state, kept while a request waits for keys.
@@ -80,23 +83,31 @@ const JWKS_FETCH_FAILURE: MetricId = MetricId(9);
 /// How long a request may wait for a remote provider's keys beyond the fetch timeout.
 const WAIT_MARGIN: Duration = Duration::from_secs(1);
 
+/// The keys every provider has: local keys always, remote ones once fetched and while usable.
+fn snapshot(config: &Compiled, copies: &[Option<WorkerKeys>], now: Time) -> KeySnapshot {
+    config
+        .providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match &p.keys {
+            KeySource::Local(keys) => Some((keys.clone(), 0)),
+            KeySource::Remote(_) => copies
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|k| k.usable(now))
+                .map(|k| (k.keys.clone(), k.generation)),
+        })
+        .collect()
+}
+
 impl JwtAuth {
-    /// The keys every provider has now: local keys always, remote ones once fetched.
-    fn snapshot(&self, now: Time) -> KeySnapshot {
-        let copies = self.remote_keys.try_borrow().ok();
-        self.config
-            .providers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match &p.keys {
-                KeySource::Local(keys) => Some((keys.clone(), 0)),
-                KeySource::Remote(_) => copies
-                    .as_ref()
-                    .and_then(|c| c.get(i).cloned().flatten())
-                    .filter(|k| k.usable(now))
-                    .map(|k| (k.keys, k.generation)),
-            })
-            .collect()
+    /// Rebuilds the key snapshot from the local keys and this worker's remote copies (those
+    /// still usable at `now`).
+    fn refresh_keys(&self, copies: &[Option<WorkerKeys>], now: Time) {
+        let snapshot = snapshot(&self.config, copies, now);
+        if let Ok(mut keys) = self.keys.try_borrow_mut() {
+            *keys = snapshot;
+        }
     }
 
     /// How long a request may wait for `provider`'s keys.
@@ -210,11 +221,13 @@ impl Filter for JwtAuth {
                 .map(|_| TokenCache::new(config.token_cache_size))
                 .collect(),
         );
-        let remote_keys = RefCell::new(vec![None; config.providers.len()]);
+        let copies = vec![None; config.providers.len()];
+        let keys = RefCell::new(snapshot(&config, &copies, Time::default()));
         Ok(JwtAuth {
             config,
             cache,
-            remote_keys,
+            remote_keys: RefCell::new(copies),
+            keys,
         })
     }
 
@@ -224,20 +237,17 @@ impl Filter for JwtAuth {
         request: &dyn RequestView,
         env: &Env<'_>,
     ) -> Decision {
-        let keys = self.snapshot(env.now);
+        let no_keys = KeySnapshot::new();
+        let borrowed = self.keys.try_borrow();
+        let keys = borrowed.as_deref().unwrap_or(&no_keys);
         let mut notes = Notes::default();
         // Callbacks of one worker never overlap, so the cache is always free here; if it ever
         // were not, deciding without it is still correct, only slower.
         let decided = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => rules::decide(
-                &self.config,
-                request,
-                env.now,
-                &keys,
-                &mut cache,
-                &mut notes,
-            ),
-            Err(_) => rules::decide(&self.config, request, env.now, &keys, &mut [], &mut notes),
+            Ok(mut cache) => {
+                rules::decide(&self.config, request, env.now, keys, &mut cache, &mut notes)
+            }
+            Err(_) => rules::decide(&self.config, request, env.now, keys, &mut [], &mut notes),
         };
         if notes.hits > 0 {
             env.metrics.add(CACHE_HITS, i64::from(notes.hits));
@@ -251,7 +261,7 @@ impl Filter for JwtAuth {
                 Decision::Continue(self.pass(request, &passed))
             }
             Err(denial) => {
-                if self.should_wait(stream, &denial, &notes, &keys, env) {
+                if self.should_wait(stream, &denial, &notes, keys, env) {
                     stream.waiting_since.get_or_insert(env.now);
                     return Decision::Wait;
                 }
@@ -289,6 +299,7 @@ impl Filter for JwtAuth {
                 callouts.push(callout);
             }
         }
+        self.refresh_keys(&copies, env.now);
         callouts
     }
 
@@ -302,6 +313,7 @@ impl Filter for JwtAuth {
         };
         if let (KeySource::Remote(r), Some(copy)) = (&provider.keys, copies.get_mut(index)) {
             let ok = remote::fetched(provider, r, copy, result, env.store, env.now);
+            self.refresh_keys(&copies, env.now);
             env.metrics.add(
                 if ok {
                     JWKS_FETCH_SUCCESS
