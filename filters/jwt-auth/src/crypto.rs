@@ -9,10 +9,10 @@ use std::fmt;
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
-use p256::ecdsa::signature::Verifier;
 use sha2::{Sha256, Sha384, Sha512};
 
 use crate::alg::Alg;
+use crate::ecdsa::EcKey;
 use crate::rsa_verify::{self, RsaKey};
 
 /// A verification key: an asymmetric public key, or an HMAC shared secret.
@@ -20,10 +20,8 @@ use crate::rsa_verify::{self, RsaKey};
 pub enum PublicKey {
     /// RSA, for `RS*` and `PS*`.
     Rsa(RsaKey),
-    /// ECDSA on P-256, for `ES256` only.
-    P256(p256::ecdsa::VerifyingKey),
-    /// ECDSA on P-384, for `ES384` only.
-    P384(p384::ecdsa::VerifyingKey),
+    /// ECDSA on P-256 or P-384, for `ES256` or `ES384` respectively.
+    Ec(EcKey),
     /// Ed25519, for `EdDSA` only.
     Ed25519(ed25519_dalek::VerifyingKey),
     /// An HMAC secret, for `HS*` when it is at least as long as the hash (RFC 7518 §3.2).
@@ -35,8 +33,7 @@ impl fmt::Debug for PublicKey {
         match self {
             // The modulus in decimal is a wall of digits that helps nobody reading a log.
             PublicKey::Rsa(key) => write!(f, "Rsa({} bits)", key.bits()),
-            PublicKey::P256(key) => f.debug_tuple("P256").field(key).finish(),
-            PublicKey::P384(key) => f.debug_tuple("P384").field(key).finish(),
+            PublicKey::Ec(key) => key.fmt(f),
             PublicKey::Ed25519(key) => f.debug_tuple("Ed25519").field(key).finish(),
             // A secret must never reach a log: only its length.
             PublicKey::Hmac(secret) => write!(f, "Hmac(<{} bytes>)", secret.len()),
@@ -52,8 +49,7 @@ impl PublicKey {
                 alg,
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
             ),
-            PublicKey::P256(_) => alg == Alg::ES256,
-            PublicKey::P384(_) => alg == Alg::ES384,
+            PublicKey::Ec(key) => alg == key.alg(),
             PublicKey::Ed25519(_) => alg == Alg::EdDSA,
             PublicKey::Hmac(secret) => alg.is_hmac() && secret.len() >= alg.hash_len(),
         }
@@ -85,8 +81,10 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
         (Alg::PS512, PublicKey::Rsa(key)) => {
             rsa_verify::verify_pss(alg, key, signing_input, signature)
         }
-        (Alg::ES256, PublicKey::P256(key)) => es256(key, signing_input, signature),
-        (Alg::ES384, PublicKey::P384(key)) => es384(key, signing_input, signature),
+        (Alg::ES256 | Alg::ES384, PublicKey::Ec(key)) => {
+            // fits() made sure the curve is the algorithm's, so the hash is too.
+            key.verify(&hash(alg, signing_input), signature)
+        }
         (Alg::EdDSA, PublicKey::Ed25519(key)) => eddsa(key, signing_input, signature),
         (Alg::HS256, PublicKey::Hmac(secret)) => {
             hmac_tag::<Hmac<Sha256>>(secret, signing_input, signature)
@@ -103,29 +101,15 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
     }
 }
 
-/// JWS ECDSA signatures are the fixed-width `R‖S` (RFC 7518 §3.4), never DER.
-/// `Signature::from_slice` takes exactly 64 bytes and refuses r or s outside 1..n-1, which is
-/// what stops the all-zero "psychic signature" (CVE-2022-21449).
-fn es256(key: &p256::ecdsa::VerifyingKey, signing_input: &[u8], signature: &[u8]) -> bool {
-    if signature.len() != 64 {
-        return false;
+/// The digest of the algorithm's hash. JWS ECDSA signatures are the fixed-width `R‖S`
+/// (RFC 7518 §3.4), never DER; [`EcKey::verify`] takes exactly that.
+fn hash(alg: Alg, input: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    match alg.hash_len() {
+        48 => Sha384::digest(input).to_vec(),
+        64 => Sha512::digest(input).to_vec(),
+        _ => Sha256::digest(input).to_vec(),
     }
-    let Ok(signature) = p256::ecdsa::Signature::from_slice(signature) else {
-        return false;
-    };
-    // P-256's verifier hashes with SHA-256, as ES256 requires.
-    key.verify(signing_input, &signature).is_ok()
-}
-
-fn es384(key: &p384::ecdsa::VerifyingKey, signing_input: &[u8], signature: &[u8]) -> bool {
-    if signature.len() != 96 {
-        return false;
-    }
-    let Ok(signature) = p384::ecdsa::Signature::from_slice(signature) else {
-        return false;
-    };
-    // P-384's verifier hashes with SHA-384, as ES384 requires.
-    key.verify(signing_input, &signature).is_ok()
 }
 
 /// `verify_strict` refuses non-canonical S and small-order keys or R, under which plain
@@ -179,6 +163,20 @@ pub(crate) mod test_keys {
         super::RsaKey::from_be_bytes(&public.n().to_bytes_be(), &public.e().to_bytes_be()).unwrap()
     }
 
+    /// The verifier's form of a `p256` crate public key.
+    pub(crate) fn p256_public(key: &p256::ecdsa::VerifyingKey) -> super::PublicKey {
+        let point = key.to_encoded_point(false);
+        let key = crate::ecdsa::EcKey::p256(point.x().unwrap(), point.y().unwrap()).unwrap();
+        super::PublicKey::Ec(key)
+    }
+
+    /// The verifier's form of a `p384` crate public key.
+    pub(crate) fn p384_public(key: &p384::ecdsa::VerifyingKey) -> super::PublicKey {
+        let point = key.to_encoded_point(false);
+        let key = crate::ecdsa::EcKey::p384(point.x().unwrap(), point.y().unwrap()).unwrap();
+        super::PublicKey::Ec(key)
+    }
+
     /// base64url without padding, as JOSE writes binary values.
     pub(crate) fn b64(bytes: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(bytes)
@@ -191,6 +189,7 @@ mod tests {
     use super::*;
 
     use rand::rngs::OsRng;
+    use rsa::signature::Verifier as _;
     use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
     use rsa::traits::PublicKeyParts;
 
@@ -377,7 +376,7 @@ mod tests {
     #[test]
     fn es256_signatures_verify_and_tampering_does_not() {
         let signing = p256::ecdsa::SigningKey::random(&mut OsRng);
-        let key = PublicKey::P256(*signing.verifying_key());
+        let key = test_keys::p256_public(signing.verifying_key());
         let signature: p256::ecdsa::Signature = signing.sign(INPUT);
         let raw = signature.to_bytes().to_vec();
         assert_eq!(raw.len(), 64);
@@ -395,7 +394,7 @@ mod tests {
     #[test]
     fn es384_signatures_verify_and_tampering_does_not() {
         let signing = p384::ecdsa::SigningKey::random(&mut OsRng);
-        let key = PublicKey::P384(*signing.verifying_key());
+        let key = test_keys::p384_public(signing.verifying_key());
         let signature: p384::ecdsa::Signature = signing.sign(INPUT);
         let raw = signature.to_bytes().to_vec();
         assert_eq!(raw.len(), 96);
@@ -411,9 +410,9 @@ mod tests {
     fn ecdsa_zero_and_out_of_range_scalars_are_refused() {
         // CVE-2022-21449: r = s = 0 passed Java's check for every message and key.
         let p256_key =
-            PublicKey::P256(*p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
+            test_keys::p256_public(p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
         let p384_key =
-            PublicKey::P384(*p384::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
+            test_keys::p384_public(p384::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
         assert!(!verify(Alg::ES256, &p256_key, INPUT, &[0; 64]));
         assert!(!verify(Alg::ES384, &p384_key, INPUT, &[0; 96]));
         assert!(!verify(Alg::ES256, &p256_key, INPUT, &[0xff; 64]));
@@ -430,7 +429,7 @@ mod tests {
 
         // One scalar valid, the other zero.
         let signing = p256::ecdsa::SigningKey::random(&mut OsRng);
-        let key = PublicKey::P256(*signing.verifying_key());
+        let key = test_keys::p256_public(signing.verifying_key());
         let signature: p256::ecdsa::Signature = signing.sign(INPUT);
         let mut zero_s = signature.to_bytes().to_vec();
         zero_s[32..].fill(0);
@@ -443,7 +442,8 @@ mod tests {
     #[test]
     fn ecdsa_signature_from_another_key_is_refused() {
         let signing = p256::ecdsa::SigningKey::random(&mut OsRng);
-        let other = PublicKey::P256(*p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
+        let other =
+            test_keys::p256_public(p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
         let signature: p256::ecdsa::Signature = signing.sign(INPUT);
         assert!(!verify(Alg::ES256, &other, INPUT, &signature.to_bytes()));
     }
@@ -554,8 +554,10 @@ mod tests {
     #[test]
     fn each_key_type_fits_only_its_algorithms() {
         let rsa = rsa_public();
-        let p256 = PublicKey::P256(*p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
-        let p384 = PublicKey::P384(*p384::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
+        let p256 =
+            test_keys::p256_public(p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
+        let p384 =
+            test_keys::p384_public(p384::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
         let ed =
             PublicKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng).verifying_key());
         let hmac = PublicKey::Hmac(vec![0; 64]);

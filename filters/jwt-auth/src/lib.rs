@@ -16,6 +16,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod crypto;
+pub mod ecdsa;
 pub mod extract;
 pub mod json;
 pub mod jwks;
