@@ -6,7 +6,7 @@
 //! into the filter's compiled form. Any error becomes one [`ConfigError`] whose path points at
 //! the offending field, e.g. `rules[1].limit.requests: must be a positive integer, got -3`.
 
-use serde::de::{DeserializeOwned, Error as _};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
@@ -94,18 +94,20 @@ impl fmt::Display for FieldPath {
 
 /// Parses a plugin configuration. Empty (or all-whitespace) input means `{}`, so a filter
 /// whose fields all have defaults can be loaded with no `configuration` at all.
+///
+/// serde_json reports where in the text a value was refused; [`path_at`] turns that position
+/// into the field path. (Tracking the path while deserializing, as serde_path_to_error does,
+/// instantiates every config type's deserializer a second time: about 60 KB of each module.)
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = render_path(err.path());
-        let inner = err.into_inner();
-        let message = inner.to_string();
-        let reason = match inner.classify() {
+    serde_json::from_slice(text).map_err(|err| {
+        let path = path_at(text, error_offset(text, err.line(), err.column()));
+        let message = err.to_string();
+        let reason = match err.classify() {
             // Position is what helps with a JSON syntax error...
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 format!("invalid JSON: {message}")
@@ -114,28 +116,120 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
             _ => strip_position(&message).to_owned(),
         };
         ConfigError::new(path, reason)
-    })?;
-    de.end()
-        .map_err(|err| ConfigError::new("", format!("invalid JSON: {err}")))?;
-    Ok(value)
+    })
 }
 
-fn render_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
+/// The byte serde_json's `line:column` (1-based line; column = bytes consumed on that line)
+/// points at: the last byte it read or peeked before refusing.
+fn error_offset(text: &[u8], line: usize, column: usize) -> usize {
+    let line_start = text
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(line.saturating_sub(2))
+        .map_or(0, |(i, _)| i + 1);
+    let line_start = if line <= 1 { 0 } else { line_start };
+    (line_start + column).saturating_sub(1)
+}
+
+/// One open JSON container while scanning for a path.
+enum Frame {
+    /// An object, and the key of the member being read (none before its first key).
+    Object(Option<String>),
+    /// An array, and the index of the element being read.
+    Array(usize),
+}
+
+fn render(frames: &[Frame]) -> String {
     let mut out = String::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
+    for frame in frames {
+        match frame {
+            Frame::Object(Some(key)) => {
                 if !out.is_empty() {
                     out.push('.');
                 }
                 out.push_str(key);
             }
-            Segment::Unknown => {}
+            Frame::Object(None) => {}
+            Frame::Array(index) => out.push_str(&format!("[{index}]")),
         }
     }
     out
+}
+
+/// The field path (`rules[1].limit.per`) of the value, or object member key, that covers byte
+/// `target` of a JSON text; a closing bracket belongs to its container. Stops at `target`, so
+/// whatever follows it may be malformed.
+pub fn path_at(text: &[u8], target: usize) -> String {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while let Some(&byte) = text.get(i) {
+        let token_end = match byte {
+            b'{' | b'[' => {
+                frames.push(if byte == b'{' {
+                    Frame::Object(None)
+                } else {
+                    Frame::Array(0)
+                });
+                i
+            }
+            b'}' | b']' => {
+                let container = frames.len().saturating_sub(1);
+                if i >= target {
+                    return render(frames.get(..container).unwrap_or(&[]));
+                }
+                frames.pop();
+                i
+            }
+            b',' => {
+                match frames.last_mut() {
+                    Some(Frame::Object(key)) => *key = None,
+                    Some(Frame::Array(index)) => *index += 1,
+                    None => {}
+                }
+                i
+            }
+            b'"' => {
+                let end = string_end(text, i);
+                if let Some(Frame::Object(key @ None)) = frames.last_mut() {
+                    // A member's key; escapes are left as written.
+                    let raw = text.get(i + 1..end).unwrap_or(&[]);
+                    *key = Some(String::from_utf8_lossy(raw).into_owned());
+                }
+                end
+            }
+            b if b.is_ascii_whitespace() || b == b':' => i,
+            _ => scalar_end(text, i),
+        };
+        if token_end >= target {
+            return render(&frames);
+        }
+        i = token_end + 1;
+    }
+    render(&frames)
+}
+
+/// The index of the quote closing the string that opens at `start`.
+fn string_end(text: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while let Some(&byte) = text.get(i) {
+        match byte {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
+        }
+    }
+    text.len()
+}
+
+/// The last byte of the number or literal that starts at `start`.
+fn scalar_end(text: &[u8], start: usize) -> usize {
+    let rest = text.get(start..).unwrap_or(&[]);
+    let len = rest
+        .iter()
+        .position(|b| b.is_ascii_whitespace() || b",:[]{}\"".contains(b))
+        .unwrap_or(rest.len());
+    start + len.max(1) - 1
 }
 
 fn strip_position(message: &str) -> &str {
@@ -161,15 +255,19 @@ impl ConfigDuration {
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        match value {
-            serde_json::Value::String(text) => parse_duration(&text)
-                .map(ConfigDuration)
-                .map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!(
-                "a duration is a string with a unit such as \"250ms\", \"1.5s\", \"10m\", got {other}"
-            ))),
+        // A visitor rather than parse-after-deserialize: serde_json then pins the error to
+        // this value's position, which is how `parse_json` finds the field path.
+        struct DurationText;
+        impl serde::de::Visitor<'_> for DurationText {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ConfigDuration, E> {
+                parse_duration(text).map(ConfigDuration).map_err(E::custom)
+            }
         }
+        deserializer.deserialize_str(DurationText)
     }
 }
 
@@ -287,6 +385,35 @@ mod tests {
     }
 
     #[test]
+    fn paths_follow_the_position_through_nesting_and_whitespace() {
+        let text = br#"{ "a": [ {"b": 1}, {"c": "x", "d": [true, null]} ], "e": {} }"#;
+        let at = |needle: &str| {
+            let offset = text
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes());
+            path_at(text, offset.unwrap())
+        };
+        assert_eq!(at("1}"), "a[0].b");
+        assert_eq!(at("\"c\""), "a[1].c");
+        assert_eq!(at("\"x\""), "a[1].c");
+        assert_eq!(at("null"), "a[1].d[1]");
+        assert_eq!(at("]}"), "a[1].d");
+        assert_eq!(at("} ]"), "a[1]");
+        assert_eq!(at("{} }"), "e");
+        assert_eq!(path_at(text, 0), "");
+        assert_eq!(path_at(text, 10_000), "");
+    }
+
+    #[test]
+    fn errors_on_later_lines_name_their_field() {
+        let err = parse_json::<Doc>(
+            b"{\n  \"rules\": [\n    {\"limit\": {\"requests\": 1, \"per\": \"1s\"}},\n    {\"limit\": {\"requests\": 1}}\n  ]\n}",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "rules[1].limit: missing field `per`");
+    }
+
+    #[test]
     fn empty_configuration_means_defaults() {
         assert!(parse_json::<Doc>(b"").unwrap().rules.is_empty());
         assert!(parse_json::<Doc>(b"  \n").unwrap().rules.is_empty());
@@ -333,6 +460,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn path_at_never_panics(text in proptest::collection::vec(any::<u8>(), 0..200), target in 0usize..220) {
+            let _ = path_at(&text, target);
+        }
+
         #[test]
         fn duration_parser_never_panics(text in ".{0,40}") {
             let _ = parse_duration(&text);
