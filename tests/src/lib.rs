@@ -27,10 +27,22 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; it is released for Envoy to bind).
+/// A free TCP port on 127.0.0.1 for Envoy to bind later.
+///
+/// Not one the OS picks (`bind :0`): those come from the ephemeral range, which every
+/// outgoing connection of every parallel test also draws from, so one could take the port
+/// between this check and Envoy's bind. Ports are drawn at random below that range instead.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
+    use std::hash::{BuildHasher, RandomState};
+    const LOW: u64 = 20_000;
+    const HIGH: u64 = 32_000; // Linux's ephemeral range starts at 32768.
+    let seed = RandomState::new();
+    for attempt in 0u64..1000 {
+        let port = LOW + seed.hash_one(attempt) % (HIGH - LOW);
+        let port = u16::try_from(port).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("cannot find a free port in {LOW}..{HIGH}")
 }
