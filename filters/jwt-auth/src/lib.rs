@@ -173,8 +173,11 @@ impl JwtAuth {
     /// verified tokens' headers set and (unless forwarded) the tokens removed.
     fn pass(&self, request: &dyn RequestView, passed: &[Passed]) -> HeaderEdits {
         let mut edits = HeaderEdits::default();
+        // Only headers the client actually sent: each removal is a host call (~1 µs).
         for header in &self.config.written_headers {
-            edits = edits.remove(header.clone());
+            if request.header(header).is_some() {
+                edits = edits.remove(header.clone());
+            }
         }
         for p in passed {
             let Some(provider) = self.config.providers.get(p.provider) else {
