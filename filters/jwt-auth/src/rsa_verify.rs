@@ -88,19 +88,18 @@ impl RsaKey {
         }
         let base = self.mont_mul(&s, &self.r2);
         let mut acc = base.clone();
-        // Left to right over the exponent's bits, after its leading one.
+        // Left to right over the exponent's bits, after its leading one, but the last. The
+        // exponent is odd, so its last step is a multiplication by the base; multiplying by
+        // the plain signature instead (acc·s·R⁻¹) also leaves Montgomery form: one product
+        // instead of two.
         let top_bit = 63 - self.e.leading_zeros();
-        for bit in (0..top_bit).rev() {
+        for bit in (1..top_bit).rev() {
             acc = self.mont_sqr(&acc);
             if (self.e >> bit) & 1 == 1 {
                 acc = self.mont_mul(&acc, &base);
             }
         }
-        let mut one = vec![0u32; self.n.len()];
-        if let Some(first) = one.first_mut() {
-            *first = 1;
-        }
-        let m = self.mont_mul(&acc, &one);
+        let m = self.mont_mul(&self.mont_sqr(&acc), &s);
         Some(limbs_to_be(&m, self.len))
     }
 
@@ -422,6 +421,23 @@ mod tests {
         let key =
             RsaKey::from_be_bytes(&public.n().to_bytes_be(), &public.e().to_bytes_be()).unwrap();
         (private, key)
+    }
+
+    #[test]
+    fn the_public_operation_matches_plain_modular_exponentiation_for_any_exponent() {
+        let (private, _) = key_pair(1024);
+        let n = private.n().clone();
+        let n_bytes = n.to_bytes_be();
+        for e in [3u32, 5, 17, 65537, 0x8000_0001, 0xffff_ffff] {
+            let key = RsaKey::from_be_bytes(&n_bytes, &e.to_be_bytes()).unwrap();
+            for seed in [2u32, 0xdead_beef, 65537] {
+                let x = rsa::BigUint::from(seed).modpow(&rsa::BigUint::from(977u32), &n);
+                let x_bytes = limbs_to_be(&limbs_from_be(&x.to_bytes_be(), key.n.len()), key.len);
+                let expected = x.modpow(&rsa::BigUint::from(e), &n).to_bytes_be();
+                let got = key.public_op(&x_bytes).unwrap();
+                assert_eq!(strip_leading_zeros(&got), expected.as_slice(), "e = {e}");
+            }
+        }
     }
 
     fn sign(alg: Alg, private: &rsa::RsaPrivateKey, msg: &[u8]) -> Vec<u8> {
