@@ -122,13 +122,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
 /// The byte serde_json's `line:column` (1-based line; column = bytes consumed on that line)
 /// points at: the last byte it read or peeked before refusing.
 fn error_offset(text: &[u8], line: usize, column: usize) -> usize {
-    let line_start = text
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .nth(line.saturating_sub(2))
-        .map_or(0, |(i, _)| i + 1);
-    let line_start = if line <= 1 { 0 } else { line_start };
+    let line_start = match line.checked_sub(2) {
+        None => 0,
+        Some(newlines_before) => text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(newlines_before)
+            .map_or(0, |(i, _)| i + 1),
+    };
     (line_start + column).saturating_sub(1)
 }
 

@@ -82,8 +82,9 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
             rsa_verify::verify_pss(alg, key, signing_input, signature)
         }
         (Alg::ES256 | Alg::ES384, PublicKey::Ec(key)) => {
-            // fits() made sure the curve is the algorithm's, so the hash is too.
-            key.verify(&hash(alg, signing_input), signature)
+            // fits() made sure the curve is the algorithm's, so the hash is too. JWS ECDSA
+            // signatures are the fixed-width `R‖S` (RFC 7518 §3.4), which is what it takes.
+            key.verify(&rsa_verify::hash(alg, &[signing_input]), signature)
         }
         (Alg::EdDSA, PublicKey::Ed25519(key)) => eddsa(key, signing_input, signature),
         (Alg::HS256, PublicKey::Hmac(secret)) => {
@@ -98,17 +99,6 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
         // fits() already refused every other pairing; staying false here keeps it that way
         // even if the two tables ever drift apart.
         _ => false,
-    }
-}
-
-/// The digest of the algorithm's hash. JWS ECDSA signatures are the fixed-width `R‖S`
-/// (RFC 7518 §3.4), never DER; [`EcKey::verify`] takes exactly that.
-fn hash(alg: Alg, input: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    match alg.hash_len() {
-        48 => Sha384::digest(input).to_vec(),
-        64 => Sha512::digest(input).to_vec(),
-        _ => Sha256::digest(input).to_vec(),
     }
 }
 

@@ -306,7 +306,9 @@ fn digest_info(alg: Alg) -> Option<&'static [u8]> {
     }
 }
 
-fn hash(alg: Alg, parts: &[&[u8]]) -> Vec<u8> {
+/// The digest of `parts`, concatenated, under the algorithm's hash (SHA-256/384/512 by its
+/// width). Also the ECDSA verifier's digest.
+pub(crate) fn hash(alg: Alg, parts: &[&[u8]]) -> Vec<u8> {
     fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
         let mut d = D::new();
         for p in parts {
