@@ -12,11 +12,11 @@ WASM_TARGET   := wasm32-wasip1
 VENV          := .venv
 ENVOY_BIN     := $(VENV)/envoy
 ENVOY_STAMP   := $(VENV)/.envoy-$(ENVOY_VERSION)
-MODULES       := jwt_auth rate_limit circuit_breaker retry_policy
+MODULES       := jwt_auth rate_limit circuit_breaker retry_policy passthrough
 WASM_FILES    := $(MODULES:%=target/$(WASM_TARGET)/release/%.wasm)
 WASM_OPT      := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
-FILTER_CRATES := -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy
+FILTER_CRATES := -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p passthrough
 
 # docker | native. Unset: docker when a daemon answers, else native.
 ENVOY_MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)

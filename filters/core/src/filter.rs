@@ -10,11 +10,13 @@ use crate::config::ConfigError;
 use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use crate::metrics::{MetricDef, Metrics};
 use crate::request::{RequestView, ResponseView};
+use crate::signature::NativeVerifier;
 use crate::store::SharedStore;
 use crate::time::Time;
 use serde::de::DeserializeOwned;
 
-/// What the host hands a filter besides the request: the time, the shared store and metrics.
+/// What the host hands a filter besides the request: the time, the shared store, metrics and
+/// the host's native signature checks.
 #[derive(Clone, Copy)]
 pub struct Env<'a> {
     /// The wall-clock time the host reported for this callback.
@@ -23,6 +25,8 @@ pub struct Env<'a> {
     pub store: &'a dyn SharedStore,
     /// The filter's declared metrics.
     pub metrics: &'a dyn Metrics,
+    /// Signature checks in the host's native code, when it has them.
+    pub verifier: &'a dyn NativeVerifier,
 }
 
 impl std::fmt::Debug for Env<'_> {

@@ -24,5 +24,6 @@ pub mod filter;
 pub mod matcher;
 pub mod metrics;
 pub mod request;
+pub mod signature;
 pub mod store;
 pub mod time;

@@ -4,7 +4,7 @@
 //! sends the callouts the filter asks for, hands their answers back, and decides again every
 //! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
 
-use crate::host::{self, HostMetrics, HostStore};
+use crate::host::{self, HostMetrics, HostStore, HostVerifier};
 use filter_core::config::parse_json;
 use filter_core::decision::{CalloutResult, Decision, HeaderEdits, LocalResponse};
 use filter_core::filter::{Env, Filter};
@@ -34,6 +34,7 @@ pub fn register<F: Filter + 'static>() {
 struct Configured<F> {
     filter: F,
     metrics: HostMetrics,
+    verifier: HostVerifier,
 }
 
 /// Requests held by [`Decision::Wait`], by HTTP context id, with their filter state.
@@ -57,7 +58,11 @@ impl<F: Filter + 'static> Root<F> {
         let config = parse_json::<F::Config>(&bytes).map_err(|e| e.to_string())?;
         let filter = F::new(config).map_err(|e| e.to_string())?;
         let metrics = HostMetrics::define(F::NAME, F::METRICS)?;
-        Ok(Configured { filter, metrics })
+        Ok(Configured {
+            filter,
+            metrics,
+            verifier: HostVerifier::default(),
+        })
     }
 
     /// Decides every held request again, under its own context.
@@ -143,6 +148,7 @@ impl<F: Filter + 'static> Context for Root<F> {
             now,
             store: &HostStore,
             metrics: &configured.metrics,
+            verifier: &configured.verifier,
         };
         configured.filter.on_callout_response(tag, result, &env);
     }
@@ -185,6 +191,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             now,
             store: &HostStore,
             metrics: &configured.metrics,
+            verifier: &configured.verifier,
         };
         for callout in configured.filter.on_tick(&env) {
             match host::dispatch(&callout) {
@@ -292,6 +299,7 @@ impl<F: Filter> HttpContext for Stream<F> {
             now,
             store: &HostStore,
             metrics: &configured.metrics,
+            verifier: &configured.verifier,
         };
         let decision = match self.state.try_borrow_mut() {
             Ok(mut state) => configured.filter.on_request(&mut state, &request, &env),
@@ -330,6 +338,7 @@ impl<F: Filter> HttpContext for Stream<F> {
             now,
             store: &HostStore,
             metrics: &configured.metrics,
+            verifier: &configured.verifier,
         };
         let edits = configured
             .filter

@@ -2,6 +2,7 @@
 
 use filter_core::decision::{Callout, HeaderEdits, LocalResponse};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind, Metrics};
+use filter_core::signature::{Digest, NativeVerifier};
 use filter_core::store::{Cas, SharedStore, StoreError, Written};
 use filter_core::time::Time;
 use proxy_wasm::hostcalls;
@@ -167,5 +168,127 @@ impl Metrics for HostMetrics {
         if let Some(&host_id) = self.ids.get(id.0) {
             let _ = hostcalls::record_metric(host_id, value);
         }
+    }
+}
+
+/// Envoy's `verify_signature` foreign function (BoringSSL). Remembers when Envoy does not have
+/// it, so a module on another host asks once, logs why, and from then on verifies in Wasm.
+#[derive(Debug, Default)]
+pub(crate) struct HostVerifier {
+    unavailable: std::cell::Cell<bool>,
+}
+
+impl NativeVerifier for HostVerifier {
+    fn verify(
+        &self,
+        digest: Digest,
+        public_key: &[u8],
+        signature: &[u8],
+        message: &[u8],
+    ) -> Option<bool> {
+        if self.unavailable.get() {
+            return None;
+        }
+        let arguments = verify_signature_arguments(digest, public_key, signature, message);
+        match hostcalls::call_foreign_function("verify_signature", Some(&arguments)) {
+            Ok(Some(result)) => verify_signature_result(&result),
+            Ok(None) => None,
+            Err(Status::NotFound) => {
+                self.unavailable.set(true);
+                log(
+                    LogLevel::Info,
+                    "this host has no verify_signature function: signatures are verified in Wasm",
+                );
+                None
+            }
+            // BadArgument: a key BoringSSL would not parse. Our own check has the last word.
+            Err(_) => None,
+        }
+    }
+}
+
+/// Appends a protobuf length-delimited field (wire type 2).
+fn put_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push(field << 3 | 2);
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// `VerifySignatureArguments` (Envoy's `verify_signature.proto`): hash_function = 1,
+/// public_key (DER) = 2, signature = 3, text = 4.
+fn verify_signature_arguments(
+    digest: Digest,
+    public_key: &[u8],
+    signature: &[u8],
+    message: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(public_key.len() + signature.len() + message.len() + 24);
+    put_field(&mut out, 1, digest.name().as_bytes());
+    put_field(&mut out, 2, public_key);
+    put_field(&mut out, 3, signature);
+    put_field(&mut out, 4, message);
+    out
+}
+
+/// `VerifySignatureResult`: `bool result = 1; string error = 2;`. Proto3 leaves out a false
+/// `result`, so only a field 1 holding 1 means valid; anything unreadable means "cannot tell".
+fn verify_signature_result(bytes: &[u8]) -> Option<bool> {
+    let mut valid = false;
+    let mut rest = bytes;
+    while let Some((&key, tail)) = rest.split_first() {
+        match key {
+            0x08 => {
+                let (&value, tail) = tail.split_first()?;
+                valid = value == 1;
+                rest = tail;
+            }
+            0x12 => {
+                let (&len, tail) = tail.split_first()?;
+                // Error messages are short; a longer one would need a multi-byte length.
+                if len >= 0x80 {
+                    return Some(valid);
+                }
+                rest = tail.get(usize::from(len)..)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(valid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_the_four_fields_in_order() {
+        let long = vec![9u8; 300];
+        let bytes = verify_signature_arguments(Digest::Sha384, b"key", &long, b"");
+        let mut expected = vec![0x0a, 6];
+        expected.extend_from_slice(b"sha384");
+        expected.extend_from_slice(&[0x12, 3]);
+        expected.extend_from_slice(b"key");
+        // 300 = 0b10_0101100: varint bytes 0xac 0x02.
+        expected.extend_from_slice(&[0x1a, 0xac, 0x02]);
+        expected.extend_from_slice(&long);
+        expected.extend_from_slice(&[0x22, 0]);
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn results_are_read_strictly() {
+        assert_eq!(verify_signature_result(&[0x08, 1, 0x12, 0]), Some(true));
+        assert_eq!(verify_signature_result(&[0x08, 1]), Some(true));
+        // A false result is left out by proto3; only the error remains.
+        assert_eq!(verify_signature_result(&[0x12, 2, b'n', b'o']), Some(false));
+        assert_eq!(verify_signature_result(&[]), Some(false));
+        assert_eq!(verify_signature_result(&[0x08]), None);
+        assert_eq!(verify_signature_result(&[0x12, 5, b'x']), None);
+        assert_eq!(verify_signature_result(&[0x1a, 0]), None);
     }
 }

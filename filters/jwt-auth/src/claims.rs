@@ -62,40 +62,70 @@ fn numeric_date(
     }
 }
 
+/// A token's time claims, read once: a verified token is checked against the clock on every
+/// request, and its claims map is not searched again for that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeClaims {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+}
+
 /// Checks `iss`, `exp`, `nbf`, `iat`, `aud` and `sub` of a token whose signature was verified
-/// with one of `provider`'s keys.
+/// with one of `provider`'s keys: [`check_static`] then [`check_times`].
 pub fn check(
     provider: &Provider,
     claims: &Map<String, Value>,
     now: Time,
 ) -> Result<(), ClaimError> {
+    check_times(provider, &check_static(provider, claims)?, now)
+}
+
+/// Everything about the claims that does not depend on the time: `iss`, `aud`, `sub`, and that
+/// each time claim is a NumericDate. Gives the time claims for [`check_times`].
+pub fn check_static(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+) -> Result<TimeClaims, ClaimError> {
     check_issuer(provider, claims)?;
+    let times = TimeClaims {
+        exp: numeric_date(claims, "exp")?,
+        nbf: numeric_date(claims, "nbf")?,
+        iat: numeric_date(claims, "iat")?,
+    };
+    if times.exp.is_none() && provider.require_expiration {
+        return Err(ClaimError::MissingExpiration);
+    }
+    check_audience(provider, claims)?;
+    match claims.get("sub") {
+        None | Some(Value::String(_)) => Ok(times),
+        Some(_) => Err(ClaimError::BadSubject),
+    }
+}
+
+/// `exp`, `nbf` and `iat` against the clock, with the provider's skew.
+pub fn check_times(provider: &Provider, times: &TimeClaims, now: Time) -> Result<(), ClaimError> {
     // Fractional seconds are compared as they are (J16): no rounding in anyone's favour.
     let now_s = now.as_nanos() as f64 / 1e9;
     let skew = provider.clock_skew.as_secs_f64();
-    match numeric_date(claims, "exp")? {
-        // RFC 7519 §4.1.4: now must be *before* exp (J17: exp == now is expired).
-        Some(exp) if now_s >= exp + skew => return Err(ClaimError::Expired),
-        Some(_) => {}
-        None if provider.require_expiration => return Err(ClaimError::MissingExpiration),
-        None => {}
+    // RFC 7519 §4.1.4: now must be *before* exp (J17: exp == now is expired).
+    if let Some(exp) = times.exp
+        && now_s >= exp + skew
+    {
+        return Err(ClaimError::Expired);
     }
     // RFC 7519 §4.1.5: now must be after *or equal to* nbf.
-    if let Some(nbf) = numeric_date(claims, "nbf")?
+    if let Some(nbf) = times.nbf
         && now_s + skew < nbf
     {
         return Err(ClaimError::NotYetValid);
     }
-    if let Some(iat) = numeric_date(claims, "iat")?
+    if let Some(iat) = times.iat
         && iat > now_s + skew
     {
         return Err(ClaimError::IssuedInFuture);
     }
-    check_audience(provider, claims)?;
-    match claims.get("sub") {
-        None | Some(Value::String(_)) => Ok(()),
-        Some(_) => Err(ClaimError::BadSubject),
-    }
+    Ok(())
 }
 
 /// `iss` must equal the provider's issuer byte for byte (no case or trailing-slash folding).
@@ -142,6 +172,9 @@ pub fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
 
 /// Whether the token grants every one of `required`.
 pub fn has_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
+    if required.is_empty() {
+        return true;
+    }
     let granted = granted_scopes(claims);
     required.iter().all(|r| granted.contains(&r.as_str()))
 }

@@ -12,8 +12,10 @@ use hmac::{Hmac, Mac};
 use sha2::{Sha256, Sha384, Sha512};
 
 use crate::alg::Alg;
+use crate::der;
 use crate::ecdsa::EcKey;
 use crate::rsa_verify::{self, RsaKey};
+use filter_core::signature::{Digest, NativeVerifier};
 
 /// A verification key: an asymmetric public key, or an HMAC shared secret.
 #[derive(Clone)]
@@ -58,33 +60,37 @@ impl PublicKey {
 
 /// Whether `signature` is a valid `alg` signature of `signing_input` (the JWS
 /// `header.payload` bytes) under `key`. False whenever the key does not fit `alg`.
-pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> bool {
+///
+/// RSA PKCS #1 v1.5 and ECDSA signatures go to the host's native verifier first (Envoy's
+/// BoringSSL, several times faster than Wasm); when it cannot answer, they are checked here.
+pub fn verify(
+    alg: Alg,
+    key: &PublicKey,
+    signing_input: &[u8],
+    signature: &[u8],
+    native: &dyn NativeVerifier,
+) -> bool {
     if !key.fits(alg) {
         return false;
     }
     match (alg, key) {
-        (Alg::RS256, PublicKey::Rsa(key)) => {
-            rsa_verify::verify_pkcs1(alg, key, signing_input, signature)
-        }
-        (Alg::RS384, PublicKey::Rsa(key)) => {
-            rsa_verify::verify_pkcs1(alg, key, signing_input, signature)
-        }
-        (Alg::RS512, PublicKey::Rsa(key)) => {
-            rsa_verify::verify_pkcs1(alg, key, signing_input, signature)
-        }
-        (Alg::PS256, PublicKey::Rsa(key)) => {
-            rsa_verify::verify_pss(alg, key, signing_input, signature)
-        }
-        (Alg::PS384, PublicKey::Rsa(key)) => {
-            rsa_verify::verify_pss(alg, key, signing_input, signature)
-        }
-        (Alg::PS512, PublicKey::Rsa(key)) => {
+        (Alg::RS256 | Alg::RS384 | Alg::RS512, PublicKey::Rsa(key)) => native
+            .verify(digest(alg), key.spki(), signature, signing_input)
+            .unwrap_or_else(|| rsa_verify::verify_pkcs1(alg, key, signing_input, signature)),
+        (Alg::PS256 | Alg::PS384 | Alg::PS512, PublicKey::Rsa(key)) => {
             rsa_verify::verify_pss(alg, key, signing_input, signature)
         }
         (Alg::ES256 | Alg::ES384, PublicKey::Ec(key)) => {
-            // fits() made sure the curve is the algorithm's, so the hash is too. JWS ECDSA
-            // signatures are the fixed-width `R‖S` (RFC 7518 §3.4), which is what it takes.
-            key.verify(&rsa_verify::hash(alg, &[signing_input]), signature)
+            // JWS ECDSA signatures are the fixed-width `R‖S` (RFC 7518 §3.4): any other length
+            // is refused before either verifier sees it. fits() made sure the curve is the
+            // algorithm's, so the hash is too.
+            let width = if alg == Alg::ES256 { 64 } else { 96 };
+            if signature.len() != width {
+                return false;
+            }
+            der::ecdsa_signature(signature)
+                .and_then(|der| native.verify(digest(alg), key.spki(), &der, signing_input))
+                .unwrap_or_else(|| key.verify(&rsa_verify::hash(alg, &[signing_input]), signature))
         }
         (Alg::EdDSA, PublicKey::Ed25519(key)) => eddsa(key, signing_input, signature),
         (Alg::HS256, PublicKey::Hmac(secret)) => {
@@ -99,6 +105,15 @@ pub fn verify(alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8])
         // fits() already refused every other pairing; staying false here keeps it that way
         // even if the two tables ever drift apart.
         _ => false,
+    }
+}
+
+/// The digest an RSA or ECDSA algorithm signs.
+fn digest(alg: Alg) -> Digest {
+    match alg.hash_len() {
+        48 => Digest::Sha384,
+        64 => Digest::Sha512,
+        _ => Digest::Sha256,
     }
 }
 
@@ -177,6 +192,7 @@ pub(crate) mod test_keys {
 mod tests {
     use super::test_keys;
     use super::*;
+    use filter_core::signature::NoNativeVerifier;
 
     use rand::rngs::OsRng;
     use rsa::signature::Verifier as _;
@@ -184,6 +200,116 @@ mod tests {
     use rsa::traits::PublicKeyParts;
 
     const INPUT: &[u8] = b"eyJhbGciOiJYWCJ9.eyJzdWIiOiJ0ZXN0In0";
+
+    /// Every check below runs twice: verified here, and handed as DER to a stand-in for the
+    /// host's native verifier (RustCrypto reading the DER, as BoringSSL does in Envoy). Both
+    /// must agree, which tests the DER forms as hard as the verifier.
+    fn verify(alg: Alg, key: &PublicKey, input: &[u8], signature: &[u8]) -> bool {
+        let here = super::verify(alg, key, input, signature, &NoNativeVerifier);
+        let native = super::verify(alg, key, input, signature, &DerVerifier);
+        assert_eq!(here, native, "{alg}: Wasm and native verifiers disagree");
+        here
+    }
+
+    /// A native verifier that takes exactly what Envoy's `verify_signature` takes.
+    struct DerVerifier;
+
+    impl NativeVerifier for DerVerifier {
+        fn verify(
+            &self,
+            digest: Digest,
+            spki: &[u8],
+            signature: &[u8],
+            message: &[u8],
+        ) -> Option<bool> {
+            use p256::pkcs8::DecodePublicKey;
+            use rsa::pkcs1v15;
+            if let Ok(key) = rsa::RsaPublicKey::from_public_key_der(spki) {
+                let Ok(signature) = pkcs1v15::Signature::try_from(signature) else {
+                    return Some(false);
+                };
+                return Some(match digest {
+                    Digest::Sha256 => pkcs1v15::VerifyingKey::<Sha256>::new(key)
+                        .verify(message, &signature)
+                        .is_ok(),
+                    Digest::Sha384 => pkcs1v15::VerifyingKey::<Sha384>::new(key)
+                        .verify(message, &signature)
+                        .is_ok(),
+                    Digest::Sha512 => pkcs1v15::VerifyingKey::<Sha512>::new(key)
+                        .verify(message, &signature)
+                        .is_ok(),
+                });
+            }
+            if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki) {
+                let Ok(signature) = p256::ecdsa::Signature::from_der(signature) else {
+                    return Some(false);
+                };
+                return Some(digest == Digest::Sha256 && key.verify(message, &signature).is_ok());
+            }
+            if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_der(spki) {
+                let Ok(signature) = p384::ecdsa::Signature::from_der(signature) else {
+                    return Some(false);
+                };
+                return Some(digest == Digest::Sha384 && key.verify(message, &signature).is_ok());
+            }
+            None
+        }
+    }
+
+    #[test]
+    fn a_host_that_cannot_answer_leaves_the_check_to_wasm() {
+        struct Refuses;
+        impl NativeVerifier for Refuses {
+            fn verify(&self, _: Digest, _: &[u8], _: &[u8], _: &[u8]) -> Option<bool> {
+                None
+            }
+        }
+        let key = PublicKey::Rsa(test_keys::fast(&test_keys::rsa().to_public_key()));
+        let signature = rsa::pkcs1v15::SigningKey::<Sha256>::new(test_keys::rsa().clone())
+            .sign(INPUT)
+            .to_vec();
+        assert!(super::verify(Alg::RS256, &key, INPUT, &signature, &Refuses));
+        assert!(!super::verify(
+            Alg::RS256,
+            &key,
+            b"other",
+            &signature,
+            &Refuses
+        ));
+    }
+
+    #[test]
+    fn the_host_answer_is_final() {
+        struct Says(bool);
+        impl NativeVerifier for Says {
+            fn verify(&self, _: Digest, _: &[u8], _: &[u8], _: &[u8]) -> Option<bool> {
+                Some(self.0)
+            }
+        }
+        let key = PublicKey::Rsa(test_keys::fast(&test_keys::rsa().to_public_key()));
+        assert!(super::verify(Alg::RS256, &key, INPUT, b"x", &Says(true)));
+        // Not asked for algorithms it does not serve.
+        let secret = PublicKey::Hmac(vec![1; 32]);
+        assert!(!super::verify(
+            Alg::HS256,
+            &secret,
+            INPUT,
+            b"x",
+            &Says(true)
+        ));
+        // A short ECDSA signature is refused before the host sees it.
+        let ec = p256::SecretKey::random(&mut OsRng).public_key();
+        let point = p256::EncodedPoint::from(ec);
+        let ec = PublicKey::Ec(EcKey::p256(point.x().unwrap(), point.y().unwrap()).unwrap());
+        assert!(!super::verify(
+            Alg::ES256,
+            &ec,
+            INPUT,
+            &[1; 63],
+            &Says(true)
+        ));
+        assert!(super::verify(Alg::ES256, &ec, INPUT, &[1; 64], &Says(true)));
+    }
 
     fn flip_bit(bytes: &[u8], index: usize, bit: u8) -> Vec<u8> {
         let mut out = bytes.to_vec();

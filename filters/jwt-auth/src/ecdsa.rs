@@ -11,6 +11,7 @@
 //! a point on the curve with coordinates below the prime; the sum point is not the identity.
 
 use crate::alg::Alg;
+use crate::der;
 
 /// Numbers as little-endian 32-bit limbs: 8 for P-256, 12 for P-384.
 type Limbs<const L: usize> = [u32; L];
@@ -425,7 +426,11 @@ impl<const L: usize> Curve<L> {
 
 /// A P-256 or P-384 public key, checked to be on its curve.
 #[derive(Clone, PartialEq, Eq)]
-pub struct EcKey(OnCurve);
+pub struct EcKey {
+    key: OnCurve,
+    /// The key in DER, for the host's native verifier.
+    spki: Vec<u8>,
+}
 
 #[derive(Clone, PartialEq, Eq)]
 enum OnCurve {
@@ -444,19 +449,30 @@ impl EcKey {
     pub fn p256(x: &[u8], y: &[u8]) -> Option<EcKey> {
         let curve = Curve::new(&P256);
         let point = curve.point(x, y)?;
-        Some(EcKey(OnCurve::P256(Box::new((curve, point)))))
+        Some(EcKey {
+            key: OnCurve::P256(Box::new((curve, point))),
+            spki: der::ec_public_key(der::Curve::P256, x, y),
+        })
     }
 
     /// A P-384 key from its 48-byte big-endian coordinates; `None` if not on the curve.
     pub fn p384(x: &[u8], y: &[u8]) -> Option<EcKey> {
         let curve = Curve::new(&P384);
         let point = curve.point(x, y)?;
-        Some(EcKey(OnCurve::P384(Box::new((curve, point)))))
+        Some(EcKey {
+            key: OnCurve::P384(Box::new((curve, point))),
+            spki: der::ec_public_key(der::Curve::P384, x, y),
+        })
+    }
+
+    /// The key as a DER `SubjectPublicKeyInfo`.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
     }
 
     /// The one algorithm this key verifies: ES256 on P-256, ES384 on P-384.
     pub fn alg(&self) -> Alg {
-        match self.0 {
+        match self.key {
             OnCurve::P256(_) => Alg::ES256,
             OnCurve::P384(_) => Alg::ES384,
         }
@@ -465,7 +481,7 @@ impl EcKey {
     /// Whether `signature` is a JWS ECDSA signature of `digest` (SHA-256 for a P-256 key,
     /// SHA-384 for P-384) under this key.
     pub fn verify(&self, digest: &[u8], signature: &[u8]) -> bool {
-        match &self.0 {
+        match &self.key {
             OnCurve::P256(key) => key.0.verify(&key.1, digest, signature),
             OnCurve::P384(key) => key.0.verify(&key.1, digest, signature),
         }

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod crypto;
+pub mod der;
 pub mod ecdsa;
 pub mod extract;
 pub mod json;
@@ -249,9 +250,29 @@ impl Filter for JwtAuth {
         // were not, deciding without it is still correct, only slower.
         let decided = match self.cache.try_borrow_mut() {
             Ok(mut cache) => {
-                rules::decide(&self.config, request, env.now, keys, &mut cache, &mut notes)
+                let native = env.verifier;
+                rules::decide(
+                    &self.config,
+                    request,
+                    env.now,
+                    keys,
+                    &mut cache,
+                    native,
+                    &mut notes,
+                )
             }
-            Err(_) => rules::decide(&self.config, request, env.now, keys, &mut [], &mut notes),
+            Err(_) => {
+                let native = env.verifier;
+                rules::decide(
+                    &self.config,
+                    request,
+                    env.now,
+                    keys,
+                    &mut [],
+                    native,
+                    &mut notes,
+                )
+            }
         };
         if notes.hits > 0 {
             env.metrics.add(CACHE_HITS, i64::from(notes.hits));

@@ -27,6 +27,8 @@ pub struct RsaKey {
     /// Modulus length in bits and bytes.
     bits: usize,
     len: usize,
+    /// The key in DER, for the host's native verifier.
+    spki: Vec<u8>,
 }
 
 impl std::fmt::Debug for RsaKey {
@@ -68,7 +70,13 @@ impl RsaKey {
             e,
             bits,
             len: n_bytes.len(),
+            spki: crate::der::rsa_public_key(n_bytes, e_bytes),
         })
+    }
+
+    /// The key as a DER `SubjectPublicKeyInfo`.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
     }
 
     /// The modulus length in bits.

@@ -12,6 +12,7 @@ use crate::jwks::KeySet;
 use crate::verify::Failure;
 use crate::verify::{self, Verified};
 use filter_core::request::RequestView;
+use filter_core::signature::NativeVerifier;
 use filter_core::time::Time;
 use std::rc::Rc;
 
@@ -95,6 +96,7 @@ struct Evaluation<'a> {
     keys: &'a KeySnapshot,
     /// One cache per provider.
     cache: &'a mut [TokenCache],
+    native: &'a dyn NativeVerifier,
     notes: Notes,
 }
 
@@ -122,7 +124,8 @@ impl Evaluation<'_> {
                         }
                         None => {
                             self.notes.misses += 1;
-                            let result = verify::verify_signature(p, keys, &token).map(Rc::new);
+                            let result =
+                                verify::verify_signature(p, keys, &token, self.native).map(Rc::new);
                             if let (Ok(verified), Some(cache)) = (&result, cache) {
                                 cache.put(&token, verified.clone(), *generation);
                             }
@@ -220,13 +223,15 @@ impl Evaluation<'_> {
 /// Decides a request: the tokens that passed (possibly none), or why it is refused.
 ///
 /// `keys` are the providers' current keys. Verified tokens are looked up in, and added to,
-/// `cache`; `notes` says how that went and what was missing.
+/// `cache`; signatures go to the host's `native` verifier when it has one; `notes` says how
+/// that went and what was missing.
 pub fn decide(
     compiled: &Compiled,
     request: &dyn RequestView,
     now: Time,
     keys: &KeySnapshot,
     cache: &mut [TokenCache],
+    native: &dyn NativeVerifier,
     notes: &mut Notes,
 ) -> Result<Vec<Passed>, Denial> {
     let Some(rule) = compiled.rules.iter().find(|r| r.matcher.matches(request)) else {
@@ -242,6 +247,7 @@ pub fn decide(
         outcomes: vec![None; compiled.providers.len()],
         keys,
         cache,
+        native,
         notes: Notes::default(),
     };
     let mut passed = Vec::new();

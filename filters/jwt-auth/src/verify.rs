@@ -5,11 +5,12 @@
 //! provider costs a string comparison, not an RSA operation, and a key can only ever verify
 //! tokens of the issuer it belongs to (RFC 8725 §3.8, J21).
 
-use crate::claims::{self, ClaimError};
+use crate::claims::{self, ClaimError, TimeClaims};
 use crate::config::Provider;
 use crate::crypto;
 use crate::jwks::KeySet;
 use crate::token::{self, TokenError};
+use filter_core::signature::NativeVerifier;
 use filter_core::time::Time;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -24,6 +25,9 @@ pub struct Verified {
     pub claims: Map<String, Value>,
     /// The payload segment as it came (base64url JSON), for `forward_payload_header`.
     pub payload_b64: String,
+    /// The outcome of the claim checks that do not depend on the time, made once with the
+    /// signature check so that a cache hit only compares times.
+    pub static_claims: Result<TimeClaims, ClaimError>,
 }
 
 /// Why a token was refused (logged at debug level; the client only learns "invalid_token").
@@ -63,8 +67,9 @@ pub fn verify(
     keys: &KeySet,
     token: &str,
     now: Time,
+    native: &dyn NativeVerifier,
 ) -> Result<Verified, Failure> {
-    let verified = verify_signature(provider, keys, token)?;
+    let verified = verify_signature(provider, keys, token, native)?;
     check_claims(provider, &verified, now)?;
     Ok(verified)
 }
@@ -72,15 +77,21 @@ pub fn verify(
 /// The registered-claim checks, which depend on the time and so run on every request, even for
 /// a token whose signature was verified before.
 pub fn check_claims(provider: &Provider, verified: &Verified, now: Time) -> Result<(), Failure> {
-    claims::check(provider, &verified.claims, now).map_err(Failure::Claims)
+    let times = verified
+        .static_claims
+        .as_ref()
+        .map_err(|e| Failure::Claims(e.clone()))?;
+    claims::check_times(provider, times, now).map_err(Failure::Claims)
 }
 
 /// Everything about a token that does not depend on the time: its form, header, issuer and
 /// signature. The result may be cached for as long as the provider's keys stay the same.
+/// Signatures go to the host's `native` verifier when it has one.
 pub fn verify_signature(
     provider: &Provider,
     keys: &KeySet,
     token: &str,
+    native: &dyn NativeVerifier,
 ) -> Result<Verified, Failure> {
     let parsed = token::parse(token, provider.max_token_bytes).map_err(Failure::Token)?;
     let alg = parsed.header.alg;
@@ -106,7 +117,7 @@ pub fn verify_signature(
         .take(MAX_KEYS_TRIED)
     {
         tried += 1;
-        if crypto::verify(alg, &jwk.key, input, &parsed.signature) {
+        if crypto::verify(alg, &jwk.key, input, &parsed.signature, native) {
             verified = true;
             break;
         }
@@ -122,8 +133,10 @@ pub fn verify_signature(
         .split_once('.')
         .map(|(_, p)| p.to_owned())
         .unwrap_or_default();
+    let static_claims = claims::check_static(provider, &parsed.claims);
     Ok(Verified {
         claims: parsed.claims,
         payload_b64,
+        static_claims,
     })
 }

@@ -73,6 +73,7 @@ impl Setup {
             now,
             store: &MemStore::new(),
             metrics: &metrics,
+            verifier: &filter_core::signature::NoNativeVerifier,
         };
         self.filter
             .on_request(&mut jwt_auth::JwtStream::default(), request, &env)
@@ -810,6 +811,7 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
         now: Time::from_secs(secs),
         store: &store,
         metrics: &metrics,
+        verifier: &filter_core::signature::NoNativeVerifier,
     };
     let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
     passed(
@@ -897,6 +899,7 @@ fn requests_wait_for_the_first_keys_then_get_503() {
         now: Time::from_secs(secs),
         store: &store,
         metrics: &metrics,
+        verifier: &filter_core::signature::NoNativeVerifier,
     };
     let key = Key::generate(Alg::EdDSA, "k1");
     let request = get("/").with_header("authorization", format!("Bearer {}", key.sign(&claims())));
@@ -944,6 +947,7 @@ fn a_new_kid_is_accepted_after_one_refetch_and_random_kids_cause_no_storm() {
         now: Time::from_secs(secs),
         store: &store,
         metrics: &metrics,
+        verifier: &filter_core::signature::NoNativeVerifier,
     };
     let old = Key::generate(Alg::EdDSA, "old");
     let new = Key::generate(Alg::ES256, "new");

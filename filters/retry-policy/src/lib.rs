@@ -68,6 +68,7 @@ mod tests {
             now: Time::from_secs(1),
             store: &MemStore::new(),
             metrics: &metrics,
+            verifier: &filter_core::signature::NoNativeVerifier,
         };
         let decision = filter.on_request(&mut (), &Request::new("GET", "/"), &env);
         assert_eq!(decision, Decision::pass());

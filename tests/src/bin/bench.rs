@@ -1,0 +1,598 @@
+//! `make bench`: what each filter costs Envoy per request, beside Envoy's native filters.
+//!
+//! One native Envoy, `--concurrency 1`, pinned to one core; the load generators pinned to the
+//! other. One listener per variant, all in the same process, so every variant runs in the same
+//! minutes on the same machine. Rounds interleave the variants (A B C ..., then ... C B A), and
+//! each variant's figure is the median over rounds; this machine drifts by half within
+//! minutes, so only ratios taken inside one run mean anything.
+//!
+//! Per variant and round: a warm-up; closed-loop throughput (`wrk`, 16 connections); then a
+//! fixed request rate below saturation (`oha`, latency-corrected), during which Envoy's CPU
+//! time is read from `/proc/<pid>/stat`: CPU per request = CPU time / requests answered.
+//!
+//! `bench --smoke` does the same in seconds, with one round, and judges nothing: `make test`
+//! runs it so the benchmark cannot rot. Every variant is first checked to answer as its
+//! config says (a JWT filter that refused the token would be measured doing the wrong thing).
+
+use filter_tests::client;
+use filter_tests::envoy::{Envoy, Launch, Mode};
+use filter_tests::tokens::{self, Alg, Key};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::process::Command;
+
+/// How long each phase runs, and how often.
+#[derive(Debug, Clone)]
+struct Plan {
+    rounds: usize,
+    warmup_secs: u32,
+    closed_secs: u32,
+    fixed_secs: u32,
+    /// The fixed request rate (per second): below the slowest variant's saturation.
+    rate: u32,
+    smoke: bool,
+    /// Only the variants whose names contain one of these (all when empty); `none` always runs.
+    only: Vec<String>,
+}
+
+impl Plan {
+    fn from_args() -> Plan {
+        let mut plan = Plan {
+            rounds: 3,
+            warmup_secs: 1,
+            closed_secs: 4,
+            fixed_secs: 6,
+            rate: 2000,
+            smoke: false,
+            only: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| -> u32 {
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| fail(&format!("{name} needs a number")))
+            };
+            match arg.as_str() {
+                "--smoke" => {
+                    plan = Plan {
+                        rounds: 1,
+                        warmup_secs: 1,
+                        closed_secs: 1,
+                        fixed_secs: 1,
+                        rate: 200,
+                        smoke: true,
+                        only: plan.only,
+                    }
+                }
+                "--rounds" => plan.rounds = value("--rounds") as usize,
+                "--rate" => plan.rate = value("--rate"),
+                "--seconds" => plan.fixed_secs = value("--seconds"),
+                "--only" => plan.only.extend(args.next()),
+                other => fail(&format!(
+                    "unknown argument {other:?}; use --smoke, --rounds N, --rate R, --seconds S, \
+                     --only NAME-PART"
+                )),
+            }
+        }
+        plan
+    }
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("bench: {why}");
+    std::process::exit(2)
+}
+
+/// The filters of one listener, and what it is compared with.
+#[derive(Debug, Clone)]
+struct Variant {
+    name: &'static str,
+    /// `http_filters` entries, before the router.
+    filters: Vec<Value>,
+    /// The native variant doing the same job, for the ratio column.
+    native_peer: Option<&'static str>,
+    /// The status a request without a token gets (401 where a JWT filter guards the route).
+    status_without_token: u16,
+}
+
+const ISSUER: &str = "https://issuer.example";
+const AUDIENCE: &str = "api";
+
+fn wasm_filter(module: &str, config: &Value) -> Value {
+    let path = filter_tests::wasm::module(module);
+    json!({
+        "name": module,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": module,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": match config {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    },
+                },
+                "failure_policy": "FAIL_CLOSED",
+                // One VM per module, shared by every listener that loads it, as in a gateway.
+                "vm_config": {
+                    "vm_id": module,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": path.display().to_string() } },
+                },
+            },
+        },
+    })
+}
+
+fn jwt_auth(jwks: &str, cache_size: u64) -> Value {
+    wasm_filter(
+        "jwt_auth",
+        &json!({
+            "providers": { "idp": {
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "algorithms": ["RS256"],
+                "local_jwks": { "inline": jwks },
+                "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
+            } },
+            "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
+            "token_cache_size": cache_size,
+        }),
+    )
+}
+
+fn native_jwt_authn(jwks: &str, cached: bool) -> Value {
+    let mut provider = json!({
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": { "inline_string": jwks },
+        "claim_to_headers": [ { "claim_name": "sub", "header_name": "x-user-id" } ],
+    });
+    if cached {
+        provider["jwt_cache_config"] = json!({ "jwt_cache_size": 1000 });
+    }
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": { "idp": provider },
+            "rules": [ { "match": { "prefix": "/" }, "requires": { "provider_name": "idp" } } ],
+        },
+    })
+}
+
+fn native_local_ratelimit() -> Value {
+    let percent = json!({ "default_value": { "numerator": 100, "denominator": "HUNDRED" } });
+    json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            // A bucket no benchmark can empty: the limiter runs but never limits.
+            "token_bucket": { "max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64,
+                              "fill_interval": "1s" },
+            "filter_enabled": percent,
+            "filter_enforced": percent,
+        },
+    })
+}
+
+fn variants(jwks: &str) -> Vec<Variant> {
+    let v = |name, filters, native_peer, status_without_token| Variant {
+        name,
+        filters,
+        native_peer,
+        status_without_token,
+    };
+    vec![
+        v("none", vec![], None, 200),
+        v(
+            "passthrough (bare SDK: 1 header read, 1 set)",
+            vec![wasm_filter("passthrough", &json!("one"))],
+            None,
+            200,
+        ),
+        v(
+            "wasm no-op (bare SDK)",
+            vec![wasm_filter("passthrough", &json!("noop"))],
+            None,
+            200,
+        ),
+        v(
+            "wasm all headers in one read (bare SDK)",
+            vec![wasm_filter("passthrough", &json!("map"))],
+            None,
+            200,
+        ),
+        v(
+            "our host layer, empty policy (rate_limit placeholder)",
+            vec![wasm_filter("rate_limit", &json!({}))],
+            None,
+            200,
+        ),
+        v(
+            "jwt_auth RS256, cached",
+            vec![jwt_auth(jwks, 1000)],
+            Some("native jwt_authn, cached"),
+            401,
+        ),
+        v(
+            "jwt_auth RS256, uncached",
+            vec![jwt_auth(jwks, 0)],
+            Some("native jwt_authn, uncached"),
+            401,
+        ),
+        v(
+            "native jwt_authn, cached",
+            vec![native_jwt_authn(jwks, true)],
+            None,
+            401,
+        ),
+        v(
+            "native jwt_authn, uncached",
+            vec![native_jwt_authn(jwks, false)],
+            None,
+            401,
+        ),
+        v(
+            "native local_ratelimit",
+            vec![native_local_ratelimit()],
+            None,
+            200,
+        ),
+    ]
+}
+
+fn listener(index: usize, variant: &Variant) -> Value {
+    let mut filters = variant.filters.clone();
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            "dynamic_stats": false,
+        },
+    }));
+    json!({
+        "name": format!("v{index}"),
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [ { "filters": [ {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": format!("v{index}"),
+                "generate_request_id": false,
+                "route_config": { "virtual_hosts": [ {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [ {
+                        "match": { "prefix": "/" },
+                        "direct_response": { "status": 200, "body": { "inline_string": "ok" } },
+                    } ],
+                } ] },
+                "http_filters": filters,
+            },
+        } ] } ],
+    })
+}
+
+/// Envoy's configuration as JSON (which Envoy reads as YAML).
+fn envoy_config(variants: &[Variant]) -> String {
+    json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "static_resources": {
+            "listeners": variants.iter().enumerate().map(|(i, v)| listener(i, v)).collect::<Vec<_>>(),
+        },
+    })
+    .to_string()
+}
+
+/// Envoy's CPU time so far (user + system, all threads), in microseconds.
+fn cpu_micros(pid: u32, ticks_per_sec: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| fail(&format!("cannot read /proc/{pid}/stat: {e}")));
+    // Fields after the command name (which may hold spaces) start at field 3, state.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let (utime, stime) = (fields[11], fields[12]); // fields 14 and 15 of the whole line
+    (utime + stime) * 1_000_000 / ticks_per_sec
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("VmRSS:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The tools, found or the run fails saying how to get them.
+struct Tools {
+    wrk: String,
+    oha: String,
+}
+
+fn find_tool(env: &str, name: &str) -> String {
+    let candidate = std::env::var(env).unwrap_or_else(|_| name.to_owned());
+    let runs = Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stdout.is_empty() || !o.stderr.is_empty());
+    if !runs {
+        fail(&format!(
+            "{name} not found ({env}={candidate}): run `make bench`, which installs it"
+        ));
+    }
+    candidate
+}
+
+/// Which cores Envoy and the load generator use: different ones when there are two.
+fn cores() -> (String, String) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n >= 2 {
+        ("1".to_owned(), "0".to_owned())
+    } else {
+        ("0".to_owned(), "0".to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    cpu_us_per_request: f64,
+    closed_rps: f64,
+    fixed_rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn run_wrk(tools: &Tools, core: &str, secs: u32, port: u16, auth: &str) -> f64 {
+    let out = Command::new("taskset")
+        .args(["-c", core, &tools.wrk, "-t1", "-c16"])
+        .arg(format!("-d{secs}s"))
+        .args(["-H", auth])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot run wrk: {e}")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") {
+        fail(&format!("wrk saw non-2xx answers on port {port}:\n{text}"));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| fail(&format!("unexpected wrk output:\n{text}")))
+}
+
+/// Runs `oha` at a fixed rate; returns (achieved rps, requests, p50 µs, p99 µs).
+fn run_oha(tools: &Tools, core: &str, plan: &Plan, port: u16, auth: &str) -> (f64, f64, f64, f64) {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            core,
+            &tools.oha,
+            "--no-tui",
+            "--output-format",
+            "json",
+        ])
+        .args(["--latency-correction", "-c", "8"])
+        .args(["-q", &plan.rate.to_string()])
+        .args(["-z", &format!("{}s", plan.fixed_secs)])
+        .args(["-H", auth])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot run oha: {e}")));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        fail(&format!(
+            "unexpected oha output ({e}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    });
+    let statuses = &doc["statusCodeDistribution"];
+    let answered: f64 = statuses
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_f64).sum())
+        .unwrap_or(0.0);
+    let ok = statuses["200"].as_f64().unwrap_or(0.0);
+    if answered == 0.0 || ok < answered {
+        fail(&format!(
+            "oha on port {port}: {ok} of {answered} answers were 200: {statuses}"
+        ));
+    }
+    let rps = doc["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+    let p = |q: &str| doc["latencyPercentiles"][q].as_f64().unwrap_or(f64::NAN) * 1e6;
+    (rps, answered, p("p50"), p("p99"))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+fn main() {
+    let plan = Plan::from_args();
+    let tools = Tools {
+        wrk: find_tool("WRK", "wrk"),
+        oha: find_tool("OHA", "oha"),
+    };
+    let (envoy_core, load_core) = cores();
+    let ticks = ticks_per_sec();
+
+    let key = Key::generate(Alg::RS256, "bench");
+    let token = key.sign(&json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "user-42", "scope": "read write",
+        "iat": tokens::now_secs(), "exp": tokens::now_secs() + 86_400,
+    }));
+    let auth = format!("authorization: Bearer {token}");
+    let jwks = tokens::jwks(&[&key]);
+    let variants: Vec<Variant> = variants(&jwks)
+        .into_iter()
+        .filter(|v| {
+            v.name == "none" || plan.only.is_empty() || plan.only.iter().any(|o| v.name.contains(o))
+        })
+        .collect();
+
+    let launch = Launch {
+        concurrency: 1,
+        cpus: Some(envoy_core.clone()),
+        log_level: "error",
+    };
+    let envoy = Envoy::start_with(&Mode::native(), &envoy_config(&variants), &launch);
+    let pid = envoy
+        .pid()
+        .unwrap_or_else(|| fail("Envoy's process id is unknown"));
+    let version = Mode::native().version();
+    let port = |i: usize| envoy.port(&format!("v{i}"));
+
+    // Each variant must do what it is configured to do before it is timed.
+    for (i, v) in variants.iter().enumerate() {
+        let with = client::get("/").header("authorization", &format!("Bearer {token}"));
+        let status = with.send(port(i)).status;
+        let without = client::get("/").send(port(i)).status;
+        if status != 200 || without != v.status_without_token {
+            fail(&format!(
+                "{}: {status} with the token and {without} without it (expected 200 and {})",
+                v.name, v.status_without_token
+            ));
+        }
+    }
+
+    let idle_rss_kib = resident_kib(pid);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
+    for round in 0..plan.rounds {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            run_wrk(&tools, &load_core, plan.warmup_secs, port(i), &auth);
+            let closed_rps = run_wrk(&tools, &load_core, plan.closed_secs, port(i), &auth);
+            let before = cpu_micros(pid, ticks);
+            let (fixed_rps, requests, p50_us, p99_us) =
+                run_oha(&tools, &load_core, &plan, port(i), &auth);
+            let after = cpu_micros(pid, ticks);
+            let sample = Sample {
+                cpu_us_per_request: (after - before) as f64 / requests,
+                closed_rps,
+                fixed_rps,
+                p50_us,
+                p99_us,
+            };
+            eprintln!(
+                "round {}/{}: {:<55} {:>7.1} µs/req  {:>8.0} rps  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                round + 1,
+                plan.rounds,
+                variants[i].name,
+                sample.cpu_us_per_request,
+                sample.closed_rps,
+                sample.p50_us,
+                sample.p99_us
+            );
+            if !plan.smoke && sample.fixed_rps < f64::from(plan.rate) * 0.95 {
+                eprintln!(
+                    "  warning: reached {:.0} of {} rps; lower --rate",
+                    sample.fixed_rps, plan.rate
+                );
+            }
+            samples[i].push(sample);
+        }
+    }
+    let loaded_rss_kib = resident_kib(pid);
+    drop(envoy);
+
+    let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    let cpu: Vec<f64> = (0..variants.len())
+        .map(|i| med(i, |s| s.cpu_us_per_request))
+        .collect();
+    let index_of = |name: &str| variants.iter().position(|v| v.name == name);
+    let none = cpu[0];
+    let floor = index_of("passthrough (bare SDK: 1 header read, 1 set)").map(|i| cpu[i] - none);
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| Variant | CPU µs/req | Δ vs none | × native Δ | × passthrough Δ | closed-loop rps | p50 µs | p99 µs |"
+    );
+    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, v) in variants.iter().enumerate() {
+        let delta = cpu[i] - none;
+        let native = v
+            .native_peer
+            .and_then(index_of)
+            .map(|n| format!("{:.1}", delta / (cpu[n] - none)))
+            .unwrap_or_default();
+        let vs_floor = match (i, floor) {
+            (0, _) | (_, None) => String::new(),
+            (_, Some(f)) => format!("{:.1}", delta / f),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {:.1} | {} | {native} | {vs_floor} | {:.0} | {:.0} | {:.0} |",
+            v.name,
+            cpu[i],
+            if i == 0 {
+                String::new()
+            } else {
+                format!("{delta:+.1}")
+            },
+            med(i, |s| s.closed_rps),
+            med(i, |s| s.p50_us),
+            med(i, |s| s.p99_us),
+        );
+    }
+    let mut sizes = String::new();
+    for module in [
+        "jwt_auth",
+        "rate_limit",
+        "circuit_breaker",
+        "retry_policy",
+        "passthrough",
+    ] {
+        let path = filter_tests::wasm::module(module);
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let _ = writeln!(sizes, "| `{module}.wasm` | {bytes} |");
+    }
+    let report = format!(
+        "Envoy {version}, `--concurrency 1` on core {envoy_core}, load on core {load_core}; \
+         {} round(s); fixed rate {} rps for {} s (CPU, p50, p99), closed loop 16 connections \
+         for {} s (rps); medians.{}\n\n{table}\nEnvoy resident memory with every variant \
+         loaded: {} MiB idle, {} MiB after the run.\n\n| Module | Bytes |\n|---|---:|\n{sizes}",
+        plan.rounds,
+        plan.rate,
+        plan.fixed_secs,
+        plan.closed_secs,
+        if plan.smoke {
+            " **Smoke run: the figures mean nothing.**"
+        } else {
+            ""
+        },
+        idle_rss_kib / 1024,
+        loaded_rss_kib / 1024,
+    );
+    println!("{report}");
+    let out = filter_tests::repo_root().join("target").join("bench.md");
+    if let Err(e) = std::fs::write(&out, &report) {
+        eprintln!("cannot write {}: {e}", out.display());
+    }
+}
