@@ -26,7 +26,7 @@ export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint unit build check-imports validate-envoy integration envoy envoy-image \
-        toolchain nextest binaryen clean
+        toolchain nextest binaryen bench bench-tools clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,18 @@ validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 integration: build envoy nextest $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
 	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p')$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
 	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
+
+# BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --smoke.
+bench: build envoy bench-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)
+	cargo build --quiet --locked -p filter-tests --bin bench
+	ENVOY_BIN=$(ENVOY_BIN) target/debug/bench $(BENCH_ARGS)
+
+# wrk (Debian) measures closed-loop throughput; oha (crates.io) holds a fixed request rate
+# and reports latency percentiles corrected for coordinated omission.
+bench-tools: ## Install the load generators (wrk, oha) if missing
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
+	  || { echo "wrk is missing and could not be installed: apt-get install wrk"; exit 1; }
+	@command -v oha >/dev/null 2>&1 || cargo install oha --locked
 
 toolchain: ## Install the wasm32-wasip1 Rust target if missing
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
