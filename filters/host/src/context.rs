@@ -5,10 +5,11 @@
 //! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
 
 use crate::host::{self, HostMetrics, HostStore, HostVerifier};
+use crate::request::HostRequest;
 use filter_core::config::parse_json;
 use filter_core::decision::{CalloutResult, Decision, HeaderEdits, LocalResponse};
 use filter_core::filter::{Env, Filter};
-use filter_core::request::{Request, RequestView, Response, ResponseView};
+use filter_core::request::{RequestView, Response, ResponseView};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -76,14 +77,14 @@ impl<F: Filter + 'static> Root<F> {
             let decision = if hostcalls::set_effective_context(id).is_err() {
                 None
             } else {
-                let request =
-                    host::header_pairs(MapType::HttpRequestHeaders).map(Request::from_pairs);
-                match (request, state.try_borrow_mut()) {
-                    (Ok(request), Ok(mut s)) => {
+                let request = HostRequest::default();
+                match state.try_borrow_mut() {
+                    Ok(mut s) => {
                         let decision = configured.filter.on_request(&mut s, &request, env);
-                        Some((decision, request.is_grpc()))
+                        let grpc = matches!(decision, Decision::Respond(_)) && request.is_grpc();
+                        Some((decision, grpc))
                     }
-                    _ => None,
+                    Err(_) => None,
                 }
             };
             let done = match decision {
@@ -219,7 +220,6 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             configured: self.state.clone(),
             state: Rc::default(),
             parked: self.parked.clone(),
-            grpc: false,
         }))
     }
 
@@ -233,25 +233,25 @@ struct Stream<F: Filter> {
     configured: Option<Rc<Configured<F>>>,
     state: Rc<RefCell<F::Stream>>,
     parked: Parked<F::Stream>,
-    grpc: bool,
 }
 
 impl<F: Filter> Stream<F> {
-    fn respond(&self, reply: &LocalResponse) -> Action {
+    /// Answers the request locally (as gRPC when it is a gRPC request).
+    fn respond(&self, reply: &LocalResponse, request: &dyn RequestView) -> Action {
         if !reply.detail.is_empty() {
             host::log(
                 LogLevel::Debug,
                 &format!("{}: {} {}", F::NAME, reply.status, reply.detail),
             );
         }
-        if let Err(status) = host::send_local_response(reply, self.grpc) {
+        if let Err(status) = host::send_local_response(reply, request.is_grpc()) {
             log_error::<F>(&format!("cannot send a local reply: {status:?}"));
         }
         // Even when the reply failed, the request must not go on past a refusing filter.
         Action::Pause
     }
 
-    fn apply(&self, edits: &HeaderEdits) -> Action {
+    fn apply(&self, edits: &HeaderEdits, request: &dyn RequestView) -> Action {
         if edits.is_empty() {
             return Action::Continue;
         }
@@ -259,7 +259,8 @@ impl<F: Filter> Stream<F> {
             Ok(()) => Action::Continue,
             Err(status) => {
                 log_error::<F>(&format!("cannot edit request headers: {status:?}"));
-                self.respond(&LocalResponse::new(500).body("request headers not editable"))
+                let reply = LocalResponse::new(500).body("request headers not editable");
+                self.respond(&reply, request)
             }
         }
     }
@@ -279,21 +280,14 @@ impl<F: Filter> Context for Stream<F> {}
 
 impl<F: Filter> HttpContext for Stream<F> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let pairs = match host::header_pairs(MapType::HttpRequestHeaders) {
-            Ok(pairs) => pairs,
-            Err(status) => {
-                log_error::<F>(&format!("cannot read request headers: {status:?}"));
-                return self.respond(&LocalResponse::new(500).body("request headers unavailable"));
-            }
-        };
-        let request = Request::from_pairs(pairs);
-        self.grpc = request.is_grpc();
+        let request = HostRequest::default();
         let Some(configured) = self.configured.clone() else {
-            return self.respond(&LocalResponse::new(500).body("filter not configured"));
+            let reply = LocalResponse::new(500).body("filter not configured");
+            return self.respond(&reply, &request);
         };
         let Some(now) = host::now() else {
             log_error::<F>("the host clock is unavailable");
-            return self.respond(&LocalResponse::new(500).body("clock unavailable"));
+            return self.respond(&LocalResponse::new(500).body("clock unavailable"), &request);
         };
         let env = Env {
             now,
@@ -303,17 +297,23 @@ impl<F: Filter> HttpContext for Stream<F> {
         };
         let decision = match self.state.try_borrow_mut() {
             Ok(mut state) => configured.filter.on_request(&mut state, &request, &env),
-            Err(_) => return self.respond(&LocalResponse::new(500).body("stream state busy")),
+            Err(_) => {
+                let reply = LocalResponse::new(500).body("stream state busy");
+                return self.respond(&reply, &request);
+            }
         };
         match decision {
-            Decision::Continue(edits) => self.apply(&edits),
-            Decision::Respond(reply) => self.respond(&reply),
+            Decision::Continue(edits) => self.apply(&edits, &request),
+            Decision::Respond(reply) => self.respond(&reply, &request),
             Decision::Wait => match self.parked.try_borrow_mut() {
                 Ok(mut map) => {
                     map.insert(self.id, self.state.clone());
                     Action::Pause
                 }
-                Err(_) => self.respond(&LocalResponse::new(503).body("cannot hold the request")),
+                Err(_) => {
+                    let reply = LocalResponse::new(503).body("cannot hold the request");
+                    self.respond(&reply, &request)
+                }
             },
         }
     }

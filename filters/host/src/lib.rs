@@ -12,6 +12,7 @@
 
 mod context;
 mod host;
+mod request;
 
 pub use context::register;
 pub use host::{HostMetrics, HostStore};

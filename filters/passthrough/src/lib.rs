@@ -6,7 +6,9 @@
 //! - `one` (default): reads the request header `x-tenant-id`, sets the response header
 //!   `x-wasm: 1` (the "passthrough" of the performance notes);
 //! - `noop`: nothing at all (no callbacks beyond the SDK's);
-//! - `map`: reads every request header in one call (`get_map`), sets the response header.
+//! - `map`: reads every request header in one call (`get_map`), sets the response header;
+//! - `request`: reads `x-tenant-id`, sets the request header `x-wasm: 1` (which, under ABI
+//!   0.2.1, also clears Envoy's route cache).
 #![cfg(target_arch = "wasm32")]
 #![allow(
     unsafe_code,
@@ -21,6 +23,7 @@ enum Mode {
     One,
     Noop,
     Map,
+    Request,
 }
 
 impl Mode {
@@ -29,6 +32,7 @@ impl Mode {
             b"" | b"one" => Some(Mode::One),
             b"noop" => Some(Mode::Noop),
             b"map" => Some(Mode::Map),
+            b"request" => Some(Mode::Request),
             _ => None,
         }
     }
@@ -93,10 +97,20 @@ impl HttpContext for Stream {
             )
             .map(|value| value.map_or(0, |v| v.len())),
         };
+        if self.mode == Mode::Request {
+            let _ = proxy_wasm::hostcalls::set_map_value(
+                proxy_wasm::types::MapType::HttpRequestHeaders,
+                "x-wasm",
+                Some("1"),
+            );
+        }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.mode == Mode::Request {
+            return Action::Continue;
+        }
         let _ = proxy_wasm::hostcalls::set_map_value(
             proxy_wasm::types::MapType::HttpResponseHeaders,
             "x-wasm",

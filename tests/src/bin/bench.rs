@@ -201,6 +201,12 @@ fn variants(jwks: &str) -> Vec<Variant> {
             200,
         ),
         v(
+            "wasm 1 header read, 1 request header set (bare SDK)",
+            vec![wasm_filter("passthrough", &json!("request"))],
+            None,
+            200,
+        ),
+        v(
             "wasm all headers in one read (bare SDK)",
             vec![wasm_filter("passthrough", &json!("map"))],
             None,
