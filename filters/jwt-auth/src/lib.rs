@@ -251,32 +251,20 @@ impl Filter for JwtAuth {
         let mut notes = Notes::default();
         // Callbacks of one worker never overlap, so the cache is always free here; if it ever
         // were not, deciding without it is still correct, only slower.
-        let decided = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => {
-                let native = env.verifier;
-                rules::decide(
-                    &self.config,
-                    request,
-                    env.now,
-                    keys,
-                    &mut cache,
-                    native,
-                    &mut notes,
-                )
-            }
-            Err(_) => {
-                let native = env.verifier;
-                rules::decide(
-                    &self.config,
-                    request,
-                    env.now,
-                    keys,
-                    &mut [],
-                    native,
-                    &mut notes,
-                )
-            }
+        let mut borrowed_cache = self.cache.try_borrow_mut();
+        let cache: &mut [TokenCache] = match &mut borrowed_cache {
+            Ok(cache) => cache,
+            Err(_) => &mut [],
         };
+        let decided = rules::decide(
+            &self.config,
+            request,
+            env.now,
+            keys,
+            cache,
+            env.verifier,
+            &mut notes,
+        );
         if notes.hits > 0 {
             env.metrics.add(CACHE_HITS, i64::from(notes.hits));
         }
