@@ -12,6 +12,10 @@ use std::cell::OnceCell;
 /// How many distinct headers are remembered one by one; past that, the whole map is read.
 const SLOTS: usize = 8;
 
+/// Headers Envoy keeps inline and joins with commas when a request repeats them, so their one
+/// value is all of them (the Envoy suite sends two `authorization` fields and sees the 400).
+const JOINED_BY_ENVOY: &[&str] = &["authorization"];
+
 #[derive(Default)]
 pub(crate) struct HostRequest {
     method: OnceCell<String>,
@@ -62,8 +66,12 @@ impl RequestView for HostRequest {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Every value needs the whole map: Envoy's single read returns only the first.
+    /// Every value needs the whole map (Envoy's single read returns only the first), except
+    /// for headers Envoy joins itself.
     fn header_values(&self, name: &str) -> Vec<&str> {
+        if JOINED_BY_ENVOY.contains(&name) {
+            return self.header(name).into_iter().collect();
+        }
         self.all()
             .iter()
             .filter(|(n, _)| n == name)

@@ -75,22 +75,12 @@ pub fn find(request: &dyn RequestView, sources: &[Source]) -> Found {
 /// claims to carry a token but does not hold exactly one.
 fn candidates(request: &dyn RequestView, source: &Source) -> Vec<Option<String>> {
     match source {
-        Source::Header { name, prefix } => {
-            // Envoy keeps `authorization` inline and joins repeated fields with commas, which
-            // is_b64token refuses (J28; the Envoy suite sends two fields). So its first value
-            // says it all, and the cheap one-header read suffices. Other headers may arrive
-            // as separate fields: all of them are read.
-            let values = if name == "authorization" {
-                request.header(name).into_iter().collect()
-            } else {
-                request.header_values(name)
-            };
-            values
-                .into_iter()
-                .filter_map(|value| after_prefix(value, prefix))
-                .map(|rest| is_b64token(rest).then(|| rest.to_owned()))
-                .collect()
-        }
+        Source::Header { name, prefix } => request
+            .header_values(name)
+            .into_iter()
+            .filter_map(|value| after_prefix(value, prefix))
+            .map(|rest| is_b64token(rest).then(|| rest.to_owned()))
+            .collect(),
         Source::Param(name) => query_pairs(request.path())
             .filter(|(k, _)| k == name)
             .map(|(_, v)| is_b64token(&v).then_some(v))
@@ -237,11 +227,15 @@ mod tests {
 
     #[test]
     fn two_authorization_fields_or_two_places_are_malformed() {
+        let two = Request::new("GET", "/")
+            .with_header("authorization", "Bearer a.b.c")
+            .with_header("authorization", "Bearer a.b.c");
+        assert_eq!(find(&two, &bearer()), Found::Malformed);
         // Envoy hands repeated `authorization` fields over joined with a comma (the Envoy
         // integration suite sends two fields and checks the 400).
-        let two =
+        let joined =
             Request::new("GET", "/").with_header("authorization", "Bearer a.b.c,Bearer a.b.c");
-        assert_eq!(find(&two, &bearer()), Found::Malformed);
+        assert_eq!(find(&joined, &bearer()), Found::Malformed);
         let sources = vec![bearer()[0].clone(), Source::Param("access_token".into())];
         let both = Request::new("GET", "/x?access_token=a.b.c")
             .with_header("authorization", "Bearer a.b.c");
