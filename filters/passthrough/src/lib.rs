@@ -8,7 +8,10 @@
 //! - `noop`: nothing at all (no callbacks beyond the SDK's);
 //! - `map`: reads every request header in one call (`get_map`), sets the response header;
 //! - `request`: reads `x-tenant-id`, sets the request header `x-wasm: 1` (which, under ABI
-//!   0.2.1, also clears Envoy's route cache).
+//!   0.2.1, also clears Envoy's route cache);
+//! - `ops:<op>,<op>,...`: exactly these host calls on request headers, in order, to price a
+//!   filter's sequence of calls without its logic: `get=<header>`, `now`, `metric` (one counter
+//!   increment), `remove=<header>`, `set=<header>` (value `1`).
 #![cfg(target_arch = "wasm32")]
 #![allow(
     unsafe_code,
@@ -17,13 +20,51 @@
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
+use std::rc::Rc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
     One,
     Noop,
     Map,
     Request,
+    Ops(Rc<[Op]>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Get(String),
+    Now,
+    Metric,
+    Remove(String),
+    Set(String),
+}
+
+impl Op {
+    fn parse(op: &str) -> Option<Op> {
+        let (verb, header) = op.split_once('=').unwrap_or((op, ""));
+        let header = header.to_owned();
+        match verb {
+            "get" => Some(Op::Get(header)),
+            "now" => Some(Op::Now),
+            "metric" => Some(Op::Metric),
+            "remove" => Some(Op::Remove(header)),
+            "set" => Some(Op::Set(header)),
+            _ => None,
+        }
+    }
+
+    fn run(&self, metric: u32) {
+        let headers = proxy_wasm::types::MapType::HttpRequestHeaders;
+        // Results are ignored: only the calls' cost matters.
+        let _ = match self {
+            Op::Get(name) => proxy_wasm::hostcalls::get_map_value(headers, name).map(|_| ()),
+            Op::Now => proxy_wasm::hostcalls::get_current_time().map(|_| ()),
+            Op::Metric => proxy_wasm::hostcalls::increment_metric(metric, 1),
+            Op::Remove(name) => proxy_wasm::hostcalls::remove_map_value(headers, name),
+            Op::Set(name) => proxy_wasm::hostcalls::set_map_value(headers, name, Some("1")),
+        };
+    }
 }
 
 impl Mode {
@@ -33,13 +74,18 @@ impl Mode {
             b"noop" => Some(Mode::Noop),
             b"map" => Some(Mode::Map),
             b"request" => Some(Mode::Request),
-            _ => None,
+            other => {
+                let ops = std::str::from_utf8(other).ok()?.strip_prefix("ops:")?;
+                let ops: Option<Vec<Op>> = ops.split(',').map(Op::parse).collect();
+                Some(Mode::Ops(ops?.into()))
+            }
         }
     }
 }
 
 struct Root {
     mode: Mode,
+    metric: u32,
 }
 
 impl Context for Root {}
@@ -53,6 +99,17 @@ impl RootContext for Root {
                 .unwrap_or_default();
         match Mode::parse(&config) {
             Some(mode) => {
+                if let Mode::Ops(ops) = &mode
+                    && ops.contains(&Op::Metric)
+                {
+                    match proxy_wasm::hostcalls::define_metric(
+                        proxy_wasm::types::MetricType::Counter,
+                        "passthrough.ops",
+                    ) {
+                        Ok(id) => self.metric = id,
+                        Err(_) => return false,
+                    }
+                }
                 self.mode = mode;
                 true
             }
@@ -61,9 +118,13 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match self.mode {
+        Some(match &self.mode {
             Mode::Noop => Box::new(Noop),
-            mode => Box::new(Stream { mode }),
+            Mode::Ops(ops) => Box::new(Ops {
+                ops: ops.clone(),
+                metric: self.metric,
+            }),
+            mode => Box::new(Stream { mode: mode.clone() }),
         })
     }
 
@@ -76,6 +137,22 @@ struct Noop;
 
 impl Context for Noop {}
 impl HttpContext for Noop {}
+
+struct Ops {
+    ops: Rc<[Op]>,
+    metric: u32,
+}
+
+impl Context for Ops {}
+
+impl HttpContext for Ops {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for op in self.ops.iter() {
+            op.run(self.metric);
+        }
+        Action::Continue
+    }
+}
 
 struct Stream {
     mode: Mode,
@@ -121,5 +198,10 @@ impl HttpContext for Stream {
 }
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root { mode: Mode::One }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(Root {
+            mode: Mode::One,
+            metric: 0,
+        })
+    });
 }}
