@@ -59,7 +59,10 @@ fn native_mode_smoke() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.text(), "hello from the demo upstream\n");
     assert_eq!(response.header("x-demo-user"), Some("smoke"));
-    assert_eq!(envoy.stat("wasmcustom.jwt_auth.allowed"), Some(1));
+    assert_eq!(
+        envoy.stat_eventually("wasmcustom.jwt_auth.allowed", 1),
+        Some(1)
+    );
     assert_eq!(
         client::get("/smoke").send(envoy.port("gateway")).status,
         401

@@ -4,7 +4,7 @@
 //! them, headers as upstreams see them.
 
 use filter_tests::client::{self, Response};
-use filter_tests::envoy::Envoy;
+use filter_tests::envoy::{Envoy, STATS_LAG};
 use filter_tests::envoy_config::{Gateway, example};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
@@ -71,14 +71,20 @@ fn the_example_allows_refuses_and_scopes() {
     );
 
     assert_eq!(client::get("/public/x").send(port).status, 200);
-    assert_eq!(envoy.stat("wasmcustom.jwt_auth.allowed"), Some(4));
-    assert_eq!(envoy.stat("wasmcustom.jwt_auth.denied_missing"), Some(1));
     assert_eq!(
-        envoy.stat("wasmcustom.jwt_auth.denied_invalid_token"),
+        envoy.stat_eventually("wasmcustom.jwt_auth.allowed", 4),
+        Some(4)
+    );
+    assert_eq!(
+        envoy.stat_eventually("wasmcustom.jwt_auth.denied_missing", 1),
+        Some(1)
+    );
+    assert_eq!(
+        envoy.stat_eventually("wasmcustom.jwt_auth.denied_invalid_token", 2),
         Some(2)
     );
     assert_eq!(
-        envoy.stat("wasmcustom.jwt_auth.denied_insufficient_scope"),
+        envoy.stat_eventually("wasmcustom.jwt_auth.denied_insufficient_scope", 1),
         Some(1)
     );
 }
@@ -242,8 +248,20 @@ fn each_worker_verifies_a_token_once() {
         assert_eq!(r.status, 200);
     }
     // Two workers, each with its own cache: at most one signature check each.
-    let misses = envoy.stat("wasmcustom.jwt_auth.cache_misses").unwrap_or(0);
-    let hits = envoy.stat("wasmcustom.jwt_auth.cache_hits").unwrap_or(0);
+    let counts = || {
+        let stat = |name| envoy.stat(name).unwrap_or(0);
+        (
+            stat("wasmcustom.jwt_auth.cache_misses"),
+            stat("wasmcustom.jwt_auth.cache_hits"),
+        )
+    };
+    // Both workers' counts arrive within the metrics' lag.
+    let deadline = std::time::Instant::now() + STATS_LAG * 4;
+    let (mut misses, mut hits) = counts();
+    while misses + hits < 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        (misses, hits) = counts();
+    }
     assert!((1..=2).contains(&misses), "misses {misses}");
     assert_eq!(hits + misses, 10);
 }
@@ -308,7 +326,7 @@ fn remote_keys_are_fetched_once_and_rotate_on_a_new_kid() {
     }
     assert_eq!(key_server.count(), 2);
     assert_eq!(
-        envoy.stat("wasmcustom.jwt_auth.jwks_fetch_success"),
+        envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 2),
         Some(2)
     );
 }
@@ -344,14 +362,12 @@ fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back() {
         assert!(std::time::Instant::now() < deadline, "keys never arrived");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert!(
-        envoy
-            .stat("wasmcustom.jwt_auth.jwks_fetch_failure")
-            .unwrap_or(0)
-            >= 2
-    );
+    let failures = envoy.stat_when("wasmcustom.jwt_auth.jwks_fetch_failure", |f| {
+        f.unwrap_or(0) >= 2
+    });
+    assert!(failures.unwrap_or(0) >= 2, "failures {failures:?}");
     assert_eq!(
-        envoy.stat("wasmcustom.jwt_auth.jwks_fetch_success"),
+        envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 1),
         Some(1)
     );
     assert_eq!(upstream.count(), 1);

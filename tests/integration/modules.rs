@@ -29,7 +29,7 @@ fn loads_with_two_workers(name: &str) {
     }
     assert_eq!(upstream.count(), 20);
     assert_eq!(
-        envoy.stat(&format!("wasmcustom.{name}.{}", pass_metric(name))),
+        envoy.stat_eventually(&format!("wasmcustom.{name}.{}", pass_metric(name)), 20),
         Some(20)
     );
     // One VM per worker (and one on the main thread) ran on_vm_start.
@@ -41,7 +41,7 @@ fn loads_with_two_workers(name: &str) {
         started >= 2,
         "expected a VM per worker, saw {started} start banners"
     );
-    assert_eq!(envoy.stat("server.concurrency"), Some(2));
+    assert_eq!(envoy.stat_eventually("server.concurrency", 2), Some(2));
 }
 
 #[test]
@@ -105,6 +105,9 @@ fn custom_metrics_reach_prometheus() {
     let envoy = Envoy::start(&gateway.render());
     for _ in 0..3 {
         assert_eq!(client::get("/").send(envoy.port("gateway")).status, 200);
+    }
+    for name in FILTERS {
+        envoy.stat_eventually(&format!("wasmcustom.{name}.{}", pass_metric(name)), 3);
     }
     let prometheus = envoy.admin("/stats/prometheus").text();
     for name in FILTERS {

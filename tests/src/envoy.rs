@@ -20,6 +20,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long our filters may keep metric changes before Envoy's `/stats` shows them (the host
+/// layer's flush period).
+pub const STATS_LAG: Duration = Duration::from_secs(1);
+
 /// The Envoy version this project pins (the Makefile's `ENVOY_VERSION`).
 pub fn pinned_version() -> String {
     std::env::var("ENVOY_VERSION").unwrap_or_else(|_| "1.40.0".to_owned())
@@ -491,13 +495,33 @@ impl Envoy {
         client::get(path).send(self.admin_port)
     }
 
-    /// The value of a stat as `/stats` reports it (`None` if absent).
+    /// The value of a stat as `/stats` reports it now (`None` if absent). Our filters' own
+    /// metrics lag: read them with [`Envoy::stat_eventually`].
     pub fn stat(&self, name: &str) -> Option<u64> {
         let text = self.admin(&format!("/stats?filter=^{name}$")).text();
         text.lines().find_map(|line| {
             let (n, v) = line.split_once(": ")?;
             (n == name).then(|| v.trim().parse().ok()).flatten()
         })
+    }
+
+    /// A stat once it satisfies `settled`, or its last value after [`STATS_LAG`] and a margin.
+    /// Our filters hand metric changes to Envoy about once a second, so a stat read right
+    /// after a request may not count it yet.
+    pub fn stat_when(&self, name: &str, settled: impl Fn(Option<u64>) -> bool) -> Option<u64> {
+        let deadline = Instant::now() + STATS_LAG * 4;
+        loop {
+            let value = self.stat(name);
+            if settled(value) || Instant::now() >= deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A stat once it equals `expected` (see [`Envoy::stat_when`]).
+    pub fn stat_eventually(&self, name: &str, expected: u64) -> Option<u64> {
+        self.stat_when(name, |v| v == Some(expected))
     }
 
     /// Everything Envoy has logged so far.

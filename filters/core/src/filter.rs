@@ -79,8 +79,10 @@ pub trait Filter: Sized {
         HeaderEdits::default()
     }
 
-    /// How often [`Filter::on_tick`] runs on each worker; `None` (the default): never. Requests
-    /// held by [`Decision::Wait`] are decided again on each tick.
+    /// How often, at least, [`Filter::on_tick`] runs on each worker; `None` (the default): no
+    /// need. The host layer also ticks for its own work (about once a second), so `on_tick`
+    /// must judge by `env.now`, not count calls. Requests held by [`Decision::Wait`] are
+    /// decided again on each tick.
     fn tick_period(&self) -> Option<std::time::Duration> {
         None
     }

@@ -38,6 +38,10 @@ struct Configured<F> {
     verifier: HostVerifier,
 }
 
+/// The longest a worker keeps metric changes before handing them to Envoy (see
+/// [`HostMetrics`]); it is also the tick period of filters that ask for none.
+const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Requests held by [`Decision::Wait`], by HTTP context id, with their filter state.
 type Parked<S> = Rc<RefCell<BTreeMap<u32, Rc<RefCell<S>>>>>;
 
@@ -113,6 +117,13 @@ impl<F: Filter + 'static> Root<F> {
 }
 
 impl<F: Filter + 'static> Context for Root<F> {
+    fn on_done(&mut self) -> bool {
+        if let Some(configured) = &self.state {
+            configured.metrics.flush();
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -167,9 +178,11 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         match self.configure() {
             Ok(configured) => {
-                if let Some(period) = configured.filter.tick_period()
-                    && let Err(status) = hostcalls::set_tick_period(period)
-                {
+                let period = configured
+                    .filter
+                    .tick_period()
+                    .map_or(METRICS_FLUSH, |p| p.min(METRICS_FLUSH));
+                if let Err(status) = hostcalls::set_tick_period(period) {
                     log_error::<F>(&format!("cannot set the tick period: {status:?}"));
                     return false;
                 }
@@ -185,7 +198,11 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     }
 
     fn on_tick(&mut self) {
-        let (Some(configured), Some(now)) = (self.state.clone(), host::now()) else {
+        let Some(configured) = self.state.clone() else {
+            return;
+        };
+        configured.metrics.flush();
+        let Some(now) = host::now() else {
             return;
         };
         let env = Env {

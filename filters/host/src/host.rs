@@ -7,6 +7,7 @@ use filter_core::store::{Cas, SharedStore, StoreError, Written};
 use filter_core::time::Time;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType, Status};
+use std::cell::Cell;
 use std::time::UNIX_EPOCH;
 
 /// Logs one line through Envoy (component `wasm`). A failing log call is dropped: there is
@@ -132,15 +133,21 @@ impl SharedStore for HostStore {
 }
 
 /// A filter's metrics, defined in Envoy as `<filter>.<name>`.
+///
+/// Counter and gauge changes are summed in the worker's memory and handed to Envoy by
+/// [`HostMetrics::flush`], which the root context calls on every tick (at least once a second)
+/// and when the plugin stops: each `increment_metric` is a host call, and a request that
+/// bumped two counters paid for two of them. `/stats` therefore lags by up to a second.
 #[derive(Debug, Default)]
 pub struct HostMetrics {
-    ids: Vec<u32>,
+    /// Envoy's id of each declared metric, with the change not yet handed to Envoy.
+    metrics: Vec<(u32, MetricKind, Cell<i64>)>,
 }
 
 impl HostMetrics {
     /// Defines every metric of `defs` under `prefix`.
     pub(crate) fn define(prefix: &str, defs: &[MetricDef]) -> Result<Self, String> {
-        let mut ids = Vec::with_capacity(defs.len());
+        let mut metrics = Vec::with_capacity(defs.len());
         for def in defs {
             let kind = match def.kind {
                 MetricKind::Counter => MetricType::Counter,
@@ -150,23 +157,37 @@ impl HostMetrics {
             let name = format!("{prefix}.{}", def.name);
             let id = hostcalls::define_metric(kind, &name)
                 .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
-            ids.push(id);
+            metrics.push((id, def.kind, Cell::new(0)));
         }
-        Ok(Self { ids })
+        Ok(Self { metrics })
+    }
+
+    /// Hands every pending change to Envoy.
+    pub(crate) fn flush(&self) {
+        for (host_id, _, pending) in &self.metrics {
+            let delta = pending.replace(0);
+            if delta != 0 {
+                // A refused increment (e.g. a non-positive delta on a counter) is not worth a
+                // trap.
+                let _ = hostcalls::increment_metric(*host_id, delta);
+            }
+        }
     }
 }
 
 impl Metrics for HostMetrics {
     fn add(&self, id: MetricId, delta: i64) {
-        if let Some(&host_id) = self.ids.get(id.0) {
-            // A refused increment (e.g. a non-positive delta on a counter) is not worth a trap.
-            let _ = hostcalls::increment_metric(host_id, delta);
+        if let Some((_, MetricKind::Counter | MetricKind::Gauge, pending)) = self.metrics.get(id.0)
+        {
+            pending.set(pending.get().saturating_add(delta));
         }
     }
 
     fn record(&self, id: MetricId, value: u64) {
-        if let Some(&host_id) = self.ids.get(id.0) {
-            let _ = hostcalls::record_metric(host_id, value);
+        if let Some((host_id, _, pending)) = self.metrics.get(id.0) {
+            // Setting a gauge overrides the changes made before.
+            pending.set(0);
+            let _ = hostcalls::record_metric(*host_id, value);
         }
     }
 }
