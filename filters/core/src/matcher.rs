@@ -6,6 +6,7 @@
 //! All given conditions must hold; an empty `match` (`{}`) matches every request.
 //! - `prefix`: the path (query string excluded) starts with it. Like Envoy's route `prefix`, this
 //!   is a plain string prefix: `/api` also matches `/apis`; write `/api/` to mean the folder.
+//!   `/` means every request, also one without a path (`CONNECT`), and costs no path read.
 //! - `path`: the path (query string excluded) equals it.
 //! - `methods`: the `:method` is one of these (case-sensitive, as in RFC 9110).
 //! - `headers`: each named header is present, and equals `value` when one is given.
@@ -77,6 +78,8 @@ impl RouteMatcher {
             (Some(_), Some(_)) => {
                 return Err(at.error("give either `prefix` or `path`, not both"));
             }
+            // Every path starts with "/": not reading it saves a host call on a catch-all rule.
+            (Some(prefix), None) if prefix == "/" => PathMatch::Any,
             (Some(prefix), None) => PathMatch::Prefix(check_path(prefix, &at.field("prefix"))?),
             (None, Some(path)) => PathMatch::Exact(check_path(path, &at.field("path"))?),
             (None, None) => PathMatch::Any,
@@ -178,6 +181,13 @@ mod tests {
         let m = compile("{}").unwrap();
         assert!(m.matches(&Request::new("DELETE", "/anything?x")));
         assert_eq!(m, RouteMatcher::any());
+    }
+
+    #[test]
+    fn a_slash_prefix_matches_everything_without_reading_the_path() {
+        let m = compile(r#"{"prefix": "/"}"#).unwrap();
+        assert_eq!(m, RouteMatcher::any());
+        assert!(m.matches(&Request::new("CONNECT", "")));
     }
 
     #[test]
