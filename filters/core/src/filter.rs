@@ -8,6 +8,7 @@
 
 use crate::config::ConfigError;
 use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
+use crate::log::Log;
 use crate::metrics::{MetricDef, Metrics};
 use crate::request::{RequestView, ResponseView};
 use crate::signature::NativeVerifier;
@@ -15,8 +16,8 @@ use crate::store::SharedStore;
 use crate::time::Time;
 use serde::de::DeserializeOwned;
 
-/// What the host hands a filter besides the request: the time, the shared store, metrics and
-/// the host's native signature checks.
+/// What the host hands a filter besides the request: the time, the shared store, metrics, the
+/// host's native signature checks and its log.
 #[derive(Clone, Copy)]
 pub struct Env<'a> {
     /// The wall-clock time the host reported for this callback.
@@ -27,6 +28,8 @@ pub struct Env<'a> {
     pub metrics: &'a dyn Metrics,
     /// Signature checks in the host's native code, when it has them.
     pub verifier: &'a dyn NativeVerifier,
+    /// Envoy's log.
+    pub log: &'a dyn Log,
 }
 
 impl std::fmt::Debug for Env<'_> {
@@ -51,6 +54,13 @@ pub trait Filter: Sized {
 
     /// The metrics this filter reports; [`crate::metrics::MetricId`]`(i)` is the `i`-th.
     const METRICS: &'static [MetricDef] = &[];
+
+    /// Metrics whose names come from the configuration (for example a set per rule), defined
+    /// after [`Filter::METRICS`]: the `i`-th is `MetricId(METRICS.len() + i)`. Names are
+    /// below the filter's prefix, like those of `METRICS`.
+    fn config_metrics(&self) -> Vec<(String, crate::metrics::MetricKind)> {
+        Vec::new()
+    }
 
     /// Validates the configuration and builds the filter. An error names the field path.
     fn new(config: Self::Config) -> Result<Self, ConfigError>;

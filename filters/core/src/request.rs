@@ -12,6 +12,13 @@ pub trait RequestView {
     /// The first value of the header `name` (lower case), if present.
     fn header(&self, name: &str) -> Option<&str>;
 
+    /// The downstream peer's address as Envoy reports it (`source.address`: `ip:port`, IPv6
+    /// in brackets), if known. Envoy derives it from `x-forwarded-for` only when its HTTP
+    /// connection manager is told to trust that header.
+    fn client_address(&self) -> Option<&str> {
+        None
+    }
+
     /// Every value of the header `name`, in order (a header may be repeated).
     fn header_values(&self, name: &str) -> Vec<&str> {
         self.header(name).into_iter().collect()
@@ -42,6 +49,7 @@ pub struct Request {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    client_address: Option<String>,
 }
 
 impl Request {
@@ -51,7 +59,14 @@ impl Request {
             method: method.into(),
             path: path.into(),
             headers: Vec::new(),
+            client_address: None,
         }
+    }
+
+    /// Sets the peer's address (`ip:port`).
+    pub fn with_client_address(mut self, address: impl Into<String>) -> Self {
+        self.client_address = Some(address.into());
+        self
     }
 
     /// Adds a header (the name is lower-cased).
@@ -97,6 +112,10 @@ impl RequestView for Request {
             .filter(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
             .collect()
+    }
+
+    fn client_address(&self) -> Option<&str> {
+        self.client_address.as_deref()
     }
 }
 

@@ -4,7 +4,7 @@
 //! sends the callouts the filter asks for, hands their answers back, and decides again every
 //! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
 
-use crate::host::{self, HostMetrics, HostStore, HostVerifier};
+use crate::host::{self, HostLog, HostMetrics, HostStore, HostVerifier};
 use crate::request::HostRequest;
 use filter_core::config::parse_json;
 use filter_core::decision::{CalloutResult, Decision, HeaderEdits, LocalResponse};
@@ -62,7 +62,7 @@ impl<F: Filter + 'static> Root<F> {
             .map_err(|status| format!("cannot read the plugin configuration: {status:?}"))?;
         let config = parse_json::<F::Config>(&bytes).map_err(|e| e.to_string())?;
         let filter = F::new(config).map_err(|e| e.to_string())?;
-        let metrics = HostMetrics::define(F::NAME, F::METRICS)?;
+        let metrics = HostMetrics::define(F::NAME, F::METRICS, &filter.config_metrics())?;
         Ok(Configured {
             filter,
             metrics,
@@ -161,6 +161,7 @@ impl<F: Filter + 'static> Context for Root<F> {
             store: &HostStore,
             metrics: &configured.metrics,
             verifier: &configured.verifier,
+            log: &HostLog(F::NAME),
         };
         configured.filter.on_callout_response(tag, result, &env);
     }
@@ -210,6 +211,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             store: &HostStore,
             metrics: &configured.metrics,
             verifier: &configured.verifier,
+            log: &HostLog(F::NAME),
         };
         for callout in configured.filter.on_tick(&env) {
             match host::dispatch(&callout) {
@@ -311,6 +313,7 @@ impl<F: Filter> HttpContext for Stream<F> {
             store: &HostStore,
             metrics: &configured.metrics,
             verifier: &configured.verifier,
+            log: &HostLog(F::NAME),
         };
         let decision = match self.state.try_borrow_mut() {
             Ok(mut state) => configured.filter.on_request(&mut state, &request, &env),
@@ -356,6 +359,7 @@ impl<F: Filter> HttpContext for Stream<F> {
             store: &HostStore,
             metrics: &configured.metrics,
             verifier: &configured.verifier,
+            log: &HostLog(F::NAME),
         };
         let edits = configured
             .filter

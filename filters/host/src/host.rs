@@ -1,6 +1,7 @@
 //! Host calls, each wrapped so that its failure is a value rather than a trap.
 
 use filter_core::decision::{Callout, HeaderEdits, LocalResponse};
+use filter_core::log::Log;
 use filter_core::metrics::{MetricDef, MetricId, MetricKind, Metrics};
 use filter_core::signature::{Digest, NativeVerifier};
 use filter_core::store::{Cas, SharedStore, StoreError, Written};
@@ -132,6 +133,15 @@ impl SharedStore for HostStore {
     }
 }
 
+/// Envoy's log, each line headed by the filter's name.
+pub(crate) struct HostLog(pub(crate) &'static str);
+
+impl Log for HostLog {
+    fn info(&self, message: &str) {
+        log(LogLevel::Info, &format!("{}: {message}", self.0));
+    }
+}
+
 /// A filter's metrics, defined in Envoy as `<filter>.<name>`.
 ///
 /// Counter and gauge changes are summed in the worker's memory and handed to Envoy by
@@ -145,19 +155,27 @@ pub struct HostMetrics {
 }
 
 impl HostMetrics {
-    /// Defines every metric of `defs` under `prefix`.
-    pub(crate) fn define(prefix: &str, defs: &[MetricDef]) -> Result<Self, String> {
-        let mut metrics = Vec::with_capacity(defs.len());
-        for def in defs {
-            let kind = match def.kind {
+    /// Defines every metric of `defs`, then of `named`, under `prefix`.
+    pub(crate) fn define(
+        prefix: &str,
+        defs: &[MetricDef],
+        named: &[(String, MetricKind)],
+    ) -> Result<Self, String> {
+        let all = defs
+            .iter()
+            .map(|d| (d.name, d.kind))
+            .chain(named.iter().map(|(name, kind)| (name.as_str(), *kind)));
+        let mut metrics = Vec::with_capacity(defs.len() + named.len());
+        for (name, kind) in all {
+            let host_kind = match kind {
                 MetricKind::Counter => MetricType::Counter,
                 MetricKind::Gauge => MetricType::Gauge,
                 MetricKind::Histogram => MetricType::Histogram,
             };
-            let name = format!("{prefix}.{}", def.name);
-            let id = hostcalls::define_metric(kind, &name)
+            let name = format!("{prefix}.{name}");
+            let id = hostcalls::define_metric(host_kind, &name)
                 .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
-            metrics.push((id, def.kind, Cell::new(0)));
+            metrics.push((id, kind, Cell::new(0)));
         }
         Ok(Self { metrics })
     }

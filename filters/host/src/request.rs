@@ -21,6 +21,7 @@ pub(crate) struct HostRequest {
     method: OnceCell<String>,
     path: OnceCell<String>,
     read: [OnceCell<(String, Option<String>)>; SLOTS],
+    client_address: OnceCell<Option<String>>,
     all: OnceCell<Vec<(String, String)>>,
 }
 
@@ -64,6 +65,17 @@ impl RequestView for HostRequest {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    fn client_address(&self) -> Option<&str> {
+        self.client_address
+            .get_or_init(|| {
+                hostcalls::get_property(vec!["source", "address"])
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+            })
+            .as_deref()
     }
 
     /// Every value needs the whole map (Envoy's single read returns only the first), except

@@ -74,6 +74,7 @@ impl Setup {
             store: &MemStore::new(),
             metrics: &metrics,
             verifier: &filter_core::signature::NoNativeVerifier,
+            log: &filter_core::log::NoLog,
         };
         self.filter
             .on_request(&mut jwt_auth::JwtStream::default(), request, &env)
@@ -813,6 +814,7 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
+        log: &filter_core::log::NoLog,
     };
     let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
     passed(
@@ -901,6 +903,7 @@ fn requests_wait_for_the_first_keys_then_get_503() {
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
+        log: &filter_core::log::NoLog,
     };
     let key = Key::generate(Alg::EdDSA, "k1");
     let request = get("/").with_header("authorization", format!("Bearer {}", key.sign(&claims())));
@@ -949,6 +952,7 @@ fn a_new_kid_is_accepted_after_one_refetch_and_random_kids_cause_no_storm() {
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
+        log: &filter_core::log::NoLog,
     };
     let old = Key::generate(Alg::EdDSA, "old");
     let new = Key::generate(Alg::ES256, "new");

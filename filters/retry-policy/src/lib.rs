@@ -69,6 +69,7 @@ mod tests {
             store: &MemStore::new(),
             metrics: &metrics,
             verifier: &filter_core::signature::NoNativeVerifier,
+            log: &filter_core::log::NoLog,
         };
         let decision = filter.on_request(&mut (), &Request::new("GET", "/"), &env);
         assert_eq!(decision, Decision::pass());
