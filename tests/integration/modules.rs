@@ -12,7 +12,18 @@ use filter_tests::wasm::{self, FILTERS};
 fn pass_metric(name: &str) -> &'static str {
     match name {
         "jwt_auth" => "allowed",
+        "rate_limit" => "all.allowed",
         _ => "requests",
+    }
+}
+
+/// A configuration that lets every request through and counts it.
+fn pass_config(name: &str) -> &'static str {
+    match name {
+        "rate_limit" => {
+            r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 1000000, "per": "1s"}}]}"#
+        }
+        _ => "{}",
     }
 }
 
@@ -21,7 +32,11 @@ fn pass_metric(name: &str) -> &'static str {
 /// workers' VMs).
 fn loads_with_two_workers(name: &str) {
     let upstream = Upstream::echo();
-    let envoy = Envoy::start(&Gateway::new(upstream.port()).filter(name, "{}").render());
+    let envoy = Envoy::start(
+        &Gateway::new(upstream.port())
+            .filter(name, pass_config(name))
+            .render(),
+    );
     for _ in 0..20 {
         let response = client::get("/hello").send(envoy.port("gateway"));
         assert_eq!(response.status, 200, "{}", response.text());
@@ -100,7 +115,7 @@ fn custom_metrics_reach_prometheus() {
     let upstream = Upstream::echo();
     let mut gateway = Gateway::new(upstream.port());
     for name in FILTERS {
-        gateway = gateway.filter(name, "{}");
+        gateway = gateway.filter(name, pass_config(name));
     }
     let envoy = Envoy::start(&gateway.render());
     for _ in 0..3 {
@@ -111,19 +126,16 @@ fn custom_metrics_reach_prometheus() {
     }
     let prometheus = envoy.admin("/stats/prometheus").text();
     for name in FILTERS {
-        // Envoy strips the `wasmcustom.` namespace and adds no `envoy_` prefix.
+        // Envoy strips the `wasmcustom.` namespace, adds no `envoy_` prefix and turns dots
+        // into underscores.
+        let metric = format!("{name}_{}", pass_metric(name).replace('.', "_"));
         let line = prometheus
             .lines()
-            .find(|l| l.starts_with(&format!("{name}_{}{{", pass_metric(name))))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name}_{} not in /stats/prometheus:\n{prometheus}",
-                    pass_metric(name)
-                )
-            });
+            .find(|l| l.starts_with(&format!("{metric}{{")))
+            .unwrap_or_else(|| panic!("{metric} not in /stats/prometheus:\n{prometheus}"));
         assert!(line.ends_with(" 3"), "unexpected sample {line:?}");
         assert!(
-            prometheus.contains(&format!("# TYPE {name}_{} counter", pass_metric(name))),
+            prometheus.contains(&format!("# TYPE {metric} counter")),
             "{prometheus}"
         );
     }

@@ -1,44 +1,299 @@
-//! Rate limiting (`rate_limit.wasm`).
+//! Rate limiting (`rate_limit.wasm`): exact per-key limits shared by all Envoy workers, in
+//! bounded memory, with the standard header fields.
 //!
-//! Not implemented yet: the behaviour arrives with issue #4. Until then this module loads,
-//! validates its (empty) configuration strictly, counts requests in `rate_limit.requests`, and lets
-//! every request through unchanged.
+//! Per request: every rule whose `match` fits and whose key parts are all present applies
+//! ([`key`]). Each applying rule's bucket is read from shared data ([`table`]) and judged by
+//! GCRA ([`gcra`]). If every rule allows, all of them are charged, each with a
+//! compare-and-swap; if any refuses, none is (all or nothing). A write that loses a race undoes
+//! the writes made before it and the whole request is judged again, a bounded number of times.
+//! Answers and header fields come from one table ([`reply`]).
 #![deny(unsafe_code)]
 
-use filter_core::config::ConfigError;
-use filter_core::decision::Decision;
-use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricDef, MetricId, MetricKind};
-use filter_core::request::RequestView;
-use serde::Deserialize;
+pub mod config;
+pub mod gcra;
+pub mod key;
+pub mod reply;
+pub mod table;
 
-/// The configuration: no fields yet, and unknown fields are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {}
+use crate::config::{Compiled, OnContention, RateLimitConfig, Rule};
+use crate::gcra::Verdict;
+use crate::reply::RuleStatus;
+use crate::table::{Bucket, KeyHash, Placement};
+use filter_core::config::ConfigError;
+use filter_core::decision::{Decision, HeaderEdits};
+use filter_core::filter::{Env, Filter};
+use filter_core::metrics::{MetricId, MetricKind};
+use filter_core::request::{RequestView, ResponseView};
+use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
+use filter_core::time::{Monotonic, Time};
+use std::cell::Cell;
+
+/// How many times a request is judged again after losing a compare-and-swap race.
+pub const MAX_ATTEMPTS: u32 = 8;
 
 /// The filter, as compiled from its configuration.
 #[derive(Debug)]
-pub struct RateLimit;
+pub struct RateLimit {
+    config: Compiled,
+    /// This worker's clock, never going back (the host's is a wall clock).
+    clock: Cell<Monotonic>,
+}
 
-const REQUESTS: MetricId = MetricId(0);
+/// Per-request state: the header fields to add to the response.
+#[derive(Debug, Default)]
+pub struct Stream {
+    response_headers: Vec<(String, String)>,
+}
+
+/// Metrics each rule has, in this order, named `<rule>.<name>`.
+const RULE_METRICS: [&str; 5] = [
+    "allowed",
+    "limited",
+    "shadow_limited",
+    "contention",
+    "evicted",
+];
+const ALLOWED: usize = 0;
+const LIMITED: usize = 1;
+const SHADOW_LIMITED: usize = 2;
+const CONTENTION: usize = 3;
+const EVICTED: usize = 4;
+
+fn metric(rule: usize, which: usize) -> MetricId {
+    MetricId(rule * RULE_METRICS.len() + which)
+}
+
+/// A rule that applies to the request, with the bucket its key falls in.
+#[derive(Debug)]
+struct Target<'a> {
+    index: usize,
+    rule: &'a Rule,
+    key: KeyHash,
+    bucket: String,
+}
+
+/// What charging the applying rules came to.
+#[derive(Debug)]
+enum Outcome {
+    /// Every rule allowed and was charged; how many busy keys were pushed out, per target.
+    Allowed(Vec<Verdict>, Vec<bool>),
+    /// Some rule refused; nothing was charged.
+    Refused(Vec<Verdict>),
+    /// The store stayed contended, or failed.
+    Unavailable(StoreError),
+}
+
+impl RateLimit {
+    /// The rules that apply to `request`.
+    fn targets<'a>(&'a self, request: &dyn RequestView) -> Vec<Target<'a>> {
+        self.config
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.matcher.matches(request))
+            .filter_map(|(index, rule)| {
+                let material =
+                    key::material(&rule.name, &rule.key, request, self.config.trusted_proxies)?;
+                let key = KeyHash::of(&material);
+                Some(Target {
+                    index,
+                    rule,
+                    bucket: rule.table.bucket_key(key),
+                    key,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Each target's rule with its verdict, for the header fields.
+fn rule_statuses<'a>(targets: &[Target<'a>], verdicts: &[Verdict]) -> Vec<RuleStatus<'a>> {
+    targets
+        .iter()
+        .zip(verdicts)
+        .map(|(t, v)| RuleStatus {
+            name: &t.rule.name,
+            limit: &t.rule.limit,
+            verdict: *v,
+        })
+        .collect()
+}
+
+/// Judges the request against every target and charges them all, or none.
+fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome {
+    for _ in 0..MAX_ATTEMPTS {
+        let mut read: Vec<(Bucket, Cas)> = Vec::with_capacity(targets.len());
+        for t in targets {
+            match store.get(&t.bucket) {
+                Ok(Some((bytes, cas))) => read.push((Bucket::decode(Some(&bytes)), cas)),
+                Ok(None) => read.push((Bucket::default(), INSERT_IF_ABSENT)),
+                Err(e) => return Outcome::Unavailable(e),
+            }
+        }
+        let verdicts: Vec<Verdict> = targets
+            .iter()
+            .zip(&read)
+            .map(|(t, (bucket, _))| t.rule.limit.decide(bucket.get(t.key), now))
+            .collect();
+        if verdicts.iter().any(|v| !v.allowed) {
+            return Outcome::Refused(verdicts);
+        }
+        let mut evicted = Vec::with_capacity(targets.len());
+        let mut lost_race = false;
+        for (i, ((t, (bucket, cas)), verdict)) in
+            targets.iter().zip(read).zip(&verdicts).enumerate()
+        {
+            let mut bucket = bucket;
+            if let Some(next) = verdict.next {
+                evicted.push(bucket.put(t.key, next, &t.rule.limit, now) == Placement::Evicted);
+            }
+            match store.set(&t.bucket, &bucket.encode(), Some(cas)) {
+                Ok(Written::Yes) => {}
+                Ok(Written::CasMismatch) => {
+                    refund(targets.get(..i).unwrap_or_default(), store);
+                    lost_race = true;
+                    break;
+                }
+                Err(e) => {
+                    refund(targets.get(..i).unwrap_or_default(), store);
+                    return Outcome::Unavailable(e);
+                }
+            }
+        }
+        if !lost_race {
+            return Outcome::Allowed(verdicts, evicted);
+        }
+    }
+    Outcome::Unavailable(StoreError::Contention {
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Takes back the request from rules already charged, when a later one could not be. If the
+/// store refuses even that, the client stays charged once too often: the error is on the
+/// client's side by one request, never on the upstream's.
+fn refund(charged: &[Target<'_>], store: &dyn SharedStore) {
+    for t in charged {
+        let _ = store::update(store, &t.bucket, MAX_ATTEMPTS, |bytes| {
+            let mut bucket = Bucket::decode(bytes);
+            if bucket.refund(t.key, &t.rule.limit) {
+                (Some(bucket.encode()), ())
+            } else {
+                (None, ())
+            }
+        });
+    }
+}
 
 impl Filter for RateLimit {
     const NAME: &'static str = "rate_limit";
-    type Config = Config;
-    type Stream = ();
-    const METRICS: &'static [MetricDef] = &[MetricDef {
-        name: "requests",
-        kind: MetricKind::Counter,
-    }];
+    type Config = RateLimitConfig;
+    type Stream = Stream;
 
-    fn new(_config: Config) -> Result<Self, ConfigError> {
-        Ok(RateLimit)
+    fn config_metrics(&self) -> Vec<(String, MetricKind)> {
+        self.config
+            .rules
+            .iter()
+            .flat_map(|rule| {
+                RULE_METRICS
+                    .iter()
+                    .map(move |m| (format!("{}.{m}", rule.name), MetricKind::Counter))
+            })
+            .collect()
     }
 
-    fn on_request(&self, _stream: &mut (), _request: &dyn RequestView, env: &Env<'_>) -> Decision {
-        env.metrics.add(REQUESTS, 1);
-        Decision::pass()
+    fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
+        Ok(RateLimit {
+            config: config.compile()?,
+            clock: Cell::new(Monotonic::default()),
+        })
+    }
+
+    fn on_request(
+        &self,
+        stream: &mut Stream,
+        request: &dyn RequestView,
+        env: &Env<'_>,
+    ) -> Decision {
+        let targets = self.targets(request);
+        if targets.is_empty() {
+            return Decision::pass();
+        }
+        let mut clock = self.clock.get();
+        let now: Time = clock.observe(env.now);
+        self.clock.set(clock);
+        let headers = |verdicts: &[Verdict]| {
+            reply::headers(self.config.dialect, &rule_statuses(&targets, verdicts))
+        };
+        match charge(&targets, now.as_nanos(), env.store) {
+            Outcome::Allowed(verdicts, evicted) => {
+                for (t, pushed_out) in targets.iter().zip(evicted) {
+                    env.metrics.add(metric(t.index, ALLOWED), 1);
+                    if pushed_out {
+                        env.metrics.add(metric(t.index, EVICTED), 1);
+                    }
+                }
+                stream.response_headers = headers(&verdicts);
+                Decision::pass()
+            }
+            Outcome::Refused(verdicts) => {
+                let violated: Vec<&Target<'_>> = targets
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(_, v)| !v.allowed)
+                    .map(|(t, _)| t)
+                    .collect();
+                if self.config.shadow {
+                    let names: Vec<&str> = violated.iter().map(|t| t.rule.name.as_str()).collect();
+                    for t in &violated {
+                        env.metrics.add(metric(t.index, SHADOW_LIMITED), 1);
+                    }
+                    env.log.info(&format!(
+                        "shadow: would refuse {} {} (over {})",
+                        request.method(),
+                        request.path_only(),
+                        names.join(", ")
+                    ));
+                    stream.response_headers = headers(&verdicts);
+                    return Decision::pass();
+                }
+                for t in &violated {
+                    env.metrics.add(metric(t.index, LIMITED), 1);
+                }
+                Decision::Respond(reply::refused(
+                    self.config.status,
+                    self.config.dialect,
+                    &rule_statuses(&targets, &verdicts),
+                ))
+            }
+            Outcome::Unavailable(error) => {
+                for t in &targets {
+                    env.metrics.add(metric(t.index, CONTENTION), 1);
+                }
+                match self.config.on_contention {
+                    OnContention::Allow => Decision::pass(),
+                    OnContention::Deny => {
+                        Decision::Respond(reply::contended().detail(error.to_string()))
+                    }
+                }
+            }
+        }
+    }
+
+    fn wants_response(&self, stream: &Stream) -> bool {
+        !stream.response_headers.is_empty()
+    }
+
+    fn on_response(
+        &self,
+        stream: &mut Stream,
+        _response: &dyn ResponseView,
+        _env: &Env<'_>,
+    ) -> HeaderEdits {
+        HeaderEdits {
+            remove: Vec::new(),
+            set: std::mem::take(&mut stream.response_headers),
+        }
     }
 }
 
@@ -49,35 +304,4 @@ impl Filter for RateLimit {
 )]
 mod export {
     filter_host::export_filter!(super::RateLimit);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use filter_core::config::parse_json;
-    use filter_core::metrics::RecordedMetrics;
-    use filter_core::request::Request;
-    use filter_core::store::MemStore;
-    use filter_core::time::Time;
-
-    #[test]
-    fn passes_and_counts_requests() {
-        let filter = RateLimit::new(parse_json(b"{}").unwrap()).unwrap();
-        let metrics = RecordedMetrics::default();
-        let env = Env {
-            now: Time::from_secs(1),
-            store: &MemStore::new(),
-            metrics: &metrics,
-            verifier: &filter_core::signature::NoNativeVerifier,
-        };
-        let decision = filter.on_request(&mut (), &Request::new("GET", "/"), &env);
-        assert_eq!(decision, Decision::pass());
-        assert_eq!(metrics.value(REQUESTS), 1);
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let err = parse_json::<Config>(br#"{"surprise": 1}"#).unwrap_err();
-        assert_eq!(err.path(), "surprise");
-    }
 }

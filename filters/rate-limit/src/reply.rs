@@ -1,0 +1,244 @@
+//! The one table from a rate-limit decision to HTTP.
+//!
+//! | Decision | Status | Header fields |
+//! |---|---|---|
+//! | allowed (or shadow-refused) | the upstream's | `RateLimit-Policy` and `RateLimit` (draft 11), or `X-RateLimit-*` (legacy), or none |
+//! | refused | `status` (429) | the same, plus `Retry-After` (whole seconds, rounded up, at least 1) and `Cache-Control: no-store`; body `application/problem+json` of type `quota-exceeded` naming the violated rules |
+//! | store contended, `on_contention: deny` | 503 | `Retry-After: 1`, `Cache-Control: no-store`; problem type `temporary-reduced-capacity` |
+//!
+//! gRPC callers get `RESOURCE_EXHAUSTED` for a 429 and `UNAVAILABLE` for a 503 (the shared
+//! local-reply mapping).
+//!
+//! Draft 11 fields, one item per rule that counted the request:
+//! - `RateLimit-Policy: "per-user";q=100;w=60`: `q` requests per `w` seconds. A window that is
+//!   not a whole number of seconds is rounded up, and `q` scaled to match, rounded down
+//!   (`10` per `500ms` reads `q=20;w=1`).
+//! - `RateLimit: "per-user";r=19;t=3`: `r` requests may still arrive at once; `t` is when the
+//!   bucket is full again, in seconds rounded up, except on a refused rule, where it is the
+//!   `Retry-After` (the draft wants `t` no later than `Retry-After`).
+//!
+//! Legacy fields describe the rule closest to refusing (fewest remaining): `X-RateLimit-Limit`
+//! (its burst), `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until full, as Envoy's
+//! `local_ratelimit` sends them, delta not epoch).
+
+use crate::config::Dialect;
+use crate::gcra::{Limit, Verdict, whole_seconds, whole_seconds_at_least_one};
+use filter_core::decision::LocalResponse;
+
+/// One rule's verdict on a request, for the header fields.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleStatus<'a> {
+    /// The rule's name.
+    pub name: &'a str,
+    /// Its limit.
+    pub limit: &'a Limit,
+    /// What it said.
+    pub verdict: Verdict,
+}
+
+impl RuleStatus<'_> {
+    /// The `t` of `RateLimit`.
+    fn t(&self) -> u64 {
+        match self.verdict.retry_after {
+            Some(wait) => whole_seconds_at_least_one(wait),
+            None => whole_seconds(self.verdict.reset),
+        }
+    }
+}
+
+/// `q` and `w` of `RateLimit-Policy`.
+fn quota(limit: &Limit) -> (u128, u64) {
+    let w = whole_seconds_at_least_one(limit.per());
+    let q = u128::from(limit.requests()) * u128::from(w) * 1_000_000_000 / limit.per().as_nanos();
+    (q, w)
+}
+
+/// The header fields describing `statuses`, for any response.
+pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, String)> {
+    if statuses.is_empty() {
+        return Vec::new();
+    }
+    match dialect {
+        Dialect::None => Vec::new(),
+        Dialect::Draft => {
+            let policy: Vec<String> = statuses
+                .iter()
+                .map(|s| {
+                    let (q, w) = quota(s.limit);
+                    format!("\"{}\";q={q};w={w}", s.name)
+                })
+                .collect();
+            let state: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("\"{}\";r={};t={}", s.name, s.verdict.remaining, s.t()))
+                .collect();
+            vec![
+                ("ratelimit-policy".to_owned(), policy.join(", ")),
+                ("ratelimit".to_owned(), state.join(", ")),
+            ]
+        }
+        Dialect::Legacy => {
+            let closest = statuses
+                .iter()
+                .min_by_key(|s| (s.verdict.remaining, std::cmp::Reverse(s.t())));
+            match closest {
+                Some(s) => vec![
+                    ("x-ratelimit-limit".to_owned(), s.limit.burst().to_string()),
+                    (
+                        "x-ratelimit-remaining".to_owned(),
+                        s.verdict.remaining.to_string(),
+                    ),
+                    ("x-ratelimit-reset".to_owned(), s.t().to_string()),
+                ],
+                None => Vec::new(),
+            }
+        }
+    }
+}
+
+/// The refusal of a request some rules refused.
+pub fn refused(status: u16, dialect: Dialect, statuses: &[RuleStatus<'_>]) -> LocalResponse {
+    let violated: Vec<&RuleStatus<'_>> = statuses
+        .iter()
+        .filter(|s| s.verdict.retry_after.is_some())
+        .collect();
+    // The request passes only once every refusing rule would let it through.
+    let retry_after = violated
+        .iter()
+        .filter_map(|s| s.verdict.retry_after)
+        .max()
+        .map_or(1, whole_seconds_at_least_one);
+    let names: Vec<String> = violated.iter().map(|s| format!("\"{}\"", s.name)).collect();
+    let mut reply = LocalResponse::new(status)
+        .header("retry-after", retry_after.to_string())
+        .header("content-type", "application/problem+json");
+    for (name, value) in headers(dialect, statuses) {
+        reply = reply.header(name, value);
+    }
+    reply
+        .body(format!(
+            "{{\"type\":\"https://iana.org/assignments/http-problem-types#quota-exceeded\",\
+             \"title\":\"rate limit exceeded\",\"status\":{status},\"violated-policies\":[{}]}}",
+            names.join(",")
+        ))
+        .detail(format!("over the limit of {}", names.join(", ")))
+}
+
+/// The refusal when the shared store stayed contended (and `on_contention` is `deny`).
+pub fn contended() -> LocalResponse {
+    LocalResponse::new(503)
+        .header("retry-after", "1")
+        .header("content-type", "application/problem+json")
+        .body(
+            "{\"type\":\"https://iana.org/assignments/http-problem-types#temporary-reduced-capacity\",\
+             \"title\":\"rate limiter busy\",\"status\":503}",
+        )
+        .detail("shared data contended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const NOW: u64 = 1_800_000_000_000_000_000;
+
+    fn status<'a>(name: &'a str, limit: &'a Limit, verdict: Verdict) -> RuleStatus<'a> {
+        RuleStatus {
+            name,
+            limit,
+            verdict,
+        }
+    }
+
+    #[test]
+    fn draft_fields_on_an_allowed_request() {
+        let per_user = Limit::new(100, Duration::from_secs(60), 20).unwrap();
+        let per_ip = Limit::new(10, Duration::from_millis(500), 10).unwrap();
+        let a = per_user.decide(None, NOW);
+        let b = per_ip.decide(None, NOW);
+        let h = headers(
+            Dialect::Draft,
+            &[
+                status("per-user", &per_user, a),
+                status("per-ip", &per_ip, b),
+            ],
+        );
+        assert_eq!(
+            h,
+            [
+                (
+                    "ratelimit-policy".to_owned(),
+                    "\"per-user\";q=100;w=60, \"per-ip\";q=20;w=1".to_owned()
+                ),
+                (
+                    "ratelimit".to_owned(),
+                    "\"per-user\";r=19;t=1, \"per-ip\";r=9;t=1".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refusal_carries_retry_after_and_t_not_later() {
+        let l = Limit::new(1, Duration::from_secs(10), 2).unwrap();
+        let first = l.decide(None, NOW).next;
+        let second = l.decide(first, NOW).next;
+        let refused_verdict = l.decide(second, NOW);
+        let statuses = [status("r", &l, refused_verdict)];
+        let reply = refused(429, Dialect::Draft, &statuses);
+        assert_eq!(reply.status, 429);
+        let header = |n: &str| {
+            reply
+                .headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("cache-control").as_deref(), Some("no-store"));
+        assert_eq!(header("retry-after").as_deref(), Some("10"));
+        assert_eq!(header("ratelimit").as_deref(), Some("\"r\";r=0;t=10"));
+        assert!(reply.body.contains("\"violated-policies\":[\"r\"]"));
+        assert!(reply.body.contains("quota-exceeded"));
+        assert_eq!(reply.effective_grpc_status(), 8);
+    }
+
+    #[test]
+    fn legacy_fields_describe_the_closest_rule() {
+        let wide = Limit::new(100, Duration::from_secs(60), 100).unwrap();
+        let tight = Limit::new(2, Duration::from_secs(1), 2).unwrap();
+        let h = headers(
+            Dialect::Legacy,
+            &[
+                status("wide", &wide, wide.decide(None, NOW)),
+                status("tight", &tight, tight.decide(None, NOW)),
+            ],
+        );
+        assert_eq!(
+            h,
+            [
+                ("x-ratelimit-limit".to_owned(), "2".to_owned()),
+                ("x-ratelimit-remaining".to_owned(), "1".to_owned()),
+                ("x-ratelimit-reset".to_owned(), "1".to_owned()),
+            ]
+        );
+        assert!(
+            headers(
+                Dialect::None,
+                &[status("t", &tight, tight.decide(None, NOW))]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn contention_is_a_503_to_retry_soon() {
+        let r = contended();
+        assert_eq!(r.status, 503);
+        assert!(
+            r.headers
+                .contains(&("retry-after".to_owned(), "1".to_owned()))
+        );
+        assert_eq!(r.effective_grpc_status(), 14);
+    }
+}
