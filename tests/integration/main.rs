@@ -5,3 +5,4 @@ mod examples;
 mod harness;
 mod jwt_auth;
 mod modules;
+mod rate_limit;

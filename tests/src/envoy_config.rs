@@ -13,6 +13,7 @@ pub struct Gateway {
     filters: Vec<(String, String)>,
     route_timeout: String,
     clusters: Vec<(String, u16)>,
+    direct_response: bool,
 }
 
 impl Gateway {
@@ -23,7 +24,15 @@ impl Gateway {
             filters: Vec::new(),
             route_timeout: "15s".to_owned(),
             clusters: Vec::new(),
+            direct_response: false,
         }
+    }
+
+    /// Answers every request with Envoy's own `200 ok` instead of routing it upstream (for
+    /// tests that send more requests than the test upstream should serve).
+    pub fn direct_response(mut self) -> Self {
+        self.direct_response = true;
+        self
     }
 
     /// Appends the module `name` (`rate_limit`, ...) with this JSON configuration.
@@ -106,7 +115,7 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream, timeout: {timeout} }}
+                {action}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
@@ -121,7 +130,14 @@ static_resources:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}{clusters}
 "#,
-            timeout = self.route_timeout,
+            action = if self.direct_response {
+                "direct_response: { status: 200, body: { inline_string: ok } }".to_owned()
+            } else {
+                format!(
+                    "route: {{ cluster: upstream, timeout: {} }}",
+                    self.route_timeout
+                )
+            },
             port = self.upstream_port,
         )
     }
