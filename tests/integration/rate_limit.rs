@@ -3,7 +3,8 @@
 
 use filter_tests::client::{self, Connection, Response};
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::Gateway;
+use filter_tests::envoy_config::{Gateway, example};
+use filter_tests::tokens::{demo_claims, demo_key};
 use filter_tests::upstream::Upstream;
 use std::sync::Barrier;
 use std::time::Duration;
@@ -209,4 +210,59 @@ fn memory_stays_flat_past_max_keys_with_200000_clients() {
         Some(200_000)
     );
     eprintln!("heap: {at_bound} bytes after 20,000 clients, {after} after 200,000");
+}
+
+#[test]
+fn the_example_limits_each_user_then_each_address() {
+    let envoy = Envoy::start(&example("rate_limit.yaml"));
+    let port = envoy.port("gateway");
+    let as_alice = || {
+        client::get("/api/orders")
+            .header("x-user-id", "alice")
+            .send(port)
+    };
+    for _ in 0..5 {
+        assert_eq!(as_alice().status, 200);
+    }
+    let refused = as_alice();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["violated-policies"][0], "per-user");
+    assert_eq!(header(&refused, "retry-after"), "12");
+    // Both rules describe themselves on every response.
+    let bob = client::get("/api/orders")
+        .header("x-user-id", "bob")
+        .send(port);
+    assert_eq!(bob.status, 200);
+    assert_eq!(
+        header(&bob, "ratelimit-policy"),
+        "\"per-user\";q=5;w=60, \"per-ip\";q=10;w=1"
+    );
+    // 10 per second per address: some request of the next eleven is refused by per-ip.
+    let refused_by_ip = (0..11)
+        .map(|_| client::get("/other").send(port))
+        .find(|r| r.status == 429)
+        .expect("per-ip refuses within 11 requests");
+    assert_eq!(refused_by_ip.json()["violated-policies"][0], "per-ip");
+}
+
+/// In the gateway, jwt_auth turns the token's `sub` into `x-user-id`, which rate_limit keys on:
+/// a client cannot dodge its limit by sending another `x-user-id`.
+#[test]
+fn the_gateway_limits_each_user_by_the_subject_of_their_token() {
+    let envoy = Envoy::start(&example("gateway.yaml"));
+    let port = envoy.port("gateway");
+    let carol = format!("Bearer {}", demo_key().sign(&demo_claims("carol", "read")));
+    let send = |auth: &str, forged: &str| {
+        client::get("/hello")
+            .header("authorization", auth)
+            .header("x-user-id", forged)
+            .send(port)
+            .status
+    };
+    for i in 0..5 {
+        assert_eq!(send(&carol, &format!("someone-{i}")), 200);
+    }
+    assert_eq!(send(&carol, "someone-else"), 429);
+    let dave = format!("Bearer {}", demo_key().sign(&demo_claims("dave", "read")));
+    assert_eq!(send(&dave, "carol"), 200);
 }

@@ -31,6 +31,8 @@ fn main() {
     // The demo issuer's key is public on purpose (see envoy/gateway.yaml): demo only.
     let token = demo_key().sign(&demo_claims("demo-user", "read"));
     let admin_token = demo_key().sign(&demo_claims("demo-admin", "read admin"));
+    // A user of its own, so the requests above do not spend this one's limit.
+    let busy_token = demo_key().sign(&demo_claims("demo-busy-user", "read"));
 
     println!(
         r#"
@@ -52,7 +54,15 @@ The same token on an admin route (needs scope "admin"):
     -> 200
 Open route: curl -i http://127.0.0.1:{gateway}/public/hello -> 200 without a token.
 
-rate_limit, retry_policy and circuit_breaker are loaded and count requests
+rate_limit allows each user (the token's sub) 5 requests per 10 s:
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' \
+    http://127.0.0.1:{gateway}/hello -H 'Authorization: Bearer {busy_token}'; done; echo
+    -> 200 200 200 200 200 429
+  curl -i http://127.0.0.1:{gateway}/hello -H 'Authorization: Bearer {busy_token}'
+    -> 429 with Retry-After, RateLimit-Policy: "per-user";q=5;w=10, "per-ip";q=50;w=1
+       and RateLimit: "per-user";r=0;t=..., "per-ip";r=...
+
+retry_policy and circuit_breaker are loaded and count requests
 (wasmcustom.<filter>.requests); their policies arrive with their own issues.
 
 Press Ctrl-C to stop."#,
