@@ -5,7 +5,7 @@
 //! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
 
 use crate::host::{self, HostLog, HostMetrics, HostStore, HostVerifier};
-use crate::request::HostRequest;
+use crate::request::{HostRequest, HostResponse};
 use filter_core::config::parse_json;
 use filter_core::decision::{CalloutResult, Decision, HeaderEdits, LocalResponse};
 use filter_core::filter::{Env, Filter};
@@ -348,10 +348,7 @@ impl<F: Filter> HttpContext for Stream<F> {
         if !configured.filter.wants_response(&state) {
             return Action::Continue;
         }
-        let (Ok(pairs), Some(now)) = (
-            host::header_pairs(MapType::HttpResponseHeaders),
-            host::now(),
-        ) else {
+        let Some(now) = host::now() else {
             return Action::Continue;
         };
         let env = Env {
@@ -363,7 +360,7 @@ impl<F: Filter> HttpContext for Stream<F> {
         };
         let edits = configured
             .filter
-            .on_response(&mut state, &Response::from_pairs(pairs), &env);
+            .on_response(&mut state, &HostResponse::default(), &env);
         if let Err(status) = host::apply_edits(MapType::HttpResponseHeaders, &edits) {
             host::log(
                 LogLevel::Warn,

@@ -1,10 +1,11 @@
-//! The request as a filter sees it, read from Envoy header by header when first asked for.
+//! The request and response as a filter sees them, read from Envoy header by header when first
+//! asked for.
 //!
 //! A filter needs two or three headers of a request; reading every header in one call costs
 //! several times more (Envoy serialises the whole map, the SDK allocates two strings per
 //! header). Each header is read once and remembered for the rest of the callback.
 
-use filter_core::request::RequestView;
+use filter_core::request::{RequestView, ResponseView};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use std::cell::OnceCell;
@@ -16,38 +17,30 @@ const SLOTS: usize = 8;
 /// value is all of them (the Envoy suite sends two `authorization` fields and sees the 400).
 const JOINED_BY_ENVOY: &[&str] = &["authorization"];
 
-#[derive(Default)]
-pub(crate) struct HostRequest {
-    method: OnceCell<String>,
-    path: OnceCell<String>,
+/// One of Envoy's header maps, read lazily.
+struct LazyHeaders {
+    map: MapType,
     read: [OnceCell<(String, Option<String>)>; SLOTS],
-    client_address: OnceCell<Option<String>>,
     all: OnceCell<Vec<(String, String)>>,
 }
 
-impl HostRequest {
-    fn read(name: &str) -> Option<String> {
-        // A failed read (impossible in the request-headers callback) reads as absent.
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+impl LazyHeaders {
+    fn new(map: MapType) -> Self {
+        Self {
+            map,
+            read: Default::default(),
+            all: OnceCell::new(),
+        }
+    }
+
+    fn read(&self, name: &str) -> Option<String> {
+        // A failed read (impossible inside the map's own callback) reads as absent.
+        hostcalls::get_map_value(self.map, name).ok().flatten()
     }
 
     fn all(&self) -> &[(String, String)] {
         self.all
-            .get_or_init(|| hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default())
-    }
-}
-
-impl RequestView for HostRequest {
-    fn method(&self) -> &str {
-        self.method
-            .get_or_init(|| Self::read(":method").unwrap_or_default())
-    }
-
-    fn path(&self) -> &str {
-        self.path
-            .get_or_init(|| Self::read(":path").unwrap_or_default())
+            .get_or_init(|| hostcalls::get_map(self.map).unwrap_or_default())
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -56,7 +49,7 @@ impl RequestView for HostRequest {
                 Some((read_name, value)) if read_name == name => return value.as_deref(),
                 Some(_) => {}
                 None => {
-                    let (_, value) = slot.get_or_init(|| (name.to_owned(), Self::read(name)));
+                    let (_, value) = slot.get_or_init(|| (name.to_owned(), self.read(name)));
                     return value.as_deref();
                 }
             }
@@ -65,6 +58,57 @@ impl RequestView for HostRequest {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value needs the whole map (Envoy's single read returns only the first), except
+    /// for headers Envoy joins itself.
+    fn values(&self, name: &str) -> Vec<&str> {
+        if JOINED_BY_ENVOY.contains(&name) {
+            return self.header(name).into_iter().collect();
+        }
+        self.all()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+pub(crate) struct HostRequest {
+    headers: LazyHeaders,
+    method: OnceCell<String>,
+    path: OnceCell<String>,
+    client_address: OnceCell<Option<String>>,
+}
+
+impl Default for HostRequest {
+    fn default() -> Self {
+        Self {
+            headers: LazyHeaders::new(MapType::HttpRequestHeaders),
+            method: OnceCell::new(),
+            path: OnceCell::new(),
+            client_address: OnceCell::new(),
+        }
+    }
+}
+
+impl RequestView for HostRequest {
+    fn method(&self) -> &str {
+        self.method
+            .get_or_init(|| self.headers.read(":method").unwrap_or_default())
+    }
+
+    fn path(&self) -> &str {
+        self.path
+            .get_or_init(|| self.headers.read(":path").unwrap_or_default())
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.header(name)
+    }
+
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers.values(name)
     }
 
     fn client_address(&self) -> Option<&str> {
@@ -77,17 +121,26 @@ impl RequestView for HostRequest {
             })
             .as_deref()
     }
+}
 
-    /// Every value needs the whole map (Envoy's single read returns only the first), except
-    /// for headers Envoy joins itself.
-    fn header_values(&self, name: &str) -> Vec<&str> {
-        if JOINED_BY_ENVOY.contains(&name) {
-            return self.header(name).into_iter().collect();
+pub(crate) struct HostResponse {
+    headers: LazyHeaders,
+}
+
+impl Default for HostResponse {
+    fn default() -> Self {
+        Self {
+            headers: LazyHeaders::new(MapType::HttpResponseHeaders),
         }
-        self.all()
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+    }
+}
+
+impl ResponseView for HostResponse {
+    fn status(&self) -> Option<u16> {
+        self.headers.header(":status")?.parse().ok()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.header(name)
     }
 }

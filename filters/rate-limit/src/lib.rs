@@ -18,7 +18,7 @@ pub mod table;
 use crate::config::{Compiled, OnContention, RateLimitConfig, Rule};
 use crate::gcra::Verdict;
 use crate::reply::RuleStatus;
-use crate::table::{Bucket, KeyHash, Placement};
+use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
@@ -26,7 +26,7 @@ use filter_core::metrics::{MetricId, MetricKind};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
 use filter_core::time::{Monotonic, Time};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// How many times a request is judged again after losing a compare-and-swap race.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -37,7 +37,12 @@ pub struct RateLimit {
     config: Compiled,
     /// This worker's clock, never going back (the host's is a wall clock).
     clock: Cell<Monotonic>,
+    /// Fingerprints of this worker's recent keys.
+    memo: RefCell<HashMemo>,
 }
+
+/// Keys whose fingerprint each worker remembers.
+const MEMO_SLOTS: usize = 256;
 
 /// Per-request state: the header fields to add to the response.
 #[derive(Debug, Default)]
@@ -94,7 +99,10 @@ impl RateLimit {
             .filter_map(|(index, rule)| {
                 let material =
                     key::material(&rule.name, &rule.key, request, self.config.trusted_proxies)?;
-                let key = KeyHash::of(&material);
+                let key = match self.memo.try_borrow_mut() {
+                    Ok(mut memo) => memo.hash(&material),
+                    Err(_) => KeyHash::of(&material),
+                };
                 Some(Target {
                     index,
                     rule,
@@ -206,6 +214,7 @@ impl Filter for RateLimit {
         Ok(RateLimit {
             config: config.compile()?,
             clock: Cell::new(Monotonic::default()),
+            memo: RefCell::new(HashMemo::new(MEMO_SLOTS)),
         })
     }
 

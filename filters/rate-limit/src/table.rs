@@ -50,6 +50,40 @@ impl KeyHash {
     }
 }
 
+/// The fingerprints of recently seen keys, per worker: a hot key (one client, or a rule-wide
+/// bucket) is hashed once, not on every request. Direct-mapped: a key evicts whatever shared
+/// its slot, so the memo never grows.
+#[derive(Debug)]
+pub struct HashMemo {
+    slots: Vec<Option<(Box<[u8]>, KeyHash)>>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl HashMemo {
+    /// A memo of `slots` keys.
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: vec![None; slots.max(1)],
+            hasher: foldhash::fast::FixedState::default(),
+        }
+    }
+
+    /// [`KeyHash::of`] `material`, remembered.
+    pub fn hash(&mut self, material: &[u8]) -> KeyHash {
+        use std::hash::BuildHasher;
+        let index = usize::try_from(self.hasher.hash_one(material)).unwrap_or(0) % self.slots.len();
+        match self.slots.get_mut(index) {
+            Some(Some((known, hash))) if **known == *material => *hash,
+            Some(slot) => {
+                let hash = KeyHash::of(material);
+                *slot = Some((material.into(), hash));
+                hash
+            }
+            None => KeyHash::of(material),
+        }
+    }
+}
+
 /// One rule's table: how many buckets, and how they are named in shared data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -287,6 +321,15 @@ mod tests {
         assert_eq!(names.len(), 13);
         assert!(names.iter().all(|n| n.starts_with("rl1/per-ip/")));
         assert_eq!(Table::new("r", 0).capacity(), WAYS as u64);
+    }
+
+    #[test]
+    fn the_memo_gives_what_hashing_gives() {
+        let mut memo = HashMemo::new(2);
+        for i in 0..20u64 {
+            let material = (i % 5).to_le_bytes();
+            assert_eq!(memo.hash(&material), KeyHash::of(&material));
+        }
     }
 
     proptest::proptest! {
