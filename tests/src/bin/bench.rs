@@ -175,6 +175,18 @@ fn native_jwt_authn(jwks: &str, cached: bool) -> Value {
     })
 }
 
+/// One rule with `key`, whose limit no benchmark reaches: the limiter runs, never refuses.
+fn rate_limit(key: Value) -> Value {
+    wasm_filter(
+        "rate_limit",
+        &json!({ "rules": [ {
+            "name": "bench",
+            "key": key,
+            "limit": { "requests": 1_000_000_000u64, "per": "1s" },
+        } ] }),
+    )
+}
+
 fn native_local_ratelimit() -> Value {
     let percent = json!({ "default_value": { "numerator": 100, "denominator": "HUNDRED" } });
     json!({
@@ -268,6 +280,18 @@ fn variants(jwks: &str) -> Vec<Variant> {
             vec![native_jwt_authn(jwks, false)],
             None,
             401,
+        ),
+        v(
+            "rate_limit, hot key (one bucket for all)",
+            vec![rate_limit(json!([{ "rule": {} }]))],
+            Some("native local_ratelimit"),
+            200,
+        ),
+        v(
+            "rate_limit, per client address",
+            vec![rate_limit(json!([{ "client_ip": {} }]))],
+            Some("native local_ratelimit"),
+            200,
         ),
         v(
             "native local_ratelimit",
