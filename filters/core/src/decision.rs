@@ -64,12 +64,21 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
     /// Headers to set, replacing existing values.
     pub set: Vec<(String, String)>,
+    /// Values for later filters of the same request: Envoy filter state, set with
+    /// `set_property` (readable as `wasm.<name>`, e.g. `%FILTER_STATE(wasm.<name>:PLAIN)%`).
+    pub filter_state: Vec<(String, String)>,
 }
 
 impl HeaderEdits {
     /// No change.
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty()
+        self.remove.is_empty() && self.set.is_empty() && self.filter_state.is_empty()
+    }
+
+    /// Adds a value for later filters.
+    pub fn filter_state(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.filter_state.push((name.into(), value.into()));
+        self
     }
 
     /// Adds a removal.

@@ -79,6 +79,15 @@ pub trait Filter: Sized {
         false
     }
 
+    /// Whether [`Filter::on_end`] needs to run when this request's stream ends.
+    fn wants_end(&self, _stream: &Self::Stream) -> bool {
+        false
+    }
+
+    /// The stream has ended, answered or not (a client that went away never gets a
+    /// response): the last chance to settle what the request held.
+    fn on_end(&self, _stream: &mut Self::Stream, _env: &Env<'_>) {}
+
     /// Sees the response headers (from the upstream or a local reply) and edits them.
     fn on_response(
         &self,

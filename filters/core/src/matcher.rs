@@ -10,6 +10,8 @@
 //! - `path`: the path (query string excluded) equals it.
 //! - `methods`: the `:method` is one of these (case-sensitive, as in RFC 9110).
 //! - `headers`: each named header is present, and equals `value` when one is given.
+//! - `cluster`: the request is routed to this Envoy cluster (known when the request's headers
+//!   arrive, from the route Envoy chose).
 //!
 //! Filters see the path after Envoy's own normalisation, so the example configurations turn on
 //! `normalize_path` and `merge_slashes` in the HTTP connection manager.
@@ -34,6 +36,9 @@ pub struct RouteMatchConfig {
     /// Required headers.
     #[serde(default)]
     pub headers: Vec<HeaderMatchConfig>,
+    /// The Envoy cluster the request is routed to.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// One header condition: present, or equal to `value`.
@@ -60,6 +65,7 @@ pub struct RouteMatcher {
     path: PathMatch,
     methods: Option<Vec<String>>,
     headers: Vec<(String, Option<String>)>,
+    cluster: Option<String>,
 }
 
 impl RouteMatcher {
@@ -69,6 +75,7 @@ impl RouteMatcher {
             path: PathMatch::Any,
             methods: None,
             headers: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -116,10 +123,14 @@ impl RouteMatcher {
             }
             headers.push((name, header.value.clone()));
         }
+        if config.cluster.as_deref() == Some("") {
+            return Err(at.field("cluster").error("must name a cluster"));
+        }
         Ok(Self {
             path,
             methods,
             headers,
+            cluster: config.cluster.clone(),
         })
     }
 
@@ -131,6 +142,10 @@ impl RouteMatcher {
             PathMatch::Exact(path) => request.path_only() == path,
         };
         path_ok
+            && self
+                .cluster
+                .as_deref()
+                .is_none_or(|cluster| request.cluster() == Some(cluster))
             && self
                 .methods
                 .as_ref()
@@ -174,6 +189,18 @@ mod tests {
     fn compile(json: &str) -> Result<RouteMatcher, ConfigError> {
         let config: RouteMatchConfig = parse_json(json.as_bytes())?;
         RouteMatcher::compile(&config, &FieldPath::root().field("match"))
+    }
+
+    #[test]
+    fn cluster_matches_the_route_s_cluster() {
+        let m = compile(r#"{"cluster": "orders"}"#).unwrap();
+        assert!(m.matches(&Request::new("GET", "/").with_cluster("orders")));
+        assert!(!m.matches(&Request::new("GET", "/").with_cluster("users")));
+        assert!(!m.matches(&Request::new("GET", "/")));
+        assert_eq!(
+            compile(r#"{"cluster": ""}"#).unwrap_err().path(),
+            "match.cluster"
+        );
     }
 
     #[test]
@@ -257,6 +284,7 @@ mod tests {
                     .into_iter()
                     .map(|name| HeaderMatchConfig { name, value: None })
                     .collect(),
+                cluster: None,
             };
             if let Ok(m) = RouteMatcher::compile(&config, &FieldPath::root()) {
                 let _ = m.matches(&Request::new("GET", request_path));

@@ -19,6 +19,11 @@ pub trait RequestView {
         None
     }
 
+    /// The Envoy cluster the request is routed to (`xds.cluster_name`), if any.
+    fn cluster(&self) -> Option<&str> {
+        None
+    }
+
     /// Every value of the header `name`, in order (a header may be repeated).
     fn header_values(&self, name: &str) -> Vec<&str> {
         self.header(name).into_iter().collect()
@@ -50,6 +55,7 @@ pub struct Request {
     path: String,
     headers: Vec<(String, String)>,
     client_address: Option<String>,
+    cluster: Option<String>,
 }
 
 impl Request {
@@ -60,7 +66,14 @@ impl Request {
             path: path.into(),
             headers: Vec::new(),
             client_address: None,
+            cluster: None,
         }
+    }
+
+    /// Sets the cluster the request is routed to.
+    pub fn with_cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = Some(cluster.into());
+        self
     }
 
     /// Sets the peer's address (`ip:port`).
@@ -117,6 +130,10 @@ impl RequestView for Request {
     fn client_address(&self) -> Option<&str> {
         self.client_address.as_deref()
     }
+
+    fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
 }
 
 /// A read-only view of the upstream's (or a local reply's) response headers.
@@ -125,12 +142,19 @@ pub trait ResponseView {
     fn status(&self) -> Option<u16>;
     /// The first value of the header `name` (lower case), if present.
     fn header(&self, name: &str) -> Option<&str>;
+    /// Who produced the response, as Envoy's `response.code_details` says: `via_upstream` for
+    /// the upstream's own answer; otherwise the reason of a local reply (`response_timeout`,
+    /// `upstream_reset_before_response_started{...}`, ...).
+    fn code_details(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// An owned response view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Response {
     headers: Vec<(String, String)>,
+    code_details: Option<String>,
 }
 
 impl Response {
@@ -138,7 +162,14 @@ impl Response {
     pub fn new(status: u16) -> Self {
         Self {
             headers: vec![(":status".to_owned(), status.to_string())],
+            code_details: None,
         }
+    }
+
+    /// Sets `response.code_details`.
+    pub fn with_code_details(mut self, details: impl Into<String>) -> Self {
+        self.code_details = Some(details.into());
+        self
     }
 
     /// Adds a header (the name is lower-cased).
@@ -149,7 +180,10 @@ impl Response {
 
     /// Builds a view from Envoy's header pairs, pseudo-headers included.
     pub fn from_pairs(headers: Vec<(String, String)>) -> Self {
-        Self { headers }
+        Self {
+            headers,
+            code_details: None,
+        }
     }
 }
 
@@ -163,6 +197,10 @@ impl ResponseView for Response {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    fn code_details(&self) -> Option<&str> {
+        self.code_details.as_deref()
     }
 }
 

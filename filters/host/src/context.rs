@@ -338,6 +338,29 @@ impl<F: Filter> HttpContext for Stream<F> {
         }
     }
 
+    fn on_log(&mut self) {
+        let Some(configured) = self.configured.clone() else {
+            return;
+        };
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return;
+        };
+        if !configured.filter.wants_end(&state) {
+            return;
+        }
+        let Some(now) = host::now() else {
+            return;
+        };
+        let env = Env {
+            now,
+            store: &HostStore,
+            metrics: &configured.metrics,
+            verifier: &configured.verifier,
+            log: &HostLog(F::NAME),
+        };
+        configured.filter.on_end(&mut state, &env);
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(configured) = self.configured.clone() else {
             return Action::Continue;

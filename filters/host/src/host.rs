@@ -68,6 +68,9 @@ pub(crate) fn apply_edits(map: MapType, edits: &HeaderEdits) -> Result<(), Statu
     for (name, value) in &edits.set {
         hostcalls::set_map_value(map, name, Some(value))?;
     }
+    for (name, value) in &edits.filter_state {
+        hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes()))?;
+    }
     Ok(())
 }
 

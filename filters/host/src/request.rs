@@ -79,6 +79,7 @@ pub(crate) struct HostRequest {
     method: OnceCell<String>,
     path: OnceCell<String>,
     client_address: OnceCell<Option<String>>,
+    cluster: OnceCell<Option<String>>,
 }
 
 impl Default for HostRequest {
@@ -88,6 +89,7 @@ impl Default for HostRequest {
             method: OnceCell::new(),
             path: OnceCell::new(),
             client_address: OnceCell::new(),
+            cluster: OnceCell::new(),
         }
     }
 }
@@ -113,24 +115,35 @@ impl RequestView for HostRequest {
 
     fn client_address(&self) -> Option<&str> {
         self.client_address
-            .get_or_init(|| {
-                hostcalls::get_property(vec!["source", "address"])
-                    .ok()
-                    .flatten()
-                    .and_then(|bytes| String::from_utf8(bytes).ok())
-            })
+            .get_or_init(|| property(&["source", "address"]))
+            .as_deref()
+    }
+
+    fn cluster(&self) -> Option<&str> {
+        self.cluster
+            .get_or_init(|| property(&["xds", "cluster_name"]))
             .as_deref()
     }
 }
 
+/// A string property of the stream, if Envoy has it.
+fn property(path: &[&str]) -> Option<String> {
+    hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
 pub(crate) struct HostResponse {
     headers: LazyHeaders,
+    code_details: OnceCell<Option<String>>,
 }
 
 impl Default for HostResponse {
     fn default() -> Self {
         Self {
             headers: LazyHeaders::new(MapType::HttpResponseHeaders),
+            code_details: OnceCell::new(),
         }
     }
 }
@@ -142,5 +155,11 @@ impl ResponseView for HostResponse {
 
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.header(name)
+    }
+
+    fn code_details(&self) -> Option<&str> {
+        self.code_details
+            .get_or_init(|| property(&["response", "code_details"]))
+            .as_deref()
     }
 }

@@ -300,8 +300,8 @@ impl Filter for RateLimit {
         _env: &Env<'_>,
     ) -> HeaderEdits {
         HeaderEdits {
-            remove: Vec::new(),
             set: std::mem::take(&mut stream.response_headers),
+            ..HeaderEdits::default()
         }
     }
 }
