@@ -1,0 +1,461 @@
+//! The `circuit_breaker` configuration, parsed strictly and compiled once.
+
+use crate::state::Policy;
+use crate::window::Shape;
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath};
+use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The most calls a count window may hold (each is 9 bytes of the shared record, rewritten on
+/// every call).
+pub const MAX_COUNT_WINDOW: u32 = 1000;
+/// The most probes half-open may hand out.
+pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
+
+/// The whole configuration as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// The breakers; a request is guarded by the first whose `match` fits.
+    #[serde(default)]
+    pub breakers: Vec<BreakerConfig>,
+}
+
+/// One breaker as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Names it in metrics, logs, headers and shared data.
+    pub name: String,
+    /// Which requests it guards (the shared matcher; `cluster` names the upstream).
+    #[serde(default, rename = "match")]
+    pub route: RouteMatchConfig,
+    /// Default `{"type": "time", "size": "10s"}`.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+    /// Default 20.
+    #[serde(default)]
+    pub minimum_calls: Option<u32>,
+    /// Percent, default 50.
+    #[serde(default)]
+    pub failure_rate_threshold: Option<u32>,
+    /// Default `"5s"`.
+    #[serde(default)]
+    pub slow_call_duration: Option<ConfigDuration>,
+    /// Percent, default 100.
+    #[serde(default)]
+    pub slow_call_rate_threshold: Option<u32>,
+    /// Default `"30s"`.
+    #[serde(default)]
+    pub open_duration: Option<ConfigDuration>,
+    /// Default 3.
+    #[serde(default)]
+    pub half_open_calls: Option<u32>,
+    /// Default `"10s"`.
+    #[serde(default)]
+    pub half_open_timeout: Option<ConfigDuration>,
+    /// Default `[500, 502, 503, 504]`.
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<u16>>,
+    /// Default `enforce`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The answer while open; default a 503 problem document.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// A window as written.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowConfig {
+    /// A sliding time window.
+    Time {
+        /// Its length, 100ms to 1h.
+        size: ConfigDuration,
+    },
+    /// The last `size` calls.
+    Count {
+        /// 1 to 1000 calls.
+        size: u32,
+        /// Calls older than this no longer count. Default `"60s"`.
+        #[serde(default)]
+        max_age: Option<ConfigDuration>,
+    },
+}
+
+/// What the breaker does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Trips and refuses.
+    #[default]
+    Enforce,
+    /// Trips, reports and logs, refuses nothing.
+    Shadow,
+    /// Refuses everything (no `Retry-After`), records nothing.
+    ForcedOpen,
+    /// Lets everything through, records nothing.
+    Disabled,
+}
+
+/// The fallback response as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// Default 503.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// A fallback, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Status.
+    pub status: u16,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+/// A breaker, compiled.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    /// Its name.
+    pub name: String,
+    /// Which requests it guards.
+    pub matcher: RouteMatcher,
+    /// Its thresholds.
+    pub policy: Policy,
+    /// Statuses that are failures.
+    pub failure_statuses: Vec<u16>,
+    /// Its mode.
+    pub mode: Mode,
+    /// The answer while open, if configured.
+    pub fallback: Option<Fallback>,
+    /// Its record's shared-data key.
+    pub key: String,
+}
+
+impl CircuitBreakerConfig {
+    /// Validates everything; an error names the field.
+    pub fn compile(self) -> Result<Vec<Breaker>, ConfigError> {
+        let mut breakers: Vec<Breaker> = Vec::with_capacity(self.breakers.len());
+        for (i, b) in self.breakers.into_iter().enumerate() {
+            let at = FieldPath::root().field("breakers").index(i);
+            let breaker = compile_breaker(b, &at)?;
+            if breakers.iter().any(|other| other.name == breaker.name) {
+                return Err(at
+                    .field("name")
+                    .error(format!("{:?} names an earlier breaker too", breaker.name)));
+            }
+            breakers.push(breaker);
+        }
+        Ok(breakers)
+    }
+}
+
+fn percent(value: Option<u32>, default: u32, at: &FieldPath) -> Result<u32, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (1..=100).contains(&v) {
+        Ok(v)
+    } else {
+        Err(at.error(format!("must be a percentage from 1 to 100, got {v}")))
+    }
+}
+
+fn duration(
+    value: Option<ConfigDuration>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    at: &FieldPath,
+) -> Result<Duration, ConfigError> {
+    let d = value.map_or(default, ConfigDuration::get);
+    if range.contains(&d) {
+        Ok(d)
+    } else {
+        Err(at.error(format!(
+            "must be from {:?} to {:?}, got {d:?}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+fn compile_breaker(b: BreakerConfig, at: &FieldPath) -> Result<Breaker, ConfigError> {
+    let name_ok = (1..=64).contains(&b.name.len())
+        && b.name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    if !name_ok {
+        return Err(at.field("name").error(format!(
+            "{:?}: use 1 to 64 letters, digits, '_' or '-' (it names metrics and headers)",
+            b.name
+        )));
+    }
+    let matcher = RouteMatcher::compile(&b.route, &at.field("match"))?;
+    let window = match b.window {
+        None => Shape::Time {
+            size: Duration::from_secs(10),
+        },
+        Some(WindowConfig::Time { size }) => Shape::Time {
+            size: duration(
+                Some(size),
+                Duration::ZERO,
+                Duration::from_millis(100)..=Duration::from_secs(3600),
+                &at.field("window").field("size"),
+            )?,
+        },
+        Some(WindowConfig::Count { size, max_age }) => {
+            if !(1..=MAX_COUNT_WINDOW).contains(&size) {
+                return Err(at.field("window").field("size").error(format!(
+                    "must be from 1 to {MAX_COUNT_WINDOW} calls, got {size}"
+                )));
+            }
+            Shape::Count {
+                size,
+                max_age: duration(
+                    max_age,
+                    Duration::from_secs(60),
+                    Duration::from_millis(1)..=Duration::from_secs(86_400),
+                    &at.field("window").field("max_age"),
+                )?,
+            }
+        }
+    };
+    let minimum_calls = b.minimum_calls.unwrap_or(20);
+    if minimum_calls == 0 {
+        return Err(at.field("minimum_calls").error("must be at least 1"));
+    }
+    // A count window can never hold more than its size: waiting for more would never trip.
+    let minimum_calls = match window {
+        Shape::Count { size, .. } => minimum_calls.min(size),
+        Shape::Time { .. } => minimum_calls,
+    };
+    let half_open_calls = b.half_open_calls.unwrap_or(3);
+    if !(1..=MAX_HALF_OPEN_CALLS).contains(&half_open_calls) {
+        return Err(at.field("half_open_calls").error(format!(
+            "must be from 1 to {MAX_HALF_OPEN_CALLS}, got {half_open_calls}"
+        )));
+    }
+    let policy = Policy {
+        window,
+        minimum_calls,
+        failure_rate: percent(
+            b.failure_rate_threshold,
+            50,
+            &at.field("failure_rate_threshold"),
+        )?,
+        slow_call_duration: duration(
+            b.slow_call_duration,
+            Duration::from_secs(5),
+            Duration::from_millis(1)..=Duration::from_secs(3600),
+            &at.field("slow_call_duration"),
+        )?,
+        slow_call_rate: percent(
+            b.slow_call_rate_threshold,
+            100,
+            &at.field("slow_call_rate_threshold"),
+        )?,
+        open_duration: duration(
+            b.open_duration,
+            Duration::from_secs(30),
+            Duration::from_millis(1)..=Duration::from_secs(86_400),
+            &at.field("open_duration"),
+        )?,
+        half_open_calls,
+        half_open_timeout: duration(
+            b.half_open_timeout,
+            Duration::from_secs(10),
+            Duration::from_millis(1)..=Duration::from_secs(3600),
+            &at.field("half_open_timeout"),
+        )?,
+    };
+    let failure_statuses = b
+        .failure_statuses
+        .unwrap_or_else(|| vec![500, 502, 503, 504]);
+    for (i, status) in failure_statuses.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            return Err(at
+                .field("failure_statuses")
+                .index(i)
+                .error(format!("{status} is not an HTTP status")));
+        }
+    }
+    let fallback = match b.fallback {
+        None => None,
+        Some(f) => Some(compile_fallback(f, &at.field("fallback"))?),
+    };
+    Ok(Breaker {
+        key: format!("cb1/{}", b.name),
+        name: b.name,
+        matcher,
+        policy,
+        failure_statuses,
+        mode: b.mode,
+        fallback,
+    })
+}
+
+fn compile_fallback(f: FallbackConfig, at: &FieldPath) -> Result<Fallback, ConfigError> {
+    let status = f.status.unwrap_or(503);
+    if !(200..=599).contains(&status) {
+        return Err(at
+            .field("status")
+            .error(format!("must be from 200 to 599, got {status}")));
+    }
+    let mut headers = Vec::with_capacity(f.headers.len());
+    for (name, value) in f.headers {
+        let lower = name.to_ascii_lowercase();
+        if !is_token(&lower) || matches!(lower.as_str(), "content-length" | "transfer-encoding") {
+            return Err(at
+                .field("headers")
+                .field(&name)
+                .error("is not a header name a reply may carry"));
+        }
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return Err(at
+                .field("headers")
+                .field(&name)
+                .error("contains control characters"));
+        }
+        headers.push((lower, value));
+    }
+    Ok(Fallback {
+        status,
+        headers,
+        body: f.body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filter_core::config::parse_json;
+
+    fn compile(json: &str) -> Result<Vec<Breaker>, ConfigError> {
+        parse_json::<CircuitBreakerConfig>(json.as_bytes())?.compile()
+    }
+
+    #[test]
+    fn the_issue_example_compiles_and_defaults_are_documented_ones() {
+        let b = compile(
+            r#"{"breakers": [{ "name": "orders",
+              "match": { "prefix": "/orders" },
+              "window": { "type": "time", "size": "10s" },
+              "minimum_calls": 10, "failure_rate_threshold": 50,
+              "slow_call_duration": "2s", "slow_call_rate_threshold": 100,
+              "open_duration": "30s", "half_open_calls": 3, "half_open_timeout": "10s",
+              "failure_statuses": [500, 502, 503, 504], "mode": "enforce",
+              "fallback": { "status": 503, "headers": { "content-type": "application/json" },
+                            "body": "{\"error\":\"orders is unavailable, try again later\"}" } }]}"#,
+        )
+        .unwrap();
+        assert_eq!(b[0].policy.minimum_calls, 10);
+        assert_eq!(b[0].key, "cb1/orders");
+        let d = compile(r#"{"breakers": [{"name": "d"}]}"#).unwrap();
+        let p = d[0].policy;
+        assert_eq!(
+            p.window,
+            Shape::Time {
+                size: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            (
+                p.minimum_calls,
+                p.failure_rate,
+                p.slow_call_rate,
+                p.half_open_calls
+            ),
+            (20, 50, 100, 3)
+        );
+        assert_eq!(p.slow_call_duration, Duration::from_secs(5));
+        assert_eq!(p.open_duration, Duration::from_secs(30));
+        assert_eq!(p.half_open_timeout, Duration::from_secs(10));
+        assert_eq!(d[0].failure_statuses, [500, 502, 503, 504]);
+        assert_eq!(d[0].mode, Mode::Enforce);
+        // A count window clamps minimum_calls to its size.
+        let c = compile(r#"{"breakers": [{"name": "c", "window": {"type": "count", "size": 5}}]}"#)
+            .unwrap();
+        assert_eq!(c[0].policy.minimum_calls, 5);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (r#"{"name": "a b"}"#, "breakers[0].name"),
+            (
+                r#"{"name": "x", "failure_rate_threshold": 0}"#,
+                "breakers[0].failure_rate_threshold",
+            ),
+            (
+                r#"{"name": "x", "slow_call_rate_threshold": 101}"#,
+                "breakers[0].slow_call_rate_threshold",
+            ),
+            (
+                r#"{"name": "x", "minimum_calls": 0}"#,
+                "breakers[0].minimum_calls",
+            ),
+            (
+                r#"{"name": "x", "half_open_calls": 0}"#,
+                "breakers[0].half_open_calls",
+            ),
+            (
+                r#"{"name": "x", "open_duration": "0s"}"#,
+                "breakers[0].open_duration",
+            ),
+            (
+                r#"{"name": "x", "window": {"type": "time", "size": "1ms"}}"#,
+                "breakers[0].window.size",
+            ),
+            (
+                r#"{"name": "x", "window": {"type": "count", "size": 0}}"#,
+                "breakers[0].window.size",
+            ),
+            (
+                r#"{"name": "x", "failure_statuses": [99]}"#,
+                "breakers[0].failure_statuses[0]",
+            ),
+            (r#"{"name": "x", "mode": "sometimes"}"#, "breakers[0].mode"),
+            (
+                r#"{"name": "x", "fallback": {"status": 100}}"#,
+                "breakers[0].fallback.status",
+            ),
+            (
+                r#"{"name": "x", "fallback": {"headers": {"content-length": "1"}}}"#,
+                "breakers[0].fallback.headers.content-length",
+            ),
+            (
+                r#"{"name": "x", "match": {"cluster": ""}}"#,
+                "breakers[0].match.cluster",
+            ),
+            (r#"{"name": "x", "surprise": 1}"#, "breakers[0].surprise"),
+        ];
+        for (breaker, path) in cases {
+            let json = format!(r#"{{"breakers": [{breaker}]}}"#);
+            let err = compile(&json).unwrap_err();
+            assert_eq!(err.path(), path, "{json}: {err}");
+        }
+        let twice = r#"{"breakers": [{"name": "a"}, {"name": "a"}]}"#;
+        assert_eq!(compile(twice).unwrap_err().path(), "breakers[1].name");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_config_never_panics(text in ".{0,200}") {
+            if let Ok(c) = parse_json::<CircuitBreakerConfig>(text.as_bytes()) {
+                let _ = c.compile();
+            }
+        }
+    }
+}
