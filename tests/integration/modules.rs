@@ -13,6 +13,7 @@ fn pass_metric(name: &str) -> &'static str {
     match name {
         "jwt_auth" => "allowed",
         "rate_limit" => "all.allowed",
+        "circuit_breaker" => "all.calls_success",
         _ => "requests",
     }
 }
@@ -23,6 +24,7 @@ fn pass_config(name: &str) -> &'static str {
         "rate_limit" => {
             r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 1000000, "per": "1s"}}]}"#
         }
+        "circuit_breaker" => r#"{"breakers": [{"name": "all"}]}"#,
         _ => "{}",
     }
 }

@@ -252,8 +252,8 @@ fn variants(jwks: &str) -> Vec<Variant> {
         ),
         v(
             "our host layer, empty policy",
-            // Until its issue lands, the circuit breaker is our host layer around a no-op.
-            vec![wasm_filter("circuit_breaker", &json!({}))],
+            // Until its issue lands, the retry policy is our host layer around a no-op.
+            vec![wasm_filter("retry_policy", &json!({}))],
             None,
             200,
         ),

@@ -62,8 +62,17 @@ rate_limit allows each user (the token's sub) 5 requests per 10 s:
     -> 429 with Retry-After, RateLimit-Policy: "per-user";q=5;w=10, "per-ip";q=50;w=1
        and RateLimit: "per-user";r=0;t=..., "per-ip";r=...
 
-retry_policy and circuit_breaker are loaded and count requests
-(wasmcustom.<filter>.requests); their policies arrive with their own issues.
+circuit_breaker: /public/flaky always fails upstream; after 5 failures its breaker opens and
+answers for it for 10 s, and the upstream is left alone:
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' \
+    http://127.0.0.1:{gateway}/public/flaky; done; echo
+    -> 503 503 503 503 503 503 (the last one from the breaker:)
+  curl -i http://127.0.0.1:{gateway}/public/flaky
+    -> 503 with x-circuit-breaker: flaky, x-circuit-breaker-state: open, Retry-After
+  (stats: /stats?filter=circuit_breaker, wasmcustom.circuit_breaker.flaky.state is 1 while open)
+
+retry_policy is loaded and counts requests (wasmcustom.retry_policy.requests); its policy
+arrives with its issue.
 
 Press Ctrl-C to stop."#,
         admin = envoy.admin_port(),
