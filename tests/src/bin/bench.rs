@@ -294,6 +294,15 @@ fn variants(jwks: &str) -> Vec<Variant> {
             200,
         ),
         v(
+            "circuit_breaker, closed",
+            vec![wasm_filter(
+                "circuit_breaker",
+                &json!({ "breakers": [ { "name": "bench" } ] }),
+            )],
+            None,
+            200,
+        ),
+        v(
             "native local_ratelimit",
             vec![native_local_ratelimit()],
             None,
