@@ -297,3 +297,36 @@ fn the_gateway_s_flaky_route_opens_its_own_breaker_only() {
     assert_eq!(r.header("x-circuit-breaker"), Some("flaky"));
     assert_eq!(client::get("/public/other").send(port).status, 200);
 }
+
+#[test]
+fn later_filters_see_that_a_request_is_a_half_open_probe() {
+    let mut script = failures(4);
+    script.push(Reply::Echo);
+    let upstream = Upstream::start(script);
+    let envoy = Envoy::start(
+        &Gateway::new(upstream.port())
+            .filter("circuit_breaker", &config("1s", ""))
+            .route_request_header(
+                "x-breaker-state",
+                "%FILTER_STATE(wasm.circuit_breaker.state:PLAIN)%",
+            )
+            .render(),
+    );
+    let port = envoy.port("gateway");
+    for _ in 0..4 {
+        get(port);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let probe = get(port);
+    assert_eq!(probe.status, 200);
+    assert_eq!(
+        probe.json()["headers"]["x-breaker-state"],
+        "half_open",
+        "{}",
+        probe.text()
+    );
+    // The second probe closes it; a request in the closed state carries no breaker state.
+    get(port);
+    let closed = get(port);
+    assert_ne!(closed.json()["headers"]["x-breaker-state"], "half_open");
+}

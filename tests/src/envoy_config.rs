@@ -14,6 +14,7 @@ pub struct Gateway {
     route_timeout: String,
     clusters: Vec<(String, u16)>,
     direct_response: bool,
+    request_headers: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -25,7 +26,16 @@ impl Gateway {
             route_timeout: "15s".to_owned(),
             clusters: Vec::new(),
             direct_response: false,
+            request_headers: Vec::new(),
         }
+    }
+
+    /// Has the route add this header to requests it sends upstream; the value may use Envoy's
+    /// formatter, e.g. `%FILTER_STATE(wasm.x:PLAIN)%` to show what a filter left for later ones.
+    pub fn route_request_header(mut self, name: &str, value: &str) -> Self {
+        self.request_headers
+            .push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// Answers every request with Envoy's own `200 ok` instead of routing it upstream (for
@@ -115,7 +125,7 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                {action}
+                {action}{route_headers}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
@@ -136,6 +146,25 @@ static_resources:
                 format!(
                     "route: {{ cluster: upstream, timeout: {} }}",
                     self.route_timeout
+                )
+            },
+            route_headers = if self.request_headers.is_empty() {
+                String::new()
+            } else {
+                let items: Vec<String> = self
+                    .request_headers
+                    .iter()
+                    .map(|(n, v)| {
+                        format!(
+                            "{{ header: {{ key: {}, value: {} }} }}",
+                            serde_json::Value::String(n.clone()),
+                            serde_json::Value::String(v.clone())
+                        )
+                    })
+                    .collect();
+                format!(
+                    "\n                request_headers_to_add: [{}]",
+                    items.join(", ")
                 )
             },
             port = self.upstream_port,

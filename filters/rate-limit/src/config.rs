@@ -359,5 +359,34 @@ mod tests {
                 let _ = c.compile();
             }
         }
+
+        /// Well-formed JSON with hostile values in every field: refused with a field path, or
+        /// compiled, never a panic.
+        #[test]
+        fn hostile_values_never_panic(
+            name in ".{0,70}",
+            requests in proptest::num::i64::ANY,
+            per in "[0-9.]{0,25}(ns|us|ms|s|m|h|x)?",
+            burst in proptest::num::i64::ANY,
+            kind in proptest::sample::select(vec!["client_ip", "header", "path", "method", "rule", "cookie"]),
+            option in proptest::num::i64::ANY,
+            max_keys in proptest::num::i64::ANY,
+            status in proptest::num::i64::ANY,
+        ) {
+            let part = match kind {
+                "header" => serde_json::json!({ "header": name }),
+                "client_ip" => serde_json::json!({ "client_ip": { "ipv6_prefix": option } }),
+                other => serde_json::json!({ other: {} }),
+            };
+            let config = serde_json::json!({
+                "rules": [ { "name": name, "key": [part],
+                             "limit": { "requests": requests, "per": per, "burst": burst } } ],
+                "max_keys": max_keys, "status": status, "trusted_proxies": option,
+            });
+            match compile(&config.to_string()) {
+                Ok(c) => proptest::prop_assert_eq!(c.rules.len(), 1),
+                Err(e) => proptest::prop_assert!(!e.path().is_empty(), "{}", e),
+            }
+        }
     }
 }

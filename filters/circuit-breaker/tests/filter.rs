@@ -1,0 +1,184 @@
+//! The filter as the host drives it (request, response, stream end), on a fake clock and the
+//! in-memory shared store: modes, outcome classification, and what later filters see.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is how a test fails"
+)]
+
+use circuit_breaker::{CircuitBreaker, FILTER_STATE, Stream};
+use filter_core::config::parse_json;
+use filter_core::decision::{Decision, LocalResponse};
+use filter_core::filter::{Env, Filter};
+use filter_core::log::RecordedLog;
+use filter_core::metrics::{MetricId, RecordedMetrics};
+use filter_core::request::{Request, Response};
+use filter_core::signature::NoNativeVerifier;
+use filter_core::store::MemStore;
+use filter_core::time::Time;
+
+const T0: u64 = 1_800_000_000;
+
+struct World {
+    filter: CircuitBreaker,
+    store: MemStore,
+    metrics: RecordedMetrics,
+    log: RecordedLog,
+}
+
+impl World {
+    fn new(breaker: &str) -> Self {
+        let json = format!(
+            r#"{{"breakers": [{{"name": "b", "minimum_calls": 2, "open_duration": "10s", "half_open_calls": 1 {breaker}}}]}}"#
+        );
+        Self {
+            filter: CircuitBreaker::new(parse_json(json.as_bytes()).unwrap()).unwrap(),
+            store: MemStore::new(),
+            metrics: RecordedMetrics::default(),
+            log: RecordedLog::default(),
+        }
+    }
+
+    fn env(&self, secs: u64) -> Env<'_> {
+        Env {
+            now: Time::from_secs(secs),
+            store: &self.store,
+            metrics: &self.metrics,
+            verifier: &NoNativeVerifier,
+            log: &self.log,
+        }
+    }
+
+    fn request(&self, stream: &mut Stream, secs: u64) -> Decision {
+        self.filter
+            .on_request(stream, &Request::new("GET", "/x"), &self.env(secs))
+    }
+
+    /// A whole call at `secs` answered with `response`.
+    fn call(&self, secs: u64, response: Response) -> Decision {
+        let mut stream = Stream::default();
+        let d = self.request(&mut stream, secs);
+        if self.filter.wants_response(&stream) {
+            self.filter
+                .on_response(&mut stream, &response, &self.env(secs));
+        }
+        if self.filter.wants_end(&stream) {
+            self.filter.on_end(&mut stream, &self.env(secs));
+        }
+        d
+    }
+
+    /// Metric `which` of breaker 0 (see BREAKER_METRICS).
+    fn metric(&self, which: usize) -> i64 {
+        self.metrics.value(MetricId(which))
+    }
+}
+
+fn refusal(d: &Decision) -> Option<&LocalResponse> {
+    match d {
+        Decision::Respond(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn header<'a>(r: &'a LocalResponse, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+const TO_OPEN: usize = 1;
+const SUCCESS: usize = 4;
+const FAILURE: usize = 5;
+const IGNORED: usize = 7;
+const REJECTED: usize = 8;
+
+#[test]
+fn upstream_failures_trip_it_but_other_filters_replies_do_not() {
+    let w = World::new("");
+    // A later filter's own 503 (not the upstream's) counts as nothing.
+    for _ in 0..3 {
+        w.call(T0, Response::new(503).with_code_details("direct_response"));
+    }
+    assert_eq!(w.metric(IGNORED), 3);
+    assert!(refusal(&w.call(T0, Response::new(200))).is_none());
+    // Envoy's reply for a refused connection is the upstream failing.
+    let refused_connection = Response::new(503)
+        .with_code_details("upstream_reset_before_response_started{connection_failure}");
+    w.call(T0, refused_connection);
+    assert_eq!((w.metric(SUCCESS), w.metric(FAILURE)), (1, 1));
+    assert_eq!(w.metric(TO_OPEN), 1, "1 failure of 2 calls is 50%");
+    let d = w.call(T0 + 3, Response::new(200));
+    let r = refusal(&d).expect("open");
+    assert_eq!(header(r, "retry-after"), Some("7"));
+    assert_eq!(w.log.lines(), ["breaker b: closed -> open"]);
+}
+
+#[test]
+fn a_probe_whose_client_left_hands_its_permit_back() {
+    let w = World::new("");
+    for _ in 0..2 {
+        w.call(T0, Response::new(500));
+    }
+    // Half-open at T0 + 10: the only probe's client goes away before any response.
+    let mut probe = Stream::default();
+    let d = w.request(&mut probe, T0 + 10);
+    assert_eq!(
+        d,
+        Decision::Continue(
+            filter_core::decision::HeaderEdits::default().filter_state(FILTER_STATE, "half_open")
+        )
+    );
+    assert!(
+        refusal(&w.call(T0 + 10, Response::new(200))).is_some(),
+        "no permit left"
+    );
+    w.filter.on_end(&mut probe, &w.env(T0 + 10));
+    // The permit is back: the next request probes, succeeds, and closes it.
+    assert!(refusal(&w.call(T0 + 10, Response::new(200))).is_none());
+    assert!(refusal(&w.call(T0 + 10, Response::new(200))).is_none());
+    assert!(
+        w.log
+            .lines()
+            .contains(&"breaker b: half_open -> closed".to_owned())
+    );
+}
+
+#[test]
+fn forced_open_refuses_without_retry_after_and_disabled_records_nothing() {
+    let w = World::new(r#", "mode": "forced_open""#);
+    let d = w.call(T0, Response::new(200));
+    let r = refusal(&d).unwrap();
+    assert_eq!(header(r, "x-circuit-breaker-state"), Some("forced_open"));
+    assert_eq!(header(r, "retry-after"), None);
+    assert_eq!(w.metric(REJECTED), 1);
+
+    let w = World::new(r#", "mode": "disabled""#);
+    for _ in 0..5 {
+        assert_eq!(w.call(T0, Response::new(500)), Decision::pass());
+    }
+    assert_eq!(w.metric(FAILURE), 0);
+    assert_eq!(w.store.key_count(), 0);
+}
+
+#[test]
+fn shadow_mode_lets_refusals_through_and_says_so_to_later_filters() {
+    let w = World::new(r#", "mode": "shadow""#);
+    for _ in 0..2 {
+        w.call(T0, Response::new(500));
+    }
+    let d = w.call(T0 + 1, Response::new(500));
+    assert_eq!(
+        d,
+        Decision::Continue(
+            filter_core::decision::HeaderEdits::default().filter_state(FILTER_STATE, "open")
+        )
+    );
+    // The passed request was not recorded: enforce mode would never have sent it.
+    assert_eq!(w.metric(FAILURE), 2);
+    assert_eq!(w.metric(9), 1, "shadow_rejected");
+}
