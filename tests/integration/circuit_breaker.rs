@@ -6,7 +6,6 @@ use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Gateway, example};
 use filter_tests::upstream::{Reply, Upstream};
-use std::sync::Barrier;
 use std::time::Duration;
 
 /// A breaker `b` that trips after 4 calls at 50% failures, stays open `open`, and probes with 2
@@ -133,18 +132,7 @@ fn half_open_lets_exactly_the_probes_through_from_both_workers() {
         get(port);
     }
     std::thread::sleep(Duration::from_millis(1100));
-    let start = Barrier::new(12);
-    let responses: Vec<Response> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..12)
-            .map(|_| {
-                scope.spawn(|| {
-                    start.wait();
-                    get(port)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let responses = client::all_at_once(12, || get(port));
     let probes = responses.iter().filter(|r| r.status == 200).count();
     let refused: Vec<&Response> = responses.iter().filter(|r| is_fallback(r)).collect();
     assert_eq!((probes, refused.len()), (2, 10));

@@ -6,7 +6,6 @@ use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Gateway, example};
 use filter_tests::tokens::{demo_claims, demo_key};
 use filter_tests::upstream::Upstream;
-use std::sync::Barrier;
 use std::time::Duration;
 
 fn gateway(upstream: &Upstream, config: &str) -> Envoy {
@@ -30,21 +29,7 @@ fn a_burst_of_five_admits_exactly_five_from_64_connections_on_two_workers() {
         r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 5, "per": "1h"}}]}"#,
     );
     let port = envoy.port("gateway");
-    let start = Barrier::new(64);
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..64)
-            .map(|_| {
-                scope.spawn(|| {
-                    start.wait();
-                    client::get("/x").send(port).status
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client thread"))
-            .collect()
-    });
+    let statuses = client::all_at_once(64, || client::get("/x").send(port).status);
     let passed = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((passed, limited), (5, 59), "{statuses:?}");

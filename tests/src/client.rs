@@ -94,6 +94,29 @@ impl Request {
     }
 }
 
+/// Runs `send` on `n` threads released at the same instant (each thread its own connection),
+/// and returns what each got back, in thread order.
+pub fn all_at_once<T: Send>(n: usize, send: impl Fn() -> T + Sync) -> Vec<T> {
+    let start = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    send()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("a client thread panicked"))
+            })
+            .collect()
+    })
+}
+
 /// A connection kept open (HTTP/1.1 keep-alive) for one request after another.
 #[derive(Debug)]
 pub struct Connection {

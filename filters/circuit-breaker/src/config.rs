@@ -2,7 +2,7 @@
 
 use crate::state::Policy;
 use crate::window::Shape;
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath};
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath, check_name};
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -192,16 +192,7 @@ fn duration(
 }
 
 fn compile_breaker(b: BreakerConfig, at: &FieldPath) -> Result<Breaker, ConfigError> {
-    let name_ok = (1..=64).contains(&b.name.len())
-        && b.name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
-    if !name_ok {
-        return Err(at.field("name").error(format!(
-            "{:?}: use 1 to 64 letters, digits, '_' or '-' (it names metrics and headers)",
-            b.name
-        )));
-    }
+    check_name(&b.name, &at.field("name"))?;
     let matcher = RouteMatcher::compile(&b.route, &at.field("match"))?;
     let window = match b.window {
         None => Shape::Time {

@@ -20,8 +20,7 @@ use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricId, MetricKind};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, StoreError};
-use filter_core::time::Monotonic;
-use std::cell::Cell;
+use filter_core::time::WorkerClock;
 
 /// Read-modify-write attempts on a breaker's record before giving up (and letting the
 /// request through unrecorded).
@@ -35,7 +34,8 @@ pub const FILTER_STATE: &str = "circuit_breaker.state";
 #[derive(Debug)]
 pub struct CircuitBreaker {
     breakers: Vec<Breaker>,
-    clock: Cell<Monotonic>,
+    /// This worker's clock, never going back (the host's is a wall clock).
+    clock: WorkerClock,
 }
 
 /// A request the breaker let through, until its outcome is recorded.
@@ -95,10 +95,7 @@ fn upstream_failed(details: &str) -> bool {
 
 impl CircuitBreaker {
     fn now(&self, env: &Env<'_>) -> u64 {
-        let mut clock = self.clock.get();
-        let now = clock.observe(env.now);
-        self.clock.set(clock);
-        now.as_nanos()
+        self.clock.now(env.now).as_nanos()
     }
 
     /// Counts, logs and gauges the changes of state one worker made.
@@ -188,7 +185,7 @@ impl Filter for CircuitBreaker {
     fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
         Ok(CircuitBreaker {
             breakers: config.compile()?,
-            clock: Cell::new(Monotonic::default()),
+            clock: WorkerClock::default(),
         })
     }
 

@@ -241,6 +241,22 @@ fn strip_position(message: &str) -> &str {
     }
 }
 
+/// Checks a name that will appear in metric names, header items and shared-data keys: 1 to
+/// 64 ASCII letters, digits, `_` or `-`.
+pub fn check_name(name: &str, at: &FieldPath) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(at.error(format!(
+            "{name:?}: use 1 to 64 letters, digits, '_' or '-' (it names metrics and headers)"
+        )))
+    }
+}
+
 /// A duration written with a unit: `"250ms"`, `"1.5s"`, `"10m"`, `"1h"`.
 ///
 /// Units: `ns`, `us`, `ms`, `s`, `m`, `h`. A decimal fraction is allowed as long as the result

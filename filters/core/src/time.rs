@@ -57,6 +57,20 @@ impl Monotonic {
     }
 }
 
+/// A [`Monotonic`] a filter keeps for its worker, behind `&self`.
+#[derive(Debug, Default)]
+pub struct WorkerClock(std::cell::Cell<Monotonic>);
+
+impl WorkerClock {
+    /// The host's `wall` time, never earlier than one this worker saw before.
+    pub fn now(&self, wall: Time) -> Time {
+        let mut clock = self.0.get();
+        let now = clock.observe(wall);
+        self.0.set(clock);
+        now
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

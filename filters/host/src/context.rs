@@ -36,6 +36,20 @@ struct Configured<F> {
     filter: F,
     metrics: HostMetrics,
     verifier: HostVerifier,
+    log: HostLog,
+}
+
+impl<F> Configured<F> {
+    /// What the filter is handed besides the request, at `now`.
+    fn env(&self, now: filter_core::time::Time) -> Env<'_> {
+        Env {
+            now,
+            store: &HostStore,
+            metrics: &self.metrics,
+            verifier: &self.verifier,
+            log: &self.log,
+        }
+    }
 }
 
 /// The longest a worker keeps metric changes before handing them to Envoy (see
@@ -67,6 +81,7 @@ impl<F: Filter + 'static> Root<F> {
             filter,
             metrics,
             verifier: HostVerifier::default(),
+            log: HostLog(F::NAME),
         })
     }
 
@@ -156,13 +171,7 @@ impl<F: Filter + 'static> Context for Root<F> {
                 }
             }
         };
-        let env = Env {
-            now,
-            store: &HostStore,
-            metrics: &configured.metrics,
-            verifier: &configured.verifier,
-            log: &HostLog(F::NAME),
-        };
+        let env = configured.env(now);
         configured.filter.on_callout_response(tag, result, &env);
     }
 }
@@ -206,13 +215,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
         let Some(now) = host::now() else {
             return;
         };
-        let env = Env {
-            now,
-            store: &HostStore,
-            metrics: &configured.metrics,
-            verifier: &configured.verifier,
-            log: &HostLog(F::NAME),
-        };
+        let env = configured.env(now);
         for callout in configured.filter.on_tick(&env) {
             match host::dispatch(&callout) {
                 Ok(token) => {
@@ -308,13 +311,7 @@ impl<F: Filter> HttpContext for Stream<F> {
             log_error::<F>("the host clock is unavailable");
             return self.respond(&LocalResponse::new(500).body("clock unavailable"), &request);
         };
-        let env = Env {
-            now,
-            store: &HostStore,
-            metrics: &configured.metrics,
-            verifier: &configured.verifier,
-            log: &HostLog(F::NAME),
-        };
+        let env = configured.env(now);
         let decision = match self.state.try_borrow_mut() {
             Ok(mut state) => configured.filter.on_request(&mut state, &request, &env),
             Err(_) => {
@@ -351,13 +348,7 @@ impl<F: Filter> HttpContext for Stream<F> {
         let Some(now) = host::now() else {
             return;
         };
-        let env = Env {
-            now,
-            store: &HostStore,
-            metrics: &configured.metrics,
-            verifier: &configured.verifier,
-            log: &HostLog(F::NAME),
-        };
+        let env = configured.env(now);
         configured.filter.on_end(&mut state, &env);
     }
 
@@ -374,13 +365,7 @@ impl<F: Filter> HttpContext for Stream<F> {
         let Some(now) = host::now() else {
             return Action::Continue;
         };
-        let env = Env {
-            now,
-            store: &HostStore,
-            metrics: &configured.metrics,
-            verifier: &configured.verifier,
-            log: &HostLog(F::NAME),
-        };
+        let env = configured.env(now);
         let edits = configured
             .filter
             .on_response(&mut state, &HostResponse::default(), &env);

@@ -3,7 +3,7 @@
 use crate::gcra::{Limit, LimitError};
 use crate::key::KeyPart;
 use crate::table::Table;
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath};
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath, check_name};
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
 use serde::Deserialize;
 
@@ -194,17 +194,7 @@ impl RateLimitConfig {
 }
 
 fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule, ConfigError> {
-    let name_ok = (1..=64).contains(&rule.name.len())
-        && rule
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !name_ok {
-        return Err(at.field("name").error(format!(
-            "{:?}: use 1 to 64 letters, digits, '_' or '-' (it names metrics and header items)",
-            rule.name
-        )));
-    }
+    check_name(&rule.name, &at.field("name"))?;
     let matcher = RouteMatcher::compile(&rule.route, &at.field("match"))?;
     if rule.key.is_empty() {
         return Err(at

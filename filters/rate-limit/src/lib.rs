@@ -25,8 +25,8 @@ use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricId, MetricKind};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
-use filter_core::time::{Monotonic, Time};
-use std::cell::{Cell, RefCell};
+use filter_core::time::WorkerClock;
+use std::cell::RefCell;
 
 /// How many times a request is judged again after losing a compare-and-swap race.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -36,7 +36,7 @@ pub const MAX_ATTEMPTS: u32 = 8;
 pub struct RateLimit {
     config: Compiled,
     /// This worker's clock, never going back (the host's is a wall clock).
-    clock: Cell<Monotonic>,
+    clock: WorkerClock,
     /// Fingerprints of this worker's recent keys.
     memo: RefCell<HashMemo>,
 }
@@ -213,7 +213,7 @@ impl Filter for RateLimit {
     fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
         Ok(RateLimit {
             config: config.compile()?,
-            clock: Cell::new(Monotonic::default()),
+            clock: WorkerClock::default(),
             memo: RefCell::new(HashMemo::new(MEMO_SLOTS)),
         })
     }
@@ -228,9 +228,7 @@ impl Filter for RateLimit {
         if targets.is_empty() {
             return Decision::pass();
         }
-        let mut clock = self.clock.get();
-        let now: Time = clock.observe(env.now);
-        self.clock.set(clock);
+        let now = self.clock.now(env.now);
         let headers = |verdicts: &[Verdict]| {
             reply::headers(self.config.dialect, &rule_statuses(&targets, verdicts))
         };
