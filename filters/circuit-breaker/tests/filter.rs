@@ -49,6 +49,7 @@ impl World {
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,
             log: &self.log,
+            random: &filter_core::random::Fixed(0),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Env<'a> {
     pub verifier: &'a dyn NativeVerifier,
     /// Envoy's log.
     pub log: &'a dyn Log,
+    /// Random numbers (seeded per worker from the host's randomness).
+    pub random: &'a dyn crate::random::Random,
 }
 
 impl std::fmt::Debug for Env<'_> {

@@ -24,6 +24,7 @@ pub mod filter;
 pub mod log;
 pub mod matcher;
 pub mod metrics;
+pub mod random;
 pub mod request;
 pub mod signature;
 pub mod store;

@@ -24,6 +24,11 @@ pub trait RequestView {
         None
     }
 
+    /// A value an earlier filter left for later ones ([`crate::decision::HeaderEdits::filter_state`]).
+    fn filter_state(&self, _name: &str) -> Option<&str> {
+        None
+    }
+
     /// Every value of the header `name`, in order (a header may be repeated).
     fn header_values(&self, name: &str) -> Vec<&str> {
         self.header(name).into_iter().collect()
@@ -56,6 +61,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     client_address: Option<String>,
     cluster: Option<String>,
+    filter_state: Vec<(String, String)>,
 }
 
 impl Request {
@@ -67,7 +73,14 @@ impl Request {
             headers: Vec::new(),
             client_address: None,
             cluster: None,
+            filter_state: Vec::new(),
         }
+    }
+
+    /// Adds a value an earlier filter left.
+    pub fn with_filter_state(mut self, name: &str, value: &str) -> Self {
+        self.filter_state.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// Sets the cluster the request is routed to.
@@ -134,6 +147,13 @@ impl RequestView for Request {
     fn cluster(&self) -> Option<&str> {
         self.cluster.as_deref()
     }
+
+    fn filter_state(&self, name: &str) -> Option<&str> {
+        self.filter_state
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A read-only view of the upstream's (or a local reply's) response headers.
@@ -148,6 +168,11 @@ pub trait ResponseView {
     fn code_details(&self) -> Option<&str> {
         None
     }
+    /// How many times Envoy's router sent the request upstream (`upstream.request_attempt_count`:
+    /// 1 without retries).
+    fn attempts(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An owned response view.
@@ -155,6 +180,7 @@ pub trait ResponseView {
 pub struct Response {
     headers: Vec<(String, String)>,
     code_details: Option<String>,
+    attempts: Option<u64>,
 }
 
 impl Response {
@@ -163,7 +189,14 @@ impl Response {
         Self {
             headers: vec![(":status".to_owned(), status.to_string())],
             code_details: None,
+            attempts: None,
         }
+    }
+
+    /// Sets `upstream.request_attempt_count`.
+    pub fn with_attempts(mut self, attempts: u64) -> Self {
+        self.attempts = Some(attempts);
+        self
     }
 
     /// Sets `response.code_details`.
@@ -183,6 +216,7 @@ impl Response {
         Self {
             headers,
             code_details: None,
+            attempts: None,
         }
     }
 }
@@ -201,6 +235,10 @@ impl ResponseView for Response {
 
     fn code_details(&self) -> Option<&str> {
         self.code_details.as_deref()
+    }
+
+    fn attempts(&self) -> Option<u64> {
+        self.attempts
     }
 }
 

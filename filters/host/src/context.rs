@@ -37,6 +37,7 @@ struct Configured<F> {
     metrics: HostMetrics,
     verifier: HostVerifier,
     log: HostLog,
+    random: filter_core::random::SplitMix,
 }
 
 impl<F> Configured<F> {
@@ -48,6 +49,7 @@ impl<F> Configured<F> {
             metrics: &self.metrics,
             verifier: &self.verifier,
             log: &self.log,
+            random: &self.random,
         }
     }
 }
@@ -82,6 +84,7 @@ impl<F: Filter + 'static> Root<F> {
             metrics,
             verifier: HostVerifier::default(),
             log: HostLog(F::NAME),
+            random: filter_core::random::SplitMix::new(host::random_seed()),
         })
     }
 

@@ -28,6 +28,13 @@ pub(crate) fn now() -> Option<Time> {
     ))
 }
 
+/// A seed from the host's randomness (WASI `random_get`, through std's hasher keys): each
+/// worker's generator starts somewhere else.
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+}
+
 /// The plugin configuration bytes (empty when none is given).
 pub(crate) fn plugin_configuration() -> Result<Vec<u8>, Status> {
     hostcalls::get_buffer(

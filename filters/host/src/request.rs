@@ -80,6 +80,8 @@ pub(crate) struct HostRequest {
     path: OnceCell<String>,
     client_address: OnceCell<Option<String>>,
     cluster: OnceCell<Option<String>>,
+    /// The one filter-state value asked for (a filter reads at most one).
+    filter_state: OnceCell<(String, Option<String>)>,
 }
 
 impl Default for HostRequest {
@@ -90,6 +92,7 @@ impl Default for HostRequest {
             path: OnceCell::new(),
             client_address: OnceCell::new(),
             cluster: OnceCell::new(),
+            filter_state: OnceCell::new(),
         }
     }
 }
@@ -123,6 +126,14 @@ impl RequestView for HostRequest {
         self.cluster
             .get_or_init(|| property(&["xds", "cluster_name"]))
             .as_deref()
+    }
+
+    fn filter_state(&self, name: &str) -> Option<&str> {
+        // Envoy finds a name it does not know as a property in the filter state `wasm.<name>`.
+        let (read, value) = self
+            .filter_state
+            .get_or_init(|| (name.to_owned(), property(&[name])));
+        if read == name { value.as_deref() } else { None }
     }
 }
 
@@ -161,5 +172,13 @@ impl ResponseView for HostResponse {
         self.code_details
             .get_or_init(|| property(&["response", "code_details"]))
             .as_deref()
+    }
+
+    fn attempts(&self) -> Option<u64> {
+        // Integers come as 8 bytes, little-endian.
+        let bytes = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
+            .ok()
+            .flatten()?;
+        Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
     }
 }

@@ -75,6 +75,7 @@ impl Setup {
             metrics: &metrics,
             verifier: &filter_core::signature::NoNativeVerifier,
             log: &filter_core::log::NoLog,
+            random: &filter_core::random::Fixed(0),
         };
         self.filter
             .on_request(&mut jwt_auth::JwtStream::default(), request, &env)
@@ -815,6 +816,7 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
         log: &filter_core::log::NoLog,
+        random: &filter_core::random::Fixed(0),
     };
     let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
     passed(
@@ -904,6 +906,7 @@ fn requests_wait_for_the_first_keys_then_get_503() {
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
         log: &filter_core::log::NoLog,
+        random: &filter_core::random::Fixed(0),
     };
     let key = Key::generate(Alg::EdDSA, "k1");
     let request = get("/").with_header("authorization", format!("Bearer {}", key.sign(&claims())));
@@ -953,6 +956,7 @@ fn a_new_kid_is_accepted_after_one_refetch_and_random_kids_cause_no_storm() {
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
         log: &filter_core::log::NoLog,
+        random: &filter_core::random::Fixed(0),
     };
     let old = Key::generate(Alg::EdDSA, "old");
     let new = Key::generate(Alg::ES256, "new");

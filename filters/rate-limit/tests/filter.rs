@@ -56,6 +56,7 @@ impl World {
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,
             log: &self.log,
+            random: &filter_core::random::Fixed(0),
         }
     }
 
@@ -341,6 +342,7 @@ fn workers_sharing_the_store_admit_exactly_the_burst() {
                         metrics: &metrics,
                         verifier: &NoNativeVerifier,
                         log: &filter_core::log::NoLog,
+                        random: &filter_core::random::Fixed(0),
                     };
                     let d = f.on_request(&mut Stream::default(), &user("x"), &env);
                     if d == Decision::pass() {
