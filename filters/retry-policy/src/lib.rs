@@ -1,44 +1,283 @@
-//! Retry policy (`retry_policy.wasm`).
+//! Retry policy (`retry_policy.wasm`): decides per request whether and how Envoy's router may
+//! retry it, and writes that as Envoy's own retry headers, which the router obeys when a filter
+//! before it sets them.
 //!
-//! Not implemented yet: the behaviour arrives with issue #6. Until then this module loads,
-//! validates its (empty) configuration strictly, counts requests in `retry_policy.requests`, and lets
-//! every request through unchanged.
+//! Per request: every retry header a client sent is removed; the first matching rule is
+//! applied unless the method is not idempotent (RFC 9110 §9.2.2; an `Idempotency-Key` makes
+//! POST and PATCH retryable), the circuit breaker marks the request as a half-open probe, or
+//! the retry budget ([`budget`]) is spent, in which case `x-envoy-max-retries: 0` shuts off
+//! route-level retries too. Per response: the retries Envoy made are counted against the
+//! budget, and a 429 or 503 without a usable `Retry-After` gets one ([`retry_after`]).
 #![deny(unsafe_code)]
 
+pub mod budget;
+pub mod config;
+pub mod retry_after;
+
+use crate::config::{Compiled, RetryPolicyConfig, Rule};
 use filter_core::config::ConfigError;
-use filter_core::decision::Decision;
+use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind};
-use filter_core::request::RequestView;
-use serde::Deserialize;
+use filter_core::request::{RequestView, ResponseView};
+use filter_core::store;
 
-/// The configuration: no fields yet, and unknown fields are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {}
+/// The retry headers Envoy's router reads; a client's are always removed.
+pub const RETRY_HEADERS: [&str; 7] = [
+    RETRY_ON,
+    GRPC_RETRY_ON,
+    MAX_RETRIES,
+    STATUS_CODES,
+    PER_TRY_TIMEOUT,
+    "x-envoy-retriable-header-names",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+const RETRY_ON: &str = "x-envoy-retry-on";
+const GRPC_RETRY_ON: &str = "x-envoy-retry-grpc-on";
+const MAX_RETRIES: &str = "x-envoy-max-retries";
+const STATUS_CODES: &str = "x-envoy-retriable-status-codes";
+const PER_TRY_TIMEOUT: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+
+/// Methods a proxy may retry on its own (RFC 9110 §9.2.2).
+const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
+
+/// Read-modify-write attempts on the budget before giving up on counting.
+const MAX_ATTEMPTS: u32 = 8;
 
 /// The filter, as compiled from its configuration.
 #[derive(Debug)]
-pub struct RetryPolicy;
+pub struct RetryPolicy {
+    config: Compiled,
+    /// Whether this worker's last budget check found it spent (to count each spell once).
+    spent: std::cell::Cell<bool>,
+}
 
-const REQUESTS: MetricId = MetricId(0);
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// Retries were granted: count those that happen.
+    granted: bool,
+}
+
+const fn counter(name: &'static str) -> MetricDef {
+    MetricDef {
+        name,
+        kind: MetricKind::Counter,
+    }
+}
+
+const GIVEN_RETRIES: MetricId = MetricId(0);
+const NO_RETRIES_METHOD: MetricId = MetricId(1);
+const NO_RETRIES_BUDGET: MetricId = MetricId(2);
+const NO_RETRIES_HALF_OPEN: MetricId = MetricId(3);
+const BUDGET_SPENT: MetricId = MetricId(4);
+const RETRIES: MetricId = MetricId(5);
+const RETRY_AFTER_ADDED: MetricId = MetricId(6);
+const BUDGET_CONTENTION: MetricId = MetricId(7);
+
+/// Why a request gets no retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRetry {
+    Method,
+    HalfOpen,
+    Budget,
+}
+
+/// Header edits that grant `rule`'s retries, after removing every other retry header.
+fn grant(rule: &Rule) -> HeaderEdits {
+    let mut edits = HeaderEdits::default();
+    let set = [
+        (RETRY_ON, rule.retry_on.clone()),
+        (GRPC_RETRY_ON, rule.grpc_retry_on.clone()),
+        (STATUS_CODES, rule.status_codes.clone()),
+        (
+            PER_TRY_TIMEOUT,
+            rule.per_try_timeout_ms.map(|ms| ms.to_string()),
+        ),
+        (MAX_RETRIES, Some(rule.num_retries.to_string())),
+    ];
+    for (name, value) in set {
+        match value {
+            Some(value) => edits = edits.set(name, value),
+            None => edits = edits.remove(name),
+        }
+    }
+    for name in RETRY_HEADERS.iter().skip(5) {
+        edits = edits.remove(*name);
+    }
+    edits
+}
+
+/// Header edits that leave a request without retries, route-level ones included.
+fn deny() -> HeaderEdits {
+    let mut edits = HeaderEdits::default().set(MAX_RETRIES, "0");
+    for name in RETRY_HEADERS.iter().filter(|n| **n != MAX_RETRIES) {
+        edits = edits.remove(*name);
+    }
+    edits
+}
+
+impl RetryPolicy {
+    /// Whether the budget allows retries now; counts the request in it either way.
+    fn budget_allows(&self, env: &Env<'_>) -> bool {
+        let Some(budget) = self.config.budget else {
+            return true;
+        };
+        let now = env.now.as_secs();
+        let result = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
+            let mut window = budget::Window::decode(bytes);
+            let allows = window.allows(&budget, now);
+            window.deposit(now);
+            (Some(window.encode()), allows)
+        });
+        match result {
+            Ok(allows) => allows,
+            Err(_) => {
+                // Unknown: grant, as without a budget (the per-request cap still holds).
+                env.metrics.add(BUDGET_CONTENTION, 1);
+                true
+            }
+        }
+    }
+
+    fn refusal(&self, request: &dyn RequestView) -> Option<NoRetry> {
+        let idempotent = IDEMPOTENT.contains(&request.method());
+        if !idempotent
+            && request
+                .header(&self.config.idempotency_key_header)
+                .is_none()
+        {
+            return Some(NoRetry::Method);
+        }
+        if request.filter_state("circuit_breaker.state") == Some("half_open") {
+            return Some(NoRetry::HalfOpen);
+        }
+        None
+    }
+}
 
 impl Filter for RetryPolicy {
     const NAME: &'static str = "retry_policy";
-    type Config = Config;
-    type Stream = ();
-    const METRICS: &'static [MetricDef] = &[MetricDef {
-        name: "requests",
-        kind: MetricKind::Counter,
-    }];
+    type Config = RetryPolicyConfig;
+    type Stream = Stream;
+    const METRICS: &'static [MetricDef] = &[
+        counter("given_retries"),
+        counter("no_retries_method"),
+        counter("no_retries_budget"),
+        counter("no_retries_half_open"),
+        counter("budget_spent"),
+        counter("retries"),
+        counter("retry_after_added"),
+        counter("budget_contention"),
+    ];
 
-    fn new(_config: Config) -> Result<Self, ConfigError> {
-        Ok(RetryPolicy)
+    fn new(config: RetryPolicyConfig) -> Result<Self, ConfigError> {
+        Ok(RetryPolicy {
+            config: config.compile()?,
+            spent: std::cell::Cell::new(false),
+        })
     }
 
-    fn on_request(&self, _stream: &mut (), _request: &dyn RequestView, env: &Env<'_>) -> Decision {
-        env.metrics.add(REQUESTS, 1);
-        Decision::pass()
+    fn on_request(
+        &self,
+        stream: &mut Stream,
+        request: &dyn RequestView,
+        env: &Env<'_>,
+    ) -> Decision {
+        let Some(rule) = self
+            .config
+            .rules
+            .iter()
+            .find(|r| r.matcher.matches(request))
+        else {
+            // No rule: the route's own policy applies, never a client's headers.
+            let mut edits = HeaderEdits::default();
+            for name in RETRY_HEADERS {
+                edits = edits.remove(name);
+            }
+            return Decision::Continue(edits);
+        };
+        let refused = self.refusal(request).or_else(|| {
+            let allows = self.budget_allows(env);
+            if !allows && !self.spent.get() {
+                env.metrics.add(BUDGET_SPENT, 1);
+            }
+            self.spent.set(!allows);
+            (!allows).then_some(NoRetry::Budget)
+        });
+        match refused {
+            None => {
+                env.metrics.add(GIVEN_RETRIES, 1);
+                stream.granted = rule.num_retries > 0;
+                Decision::Continue(grant(rule))
+            }
+            Some(reason) => {
+                env.metrics.add(
+                    match reason {
+                        NoRetry::Method => NO_RETRIES_METHOD,
+                        NoRetry::HalfOpen => NO_RETRIES_HALF_OPEN,
+                        NoRetry::Budget => NO_RETRIES_BUDGET,
+                    },
+                    1,
+                );
+                Decision::Continue(deny())
+            }
+        }
+    }
+
+    fn wants_response(&self, stream: &Stream) -> bool {
+        stream.granted || self.config.retry_after.is_some()
+    }
+
+    fn on_response(
+        &self,
+        stream: &mut Stream,
+        response: &dyn ResponseView,
+        env: &Env<'_>,
+    ) -> HeaderEdits {
+        if std::mem::take(&mut stream.granted) {
+            let retries = response.attempts().unwrap_or(1).saturating_sub(1);
+            if retries > 0 {
+                let retries = u32::try_from(retries).unwrap_or(u32::MAX);
+                env.metrics.add(RETRIES, i64::from(retries));
+                if self.config.budget.is_some() {
+                    let now = env.now.as_secs();
+                    let counted = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
+                        let mut window = budget::Window::decode(bytes);
+                        window.withdraw(retries, now);
+                        (Some(window.encode()), ())
+                    });
+                    if counted.is_err() {
+                        env.metrics.add(BUDGET_CONTENTION, 1);
+                    }
+                }
+            }
+        }
+        let Some(policy) = &self.config.retry_after else {
+            return HeaderEdits::default();
+        };
+        if !response
+            .status()
+            .is_some_and(|s| policy.statuses.contains(&s))
+        {
+            return HeaderEdits::default();
+        }
+        let now = i64::try_from(env.now.as_secs()).unwrap_or(i64::MAX);
+        let fields: Vec<&str> = response.header("retry-after").into_iter().collect();
+        match retry_after::decide(
+            &fields,
+            policy,
+            now,
+            retry_after::year_of(now),
+            response.header("date"),
+            env.random,
+        ) {
+            Some(seconds) => {
+                env.metrics.add(RETRY_AFTER_ADDED, 1);
+                HeaderEdits::default().set("retry-after", seconds.to_string())
+            }
+            None => HeaderEdits::default(),
+        }
     }
 }
 
@@ -49,36 +288,4 @@ impl Filter for RetryPolicy {
 )]
 mod export {
     filter_host::export_filter!(super::RetryPolicy);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use filter_core::config::parse_json;
-    use filter_core::metrics::RecordedMetrics;
-    use filter_core::request::Request;
-    use filter_core::store::MemStore;
-    use filter_core::time::Time;
-
-    #[test]
-    fn passes_and_counts_requests() {
-        let filter = RetryPolicy::new(parse_json(b"{}").unwrap()).unwrap();
-        let metrics = RecordedMetrics::default();
-        let env = Env {
-            now: Time::from_secs(1),
-            store: &MemStore::new(),
-            metrics: &metrics,
-            verifier: &filter_core::signature::NoNativeVerifier,
-            log: &filter_core::log::NoLog,
-        };
-        let decision = filter.on_request(&mut (), &Request::new("GET", "/"), &env);
-        assert_eq!(decision, Decision::pass());
-        assert_eq!(metrics.value(REQUESTS), 1);
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let err = parse_json::<Config>(br#"{"surprise": 1}"#).unwrap_err();
-        assert_eq!(err.path(), "surprise");
-    }
 }

@@ -1,0 +1,198 @@
+//! The filter as the host drives it, on a fixed clock and the in-memory shared store.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is how a test fails"
+)]
+
+use filter_core::config::parse_json;
+use filter_core::decision::{Decision, HeaderEdits};
+use filter_core::filter::{Env, Filter};
+use filter_core::log::NoLog;
+use filter_core::metrics::{MetricId, RecordedMetrics};
+use filter_core::random::Fixed;
+use filter_core::request::{Request, Response};
+use filter_core::signature::NoNativeVerifier;
+use filter_core::store::MemStore;
+use filter_core::time::Time;
+use retry_policy::{RETRY_HEADERS, RetryPolicy, Stream};
+
+const NOW: u64 = 1_795_478_400; // Tue, 24 Nov 2026 00:00:00 GMT
+
+struct World {
+    filter: RetryPolicy,
+    store: MemStore,
+    metrics: RecordedMetrics,
+}
+
+impl World {
+    fn new(json: &str) -> Self {
+        Self {
+            filter: RetryPolicy::new(parse_json(json.as_bytes()).unwrap()).unwrap(),
+            store: MemStore::new(),
+            metrics: RecordedMetrics::default(),
+        }
+    }
+
+    fn env(&self, secs: u64) -> Env<'_> {
+        Env {
+            now: Time::from_secs(secs),
+            store: &self.store,
+            metrics: &self.metrics,
+            verifier: &NoNativeVerifier,
+            log: &NoLog,
+            random: &Fixed(0),
+        }
+    }
+
+    /// The request's header edits, and the response's after `response`.
+    fn call(&self, request: &Request, response: Response) -> (HeaderEdits, HeaderEdits) {
+        let mut stream = Stream::default();
+        let env = self.env(NOW);
+        let Decision::Continue(edits) = self.filter.on_request(&mut stream, request, &env) else {
+            panic!("the retry policy never answers a request itself")
+        };
+        let after = if self.filter.wants_response(&stream) {
+            self.filter.on_response(&mut stream, &response, &env)
+        } else {
+            HeaderEdits::default()
+        };
+        (edits, after)
+    }
+
+    fn metric(&self, id: usize) -> i64 {
+        self.metrics.value(MetricId(id))
+    }
+}
+
+fn set<'a>(edits: &'a HeaderEdits, name: &str) -> Option<&'a str> {
+    edits
+        .set
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every retry header is either set by us or removed: nothing a client sent survives.
+fn covers_every_retry_header(edits: &HeaderEdits) -> bool {
+    RETRY_HEADERS
+        .iter()
+        .all(|h| set(edits, h).is_some() || edits.remove.iter().any(|r| r == h))
+}
+
+const ORDERS: &str = r#"{"rules": [
+    {"match": {"prefix": "/orders"}, "retry_on": ["5xx", "retriable-status-codes"],
+     "retriable_status_codes": [409], "num_retries": 2, "per_try_timeout": "500ms"},
+    {"match": {"prefix": "/"}, "retry_on": ["connect-failure"], "num_retries": 1}
+]}"#;
+
+#[test]
+fn the_first_matching_rule_writes_envoy_s_retry_headers() {
+    let w = World::new(ORDERS);
+    let (edits, _) = w.call(&Request::new("GET", "/orders/1"), Response::new(200));
+    assert_eq!(
+        set(&edits, "x-envoy-retry-on"),
+        Some("5xx,retriable-status-codes")
+    );
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("2"));
+    assert_eq!(set(&edits, "x-envoy-retriable-status-codes"), Some("409"));
+    assert_eq!(
+        set(&edits, "x-envoy-upstream-rq-per-try-timeout-ms"),
+        Some("500")
+    );
+    assert!(covers_every_retry_header(&edits));
+    let (edits, _) = w.call(&Request::new("GET", "/other"), Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-retry-on"), Some("connect-failure"));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("1"));
+    assert!(covers_every_retry_header(&edits));
+    assert_eq!(w.metric(0), 2);
+}
+
+#[test]
+fn non_idempotent_methods_get_no_retries_unless_they_carry_a_key() {
+    let w = World::new(ORDERS);
+    for method in ["POST", "PATCH", "CONNECT"] {
+        let (edits, _) = w.call(&Request::new(method, "/orders"), Response::new(200));
+        assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"), "{method}");
+        assert_eq!(set(&edits, "x-envoy-retry-on"), None);
+        assert!(covers_every_retry_header(&edits));
+    }
+    assert_eq!(w.metric(1), 3);
+    let keyed = Request::new("POST", "/orders").with_header("idempotency-key", "8e03978e");
+    let (edits, _) = w.call(&keyed, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("2"));
+    for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        let (edits, _) = w.call(&Request::new(method, "/orders"), Response::new(200));
+        assert_eq!(set(&edits, "x-envoy-max-retries"), Some("2"), "{method}");
+    }
+}
+
+#[test]
+fn without_a_rule_only_the_client_s_headers_go() {
+    let w = World::new(r#"{"rules": [{"match": {"prefix": "/orders"}, "retry_on": ["5xx"]}]}"#);
+    let (edits, _) = w.call(&Request::new("GET", "/other"), Response::new(200));
+    assert!(edits.set.is_empty());
+    assert_eq!(edits.remove.len(), RETRY_HEADERS.len());
+}
+
+#[test]
+fn a_half_open_probe_is_not_retried() {
+    let w = World::new(ORDERS);
+    let probe =
+        Request::new("GET", "/orders").with_filter_state("circuit_breaker.state", "half_open");
+    let (edits, _) = w.call(&probe, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+    assert_eq!(w.metric(3), 1);
+}
+
+#[test]
+fn the_budget_stops_retries_once_spent_and_counts_the_spell_once() {
+    // No ratio, 1 retry per second of reserve: 10 retries per 10 s.
+    let w = World::new(
+        r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 3}],
+            "budget": {"retry_ratio": 0, "min_retries_per_second": 1}}"#,
+    );
+    let get = Request::new("GET", "/");
+    // Four requests retried three times each: 12 retries happen.
+    for _ in 0..4 {
+        let (edits, _) = w.call(&get, Response::new(503).with_attempts(4));
+        assert_eq!(set(&edits, "x-envoy-max-retries"), Some("3"));
+    }
+    assert_eq!(w.metric(5), 12);
+    for _ in 0..3 {
+        let (edits, _) = w.call(&get, Response::new(200));
+        assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+    }
+    assert_eq!((w.metric(2), w.metric(4)), (3, 1));
+}
+
+#[test]
+fn retry_after_is_added_kept_or_capped() {
+    let w = World::new(
+        r#"{"retry_after": {"statuses": [429, 503], "default": "5s", "max": "60s", "jitter": "none"}}"#,
+    );
+    let get = Request::new("GET", "/");
+    let header = |r: Response| set(&w.call(&get, r).1, "retry-after").map(str::to_owned);
+    assert_eq!(header(Response::new(503)).as_deref(), Some("5"));
+    assert_eq!(header(Response::new(429)).as_deref(), Some("5"));
+    assert_eq!(header(Response::new(500)), None);
+    assert_eq!(
+        header(Response::new(503).with_header("retry-after", "7")),
+        None
+    );
+    assert_eq!(
+        header(Response::new(503).with_header("retry-after", "3600")).as_deref(),
+        Some("60")
+    );
+    assert_eq!(
+        header(Response::new(503).with_header("retry-after", "Tue, 24 Nov 2026 00:00:30 GMT")),
+        None
+    );
+    assert_eq!(
+        header(Response::new(503).with_header("retry-after", "later")).as_deref(),
+        Some("5")
+    );
+}
