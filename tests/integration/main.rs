@@ -7,3 +7,4 @@ mod harness;
 mod jwt_auth;
 mod modules;
 mod rate_limit;
+mod retry_policy;

@@ -14,7 +14,7 @@ fn pass_metric(name: &str) -> &'static str {
         "jwt_auth" => "allowed",
         "rate_limit" => "all.allowed",
         "circuit_breaker" => "all.calls_success",
-        _ => "requests",
+        _ => "given_retries",
     }
 }
 
@@ -25,6 +25,7 @@ fn pass_config(name: &str) -> &'static str {
             r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 1000000, "per": "1s"}}]}"#
         }
         "circuit_breaker" => r#"{"breakers": [{"name": "all"}]}"#,
+        "retry_policy" => r#"{"rules": [{"retry_on": ["connect-failure"]}]}"#,
         _ => "{}",
     }
 }

@@ -15,6 +15,7 @@ pub struct Gateway {
     clusters: Vec<(String, u16)>,
     direct_response: bool,
     request_headers: Vec<(String, String)>,
+    internal_clients: bool,
 }
 
 impl Gateway {
@@ -27,7 +28,15 @@ impl Gateway {
             clusters: Vec::new(),
             direct_response: false,
             request_headers: Vec::new(),
+            internal_clients: false,
         }
+    }
+
+    /// Treats the test client (127.0.0.1) as internal, so Envoy keeps the `x-envoy-*` headers
+    /// it sends instead of stripping them: what a mesh sidecar sees from its neighbours.
+    pub fn internal_clients(mut self) -> Self {
+        self.internal_clients = true;
+        self
     }
 
     /// Has the route add this header to requests it sends upstream; the value may use Envoy's
@@ -118,7 +127,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: gateway
           normalize_path: true
-          merge_slashes: true
+          merge_slashes: true{internal}
           route_config:
             virtual_hosts:
             - name: all
@@ -147,6 +156,13 @@ static_resources:
                     "route: {{ cluster: upstream, timeout: {} }}",
                     self.route_timeout
                 )
+            },
+            internal = if self.internal_clients {
+                "\n          use_remote_address: true\n          internal_address_config: \
+                 { cidr_ranges: [{ address_prefix: 127.0.0.1, prefix_len: 32 }] }"
+                    .to_owned()
+            } else {
+                String::new()
             },
             route_headers = if self.request_headers.is_empty() {
                 String::new()

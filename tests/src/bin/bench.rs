@@ -252,8 +252,8 @@ fn variants(jwks: &str) -> Vec<Variant> {
         ),
         v(
             "our host layer, empty policy",
-            // Until its issue lands, the retry policy is our host layer around a no-op.
-            vec![wasm_filter("retry_policy", &json!({}))],
+            // A rate limiter without rules: our host layer around a policy that does nothing.
+            vec![wasm_filter("rate_limit", &json!({}))],
             None,
             200,
         ),
