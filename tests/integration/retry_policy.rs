@@ -4,7 +4,7 @@
 
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::Gateway;
+use filter_tests::envoy_config::{Gateway, example};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -204,4 +204,20 @@ fn a_half_open_probe_is_not_retried() {
         envoy.stat_eventually("wasmcustom.retry_policy.no_retries_half_open", 1),
         Some(1)
     );
+}
+
+#[test]
+fn the_example_retries_a_get_three_times_and_a_post_once() {
+    let envoy = Envoy::start(&example("retry_policy.yaml"));
+    let port = envoy.port("gateway");
+    let r = client::get("/orders/1").send(port);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let retries = || envoy.stat("cluster.orders.upstream_rq_retry").unwrap_or(0);
+    assert_eq!(retries(), 2);
+    let post = client::Request::new("POST", "/orders")
+        .body("{}")
+        .send(port);
+    assert_eq!(post.status, 503);
+    assert_eq!(retries(), 2);
 }

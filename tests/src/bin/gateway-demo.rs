@@ -36,7 +36,7 @@ fn main() {
 
     println!(
         r#"
-The demo gateway is up: jwt_auth -> rate_limit -> retry_policy -> circuit_breaker -> demo upstream.
+The demo gateway is up: jwt_auth -> rate_limit -> circuit_breaker -> retry_policy -> demo upstream.
   gateway   http://127.0.0.1:{gateway}/
   admin     http://127.0.0.1:{admin}/   (stats: /stats?filter=wasmcustom, /stats/prometheus)
 
@@ -62,17 +62,21 @@ rate_limit allows each user (the token's sub) 5 requests per 10 s:
     -> 429 with Retry-After, RateLimit-Policy: "per-user";q=5;w=10, "per-ip";q=50;w=1
        and RateLimit: "per-user";r=0;t=..., "per-ip";r=...
 
+retry_policy: the router tries a failing GET 3 times (2 retries), a POST once, and a 503
+without Retry-After gets one:
+  curl -i http://127.0.0.1:{gateway}/public/flaky
+    -> 503 "flaky is down" with Retry-After: 1 or 2 (and 3 attempts upstream:
+       curl -s http://127.0.0.1:{admin}/stats | grep demo_upstream.upstream_rq_retry:)
+
 circuit_breaker: /public/flaky always fails upstream; after 5 failures its breaker opens and
 answers for it for 10 s, and the upstream is left alone:
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' \
     http://127.0.0.1:{gateway}/public/flaky; done; echo
-    -> 503 503 503 503 503 503 (the last one from the breaker:)
+    -> 503 503 503 503 503 503 (the last ones from the breaker:)
   curl -i http://127.0.0.1:{gateway}/public/flaky
     -> 503 with x-circuit-breaker: flaky, x-circuit-breaker-state: open, Retry-After
   (stats: /stats?filter=circuit_breaker, wasmcustom.circuit_breaker.flaky.state is 1 while open)
 
-retry_policy is loaded and counts requests (wasmcustom.retry_policy.requests); its policy
-arrives with its issue.
 
 Press Ctrl-C to stop."#,
         admin = envoy.admin_port(),
