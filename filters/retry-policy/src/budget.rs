@@ -4,7 +4,9 @@
 //! Kept in one shared-data value: 10 slots of one second, each `(second, requests, retries)`;
 //! a slot whose second has passed out of the window is reused from zero. Every request the
 //! filter gives retries deposits one request; every retry Envoy really made (read from the
-//! response's attempt count) is added when the response arrives. A request is given retries
+//! response's attempt count) is added when the response arrives. Requests are added by each
+//! worker once a second (a write per request cost more than the rest of the filter); the lag
+//! only ever makes the budget smaller, never larger. A request is given retries
 //! only while `retries < retry_ratio · requests + min_retries_per_second · 10`.
 
 use crate::config::Budget;
@@ -88,20 +90,23 @@ impl Window {
         Some(slot)
     }
 
-    /// Whether a new request may be given retries now.
-    pub fn allows(&self, budget: &Budget, now_secs: u64) -> bool {
-        let (requests, retries) = self.live(now_secs).fold((0u64, 0u64), |(q, r), s| {
-            (q + u64::from(s.requests), r + u64::from(s.retries))
-        });
+    /// Whether a new request may be given retries now, counting `unsent` requests this worker
+    /// has not added to the shared window yet.
+    pub fn allows(&self, budget: &Budget, now_secs: u64, unsent: u32) -> bool {
+        let (requests, retries) = self
+            .live(now_secs)
+            .fold((u64::from(unsent), 0u64), |(q, r), s| {
+                (q + u64::from(s.requests), r + u64::from(s.retries))
+            });
         let allowed =
             budget.ratio * requests as f64 + f64::from(budget.min_per_second) * WINDOW_SECS as f64;
         (retries as f64) < allowed
     }
 
-    /// Counts one request.
-    pub fn deposit(&mut self, now_secs: u64) {
+    /// Counts `requests` requests.
+    pub fn deposit(&mut self, requests: u32, now_secs: u64) {
         if let Some(slot) = self.current(now_secs) {
-            slot.requests = slot.requests.saturating_add(1);
+            slot.requests = slot.requests.saturating_add(requests);
         }
     }
 
@@ -132,32 +137,31 @@ mod tests {
         let mut w = Window::default();
         // Reserve: 1 per second over 10 s = 10 retries with no traffic at all.
         w.withdraw(9, NOW);
-        assert!(w.allows(&b, NOW));
+        assert!(w.allows(&b, NOW, 0));
         w.withdraw(1, NOW);
-        assert!(!w.allows(&b, NOW));
+        assert!(!w.allows(&b, NOW, 0));
         // 50 requests add 10 more.
-        for _ in 0..50 {
-            w.deposit(NOW);
-        }
-        assert!(w.allows(&b, NOW));
+        assert!(w.allows(&b, NOW, 50), "requests not yet shared count too");
+        w.deposit(50, NOW);
+        assert!(w.allows(&b, NOW, 0));
         w.withdraw(10, NOW);
-        assert!(!w.allows(&b, NOW));
+        assert!(!w.allows(&b, NOW, 0));
         // Ten seconds later it has all aged out.
-        assert!(w.allows(&b, NOW + 10));
-        assert!(!w.allows(&b, NOW + 9));
+        assert!(w.allows(&b, NOW + 10, 0));
+        assert!(!w.allows(&b, NOW + 9, 0));
     }
 
     #[test]
     fn a_zero_budget_allows_nothing_without_traffic() {
         let w = Window::default();
-        assert!(!w.allows(&budget(0.0, 0), NOW));
-        assert!(w.allows(&budget(0.0, 1), NOW));
+        assert!(!w.allows(&budget(0.0, 0), NOW, 0));
+        assert!(w.allows(&budget(0.0, 1), NOW, 0));
     }
 
     #[test]
     fn round_trips_and_junk_reads_empty() {
         let mut w = Window::default();
-        w.deposit(NOW);
+        w.deposit(1, NOW);
         w.withdraw(2, NOW + 1);
         assert_eq!(Window::decode(Some(&w.encode())), w);
         assert_eq!(Window::decode(Some(&[1, 2, 3])), Window::default());

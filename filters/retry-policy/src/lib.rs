@@ -2,7 +2,8 @@
 //! retry it, and writes that as Envoy's own retry headers, which the router obeys when a filter
 //! before it sets them.
 //!
-//! Per request: every retry header a client sent is removed; the first matching rule is
+//! Per request: every retry header a client sent is removed (Envoy has already removed them
+//! from external requests); the first matching rule is
 //! applied unless the method is not idempotent (RFC 9110 §9.2.2; an `Idempotency-Key` makes
 //! POST and PATCH retryable), the circuit breaker marks the request as a half-open probe, or
 //! the retry budget ([`budget`]) is spent, in which case `x-envoy-max-retries: 0` shuts off
@@ -21,6 +22,7 @@ use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store;
+use std::cell::Cell;
 
 /// The retry headers Envoy's router reads; a client's are always removed.
 pub const RETRY_HEADERS: [&str; 7] = [
@@ -49,7 +51,9 @@ const MAX_ATTEMPTS: u32 = 8;
 pub struct RetryPolicy {
     config: Compiled,
     /// Whether this worker's last budget check found it spent (to count each spell once).
-    spent: std::cell::Cell<bool>,
+    spent: Cell<bool>,
+    /// Requests this worker has not added to the shared budget yet (added on each tick).
+    unsent: Cell<u32>,
 }
 
 /// Per-request state.
@@ -83,8 +87,9 @@ enum NoRetry {
     Budget,
 }
 
-/// Header edits that grant `rule`'s retries, after removing every other retry header.
-fn grant(rule: &Rule) -> HeaderEdits {
+/// Header edits that grant `rule`'s retries; with `internal`, every other retry header is
+/// removed too.
+fn grant(rule: &Rule, internal: bool) -> HeaderEdits {
     let mut edits = HeaderEdits::default();
     let set = [
         (RETRY_ON, rule.retry_on.clone()),
@@ -99,22 +104,37 @@ fn grant(rule: &Rule) -> HeaderEdits {
     for (name, value) in set {
         match value {
             Some(value) => edits = edits.set(name, value),
-            None => edits = edits.remove(name),
+            None if internal => edits = edits.remove(name),
+            None => {}
         }
     }
-    for name in RETRY_HEADERS.iter().skip(5) {
-        edits = edits.remove(*name);
+    if internal {
+        for name in RETRY_HEADERS.iter().skip(5) {
+            edits = edits.remove(*name);
+        }
     }
     edits
 }
 
-/// Header edits that leave a request without retries, route-level ones included.
-fn deny() -> HeaderEdits {
+/// Header edits that leave a request without retries, route-level ones included; with
+/// `internal`, every other retry header is removed too.
+fn deny(internal: bool) -> HeaderEdits {
     let mut edits = HeaderEdits::default().set(MAX_RETRIES, "0");
-    for name in RETRY_HEADERS.iter().filter(|n| **n != MAX_RETRIES) {
-        edits = edits.remove(*name);
+    if internal {
+        for name in RETRY_HEADERS.iter().filter(|n| **n != MAX_RETRIES) {
+            edits = edits.remove(*name);
+        }
     }
     edits
+}
+
+/// Whether Envoy let the client's `x-envoy-*` headers through. Envoy's connection manager
+/// removes them (retry headers included) from every request it does not consider internal,
+/// and marks internal ones with `x-envoy-internal: true` (which it removes from all others), so
+/// only internal requests can still carry a client's retry headers: removing them from every
+/// request would cost a host call per header for nothing.
+fn internal(request: &dyn RequestView) -> bool {
+    request.header("x-envoy-internal").is_some()
 }
 
 impl RetryPolicy {
@@ -123,15 +143,13 @@ impl RetryPolicy {
         let Some(budget) = self.config.budget else {
             return true;
         };
-        let now = env.now.as_secs();
-        let result = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
-            let mut window = budget::Window::decode(bytes);
-            let allows = window.allows(&budget, now);
-            window.deposit(now);
-            (Some(window.encode()), allows)
-        });
-        match result {
-            Ok(allows) => allows,
+        let unsent = self.unsent.get();
+        self.unsent.set(unsent.saturating_add(1));
+        match env.store.get(budget::KEY) {
+            Ok(stored) => {
+                let window = budget::Window::decode(stored.as_ref().map(|(b, _)| b.as_slice()));
+                window.allows(&budget, env.now.as_secs(), unsent)
+            }
             Err(_) => {
                 // Unknown: grant, as without a budget (the per-request cap still holds).
                 env.metrics.add(BUDGET_CONTENTION, 1);
@@ -174,8 +192,33 @@ impl Filter for RetryPolicy {
     fn new(config: RetryPolicyConfig) -> Result<Self, ConfigError> {
         Ok(RetryPolicy {
             config: config.compile()?,
-            spent: std::cell::Cell::new(false),
+            spent: Cell::new(false),
+            unsent: Cell::new(0),
         })
+    }
+
+    fn tick_period(&self) -> Option<std::time::Duration> {
+        self.config
+            .budget
+            .map(|_| std::time::Duration::from_secs(1))
+    }
+
+    fn on_tick(&self, env: &Env<'_>) -> Vec<filter_core::decision::Callout> {
+        let unsent = self.unsent.replace(0);
+        if unsent > 0 {
+            let now = env.now.as_secs();
+            let added = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
+                let mut window = budget::Window::decode(bytes);
+                window.deposit(unsent, now);
+                (Some(window.encode()), ())
+            });
+            if added.is_err() {
+                // Try again on the next tick rather than lose them.
+                self.unsent.set(self.unsent.get().saturating_add(unsent));
+                env.metrics.add(BUDGET_CONTENTION, 1);
+            }
+        }
+        Vec::new()
     }
 
     fn on_request(
@@ -192,8 +235,10 @@ impl Filter for RetryPolicy {
         else {
             // No rule: the route's own policy applies, never a client's headers.
             let mut edits = HeaderEdits::default();
-            for name in RETRY_HEADERS {
-                edits = edits.remove(name);
+            if internal(request) {
+                for name in RETRY_HEADERS {
+                    edits = edits.remove(name);
+                }
             }
             return Decision::Continue(edits);
         };
@@ -209,7 +254,7 @@ impl Filter for RetryPolicy {
             None => {
                 env.metrics.add(GIVEN_RETRIES, 1);
                 stream.granted = rule.num_retries > 0;
-                Decision::Continue(grant(rule))
+                Decision::Continue(grant(rule, internal(request)))
             }
             Some(reason) => {
                 env.metrics.add(
@@ -220,7 +265,7 @@ impl Filter for RetryPolicy {
                     },
                     1,
                 );
-                Decision::Continue(deny())
+                Decision::Continue(deny(internal(request)))
             }
         }
     }

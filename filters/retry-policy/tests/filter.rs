@@ -76,6 +76,11 @@ fn set<'a>(edits: &'a HeaderEdits, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// An internal request: Envoy kept the client's `x-envoy-*` headers.
+fn internal(method: &str, path: &str) -> Request {
+    Request::new(method, path).with_header("x-envoy-internal", "true")
+}
+
 /// Every retry header is either set by us or removed: nothing a client sent survives.
 fn covers_every_retry_header(edits: &HeaderEdits) -> bool {
     RETRY_HEADERS
@@ -92,7 +97,7 @@ const ORDERS: &str = r#"{"rules": [
 #[test]
 fn the_first_matching_rule_writes_envoy_s_retry_headers() {
     let w = World::new(ORDERS);
-    let (edits, _) = w.call(&Request::new("GET", "/orders/1"), Response::new(200));
+    let (edits, _) = w.call(&internal("GET", "/orders/1"), Response::new(200));
     assert_eq!(
         set(&edits, "x-envoy-retry-on"),
         Some("5xx,retriable-status-codes")
@@ -104,18 +109,22 @@ fn the_first_matching_rule_writes_envoy_s_retry_headers() {
         Some("500")
     );
     assert!(covers_every_retry_header(&edits));
-    let (edits, _) = w.call(&Request::new("GET", "/other"), Response::new(200));
+    let (edits, _) = w.call(&internal("GET", "/other"), Response::new(200));
     assert_eq!(set(&edits, "x-envoy-retry-on"), Some("connect-failure"));
     assert_eq!(set(&edits, "x-envoy-max-retries"), Some("1"));
     assert!(covers_every_retry_header(&edits));
-    assert_eq!(w.metric(0), 2);
+    // An external request: Envoy stripped the client's headers already; only ours are set.
+    let (edits, _) = w.call(&Request::new("GET", "/other"), Response::new(200));
+    assert!(edits.remove.is_empty());
+    assert_eq!(edits.set.len(), 2);
+    assert_eq!(w.metric(0), 3);
 }
 
 #[test]
 fn non_idempotent_methods_get_no_retries_unless_they_carry_a_key() {
     let w = World::new(ORDERS);
     for method in ["POST", "PATCH", "CONNECT"] {
-        let (edits, _) = w.call(&Request::new(method, "/orders"), Response::new(200));
+        let (edits, _) = w.call(&internal(method, "/orders"), Response::new(200));
         assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"), "{method}");
         assert_eq!(set(&edits, "x-envoy-retry-on"), None);
         assert!(covers_every_retry_header(&edits));
@@ -133,9 +142,11 @@ fn non_idempotent_methods_get_no_retries_unless_they_carry_a_key() {
 #[test]
 fn without_a_rule_only_the_client_s_headers_go() {
     let w = World::new(r#"{"rules": [{"match": {"prefix": "/orders"}, "retry_on": ["5xx"]}]}"#);
-    let (edits, _) = w.call(&Request::new("GET", "/other"), Response::new(200));
+    let (edits, _) = w.call(&internal("GET", "/other"), Response::new(200));
     assert!(edits.set.is_empty());
     assert_eq!(edits.remove.len(), RETRY_HEADERS.len());
+    let (edits, _) = w.call(&Request::new("GET", "/other"), Response::new(200));
+    assert!(edits.is_empty());
 }
 
 #[test]

@@ -303,6 +303,28 @@ fn variants(jwks: &str) -> Vec<Variant> {
             200,
         ),
         v(
+            "retry_policy, one rule",
+            vec![wasm_filter(
+                "retry_policy",
+                &json!({ "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ] }),
+            )],
+            None,
+            200,
+        ),
+        v(
+            "retry_policy, rule + budget + retry_after",
+            vec![wasm_filter(
+                "retry_policy",
+                &json!({
+                    "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ],
+                    "budget": { "retry_ratio": 0.2 },
+                    "retry_after": {},
+                }),
+            )],
+            None,
+            200,
+        ),
+        v(
             "native local_ratelimit",
             vec![native_local_ratelimit()],
             None,
