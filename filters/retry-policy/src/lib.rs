@@ -22,7 +22,8 @@ use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId, MetricKind};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store;
-use std::cell::Cell;
+use filter_core::time::Time;
+use std::cell::{Cell, RefCell};
 
 /// The retry headers Envoy's router reads; a client's are always removed.
 pub const RETRY_HEADERS: [&str; 7] = [
@@ -54,7 +55,13 @@ pub struct RetryPolicy {
     spent: Cell<bool>,
     /// Requests this worker has not added to the shared budget yet (added on each tick).
     unsent: Cell<u32>,
+    /// The shared budget window as this worker last read or wrote it, and when.
+    window: RefCell<Option<(Time, budget::Window)>>,
 }
+
+/// How long a worker judges by the budget window it last saw before reading it again. Its
+/// own retries update its copy at once; other workers' reach it within this time.
+const WINDOW_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Per-request state.
 #[derive(Debug, Default)]
@@ -145,16 +152,34 @@ impl RetryPolicy {
         };
         let unsent = self.unsent.get();
         self.unsent.set(unsent.saturating_add(1));
-        match env.store.get(budget::KEY) {
-            Ok(stored) => {
-                let window = budget::Window::decode(stored.as_ref().map(|(b, _)| b.as_slice()));
-                window.allows(&budget, env.now.as_secs(), unsent)
+        let Ok(mut cached) = self.window.try_borrow_mut() else {
+            return true;
+        };
+        let stale = cached
+            .as_ref()
+            .is_none_or(|(seen, _)| env.now.since(*seen) >= WINDOW_FRESHNESS);
+        if stale {
+            match env.store.get(budget::KEY) {
+                Ok(stored) => {
+                    let bytes = stored.as_ref().map(|(b, _)| b.as_slice());
+                    *cached = Some((env.now, budget::Window::decode(bytes)));
+                }
+                Err(_) => {
+                    // Unknown: grant, as without a budget (the per-request cap still holds).
+                    env.metrics.add(BUDGET_CONTENTION, 1);
+                    return true;
+                }
             }
-            Err(_) => {
-                // Unknown: grant, as without a budget (the per-request cap still holds).
-                env.metrics.add(BUDGET_CONTENTION, 1);
-                true
-            }
+        }
+        cached
+            .as_ref()
+            .is_none_or(|(_, window)| window.allows(&budget, env.now.as_secs(), unsent))
+    }
+
+    /// Keeps the window this worker just wrote as its freshest copy.
+    fn remember(&self, env: &Env<'_>, window: budget::Window) {
+        if let Ok(mut cached) = self.window.try_borrow_mut() {
+            *cached = Some((env.now, window));
         }
     }
 
@@ -194,6 +219,7 @@ impl Filter for RetryPolicy {
             config: config.compile()?,
             spent: Cell::new(false),
             unsent: Cell::new(0),
+            window: RefCell::new(None),
         })
     }
 
@@ -210,8 +236,11 @@ impl Filter for RetryPolicy {
             let added = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
                 let mut window = budget::Window::decode(bytes);
                 window.deposit(unsent, now);
-                (Some(window.encode()), ())
+                (Some(window.encode()), window)
             });
+            if let Ok(window) = &added {
+                self.remember(env, window.clone());
+            }
             if added.is_err() {
                 // Try again on the next tick rather than lose them.
                 self.unsent.set(self.unsent.get().saturating_add(unsent));
@@ -290,10 +319,11 @@ impl Filter for RetryPolicy {
                     let counted = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
                         let mut window = budget::Window::decode(bytes);
                         window.withdraw(retries, now);
-                        (Some(window.encode()), ())
+                        (Some(window.encode()), window)
                     });
-                    if counted.is_err() {
-                        env.metrics.add(BUDGET_CONTENTION, 1);
+                    match counted {
+                        Ok(window) => self.remember(env, window),
+                        Err(_) => env.metrics.add(BUDGET_CONTENTION, 1),
                     }
                 }
             }
