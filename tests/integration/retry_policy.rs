@@ -124,6 +124,7 @@ fn the_budget_bounds_what_an_outage_costs_the_upstream() {
     // 20% of 50 plus the reserve of 1 per second over 10 s, plus the last grant's 2.
     let bound = REQUESTS + REQUESTS / 5 + 10 + 2;
     let seen = down.count();
+    eprintln!("{REQUESTS} requests, {seen} reached the upstream with the budget on");
     assert!(
         seen <= bound,
         "the upstream saw {seen} requests, more than {bound}"
