@@ -28,6 +28,16 @@ pub struct MetricDef {
     pub kind: MetricKind,
 }
 
+impl MetricDef {
+    /// A counter named `name`.
+    pub const fn counter(name: &'static str) -> Self {
+        Self {
+            name,
+            kind: MetricKind::Counter,
+        }
+    }
+}
+
 /// A declared metric, by its position in the filter's [`MetricDef`] list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetricId(pub usize);

@@ -35,7 +35,7 @@ use crate::rules::{Denial, KeySnapshot, Notes, Passed};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricDef, MetricId, MetricKind};
+use filter_core::metrics::{MetricDef, MetricId};
 use filter_core::request::RequestView;
 use filter_core::time::Time;
 use std::cell::RefCell;
@@ -62,13 +62,6 @@ pub struct JwtStream {
     /// The provider and key generation a `kid`-miss refetch was asked for: once the generation
     /// moves on, the token is judged with the new keys, without waiting again.
     refetch: Option<(usize, u64)>,
-}
-
-const fn counter(name: &'static str) -> MetricDef {
-    MetricDef {
-        name,
-        kind: MetricKind::Counter,
-    }
 }
 
 const ALLOWED: MetricId = MetricId(0);
@@ -210,16 +203,16 @@ impl Filter for JwtAuth {
     type Config = JwtAuthConfig;
     type Stream = JwtStream;
     const METRICS: &'static [MetricDef] = &[
-        counter("allowed"),
-        counter("denied_missing"),
-        counter("denied_invalid_request"),
-        counter("denied_invalid_token"),
-        counter("denied_insufficient_scope"),
-        counter("cache_hits"),
-        counter("cache_misses"),
-        counter("denied_unavailable"),
-        counter("jwks_fetch_success"),
-        counter("jwks_fetch_failure"),
+        MetricDef::counter("allowed"),
+        MetricDef::counter("denied_missing"),
+        MetricDef::counter("denied_invalid_request"),
+        MetricDef::counter("denied_invalid_token"),
+        MetricDef::counter("denied_insufficient_scope"),
+        MetricDef::counter("cache_hits"),
+        MetricDef::counter("cache_misses"),
+        MetricDef::counter("denied_unavailable"),
+        MetricDef::counter("jwks_fetch_success"),
+        MetricDef::counter("jwks_fetch_failure"),
     ];
 
     fn new(config: JwtAuthConfig) -> Result<Self, ConfigError> {

@@ -19,7 +19,7 @@ use crate::config::{Compiled, RetryPolicyConfig, Rule};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricDef, MetricId, MetricKind};
+use filter_core::metrics::{MetricDef, MetricId};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store;
 use filter_core::time::Time;
@@ -68,13 +68,6 @@ const WINDOW_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(1
 pub struct Stream {
     /// Retries were granted: count those that happen.
     granted: bool,
-}
-
-const fn counter(name: &'static str) -> MetricDef {
-    MetricDef {
-        name,
-        kind: MetricKind::Counter,
-    }
 }
 
 const GIVEN_RETRIES: MetricId = MetricId(0);
@@ -204,14 +197,14 @@ impl Filter for RetryPolicy {
     type Config = RetryPolicyConfig;
     type Stream = Stream;
     const METRICS: &'static [MetricDef] = &[
-        counter("given_retries"),
-        counter("no_retries_method"),
-        counter("no_retries_budget"),
-        counter("no_retries_half_open"),
-        counter("budget_spent"),
-        counter("retries"),
-        counter("retry_after_added"),
-        counter("budget_contention"),
+        MetricDef::counter("given_retries"),
+        MetricDef::counter("no_retries_method"),
+        MetricDef::counter("no_retries_budget"),
+        MetricDef::counter("no_retries_half_open"),
+        MetricDef::counter("budget_spent"),
+        MetricDef::counter("retries"),
+        MetricDef::counter("retry_after_added"),
+        MetricDef::counter("budget_contention"),
     ];
 
     fn new(config: RetryPolicyConfig) -> Result<Self, ConfigError> {
