@@ -325,6 +325,29 @@ fn variants(jwks: &str) -> Vec<Variant> {
             200,
         ),
         v(
+            "the four filters chained (four entries)",
+            vec![
+                jwt_auth(jwks, 1000),
+                rate_limit(json!([{ "header": "x-user-id" }])),
+                wasm_filter(
+                    "circuit_breaker",
+                    &json!({ "breakers": [ { "name": "bench" } ] }),
+                ),
+                wasm_filter(
+                    "retry_policy",
+                    &json!({ "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ] }),
+                ),
+            ],
+            Some("native jwt_authn, cached + local_ratelimit"),
+            401,
+        ),
+        v(
+            "native jwt_authn, cached + local_ratelimit",
+            vec![native_jwt_authn(jwks, true), native_local_ratelimit()],
+            None,
+            401,
+        ),
+        v(
             "native local_ratelimit",
             vec![native_local_ratelimit()],
             None,
