@@ -6,7 +6,35 @@ use serde::Deserialize;
 use std::time::Duration;
 
 /// The most retries a rule may grant.
-pub const MAX_RETRIES: u32 = 10;
+pub const MAX_NUM_RETRIES: u32 = 10;
+
+/// The request headers Envoy's router reads its retry policy from.
+pub mod header {
+    /// Conditions (`retry_on`).
+    pub const RETRY_ON: &str = "x-envoy-retry-on";
+    /// gRPC conditions (`grpc_retry_on`).
+    pub const GRPC_RETRY_ON: &str = "x-envoy-retry-grpc-on";
+    /// Retries after the first attempt (`num_retries`).
+    pub const MAX_RETRIES: &str = "x-envoy-max-retries";
+    /// Statuses for `retriable-status-codes`.
+    pub const STATUS_CODES: &str = "x-envoy-retriable-status-codes";
+    /// Timeout of each attempt (`per_try_timeout`), in ms.
+    pub const PER_TRY_TIMEOUT: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+    /// Headers whose presence in a response makes it retriable (never set by this filter).
+    pub const HEADER_NAMES: &str = "x-envoy-retriable-header-names";
+    /// Hedging on per-try timeouts (never set by this filter).
+    pub const HEDGE: &str = "x-envoy-hedge-on-per-try-timeout";
+    /// All of them: a client's are always removed.
+    pub const ALL: [&str; 7] = [
+        RETRY_ON,
+        GRPC_RETRY_ON,
+        MAX_RETRIES,
+        STATUS_CODES,
+        PER_TRY_TIMEOUT,
+        HEADER_NAMES,
+        HEDGE,
+    ];
+}
 
 /// `retry_on` values Envoy's router understands (`x-envoy-retry-on`).
 pub const RETRY_ON: &[&str] = &[
@@ -116,21 +144,25 @@ pub enum Jitter {
     None,
 }
 
-/// A rule, compiled: the retry headers it writes.
+/// A rule, compiled: the retry headers it writes, formatted once.
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Which requests it is for.
     pub matcher: RouteMatcher,
-    /// `x-envoy-retry-on`, if any condition.
-    pub retry_on: Option<String>,
-    /// `x-envoy-retry-grpc-on`, if any.
-    pub grpc_retry_on: Option<String>,
-    /// `x-envoy-retriable-status-codes`, if any.
-    pub status_codes: Option<String>,
-    /// `x-envoy-max-retries`.
+    /// Retries it grants.
     pub num_retries: u32,
-    /// `x-envoy-upstream-rq-per-try-timeout-ms`, if any.
-    pub per_try_timeout_ms: Option<u64>,
+    /// The headers it sets, with their values (`x-envoy-max-retries` always).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Rule {
+    /// The value the rule gives header `name`, if it sets it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The budget, compiled.
@@ -211,9 +243,9 @@ impl RetryPolicyConfig {
                     .join(",")
             });
             let num_retries = r.num_retries.unwrap_or(1);
-            if num_retries > MAX_RETRIES {
+            if num_retries > MAX_NUM_RETRIES {
                 return Err(at.field("num_retries").error(format!(
-                    "must be at most {MAX_RETRIES} (retries multiply load when an upstream struggles), got {num_retries}"
+                    "must be at most {MAX_NUM_RETRIES} (retries multiply load when an upstream struggles), got {num_retries}"
                 )));
             }
             let per_try_timeout_ms = match r.per_try_timeout {
@@ -226,13 +258,23 @@ impl RetryPolicyConfig {
                     Some(u64::try_from(ms).unwrap_or(u64::MAX))
                 }
             };
+            let headers = [
+                (header::RETRY_ON, retry_on),
+                (header::GRPC_RETRY_ON, grpc_retry_on),
+                (header::STATUS_CODES, status_codes),
+                (
+                    header::PER_TRY_TIMEOUT,
+                    per_try_timeout_ms.map(|ms| ms.to_string()),
+                ),
+                (header::MAX_RETRIES, Some(num_retries.to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect();
             rules.push(Rule {
                 matcher,
-                retry_on,
-                grpc_retry_on,
-                status_codes,
                 num_retries,
-                per_try_timeout_ms,
+                headers,
             });
         }
         let idempotency_key_header = self
@@ -331,11 +373,13 @@ mod tests {
         .unwrap();
         let r = &c.rules[0];
         assert_eq!(
-            r.retry_on.as_deref(),
+            r.header(header::RETRY_ON),
             Some("5xx,reset,connect-failure,retriable-status-codes")
         );
-        assert_eq!(r.status_codes.as_deref(), Some("503"));
-        assert_eq!(r.per_try_timeout_ms, Some(500));
+        assert_eq!(r.header(header::STATUS_CODES), Some("503"));
+        assert_eq!(r.header(header::PER_TRY_TIMEOUT), Some("500"));
+        assert_eq!(r.header(header::MAX_RETRIES), Some("2"));
+        assert_eq!(c.rules[1].header(header::GRPC_RETRY_ON), None);
         assert_eq!(c.budget.unwrap().min_per_second, 5);
         let d = compile("{}").unwrap();
         assert_eq!(d.idempotency_key_header, "idempotency-key");

@@ -15,7 +15,7 @@ pub mod budget;
 pub mod config;
 pub mod retry_after;
 
-use crate::config::{Compiled, RetryPolicyConfig, Rule};
+use crate::config::{Compiled, RetryPolicyConfig};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
@@ -26,20 +26,7 @@ use filter_core::time::Time;
 use std::cell::{Cell, RefCell};
 
 /// The retry headers Envoy's router reads; a client's are always removed.
-pub const RETRY_HEADERS: [&str; 7] = [
-    RETRY_ON,
-    GRPC_RETRY_ON,
-    MAX_RETRIES,
-    STATUS_CODES,
-    PER_TRY_TIMEOUT,
-    "x-envoy-retriable-header-names",
-    "x-envoy-hedge-on-per-try-timeout",
-];
-const RETRY_ON: &str = "x-envoy-retry-on";
-const GRPC_RETRY_ON: &str = "x-envoy-retry-grpc-on";
-const MAX_RETRIES: &str = "x-envoy-max-retries";
-const STATUS_CODES: &str = "x-envoy-retriable-status-codes";
-const PER_TRY_TIMEOUT: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+pub use crate::config::header::ALL as RETRY_HEADERS;
 
 /// Methods a proxy may retry on its own (RFC 9110 §9.2.2).
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
@@ -55,6 +42,8 @@ pub struct RetryPolicy {
     spent: Cell<bool>,
     /// Requests this worker has not added to the shared budget yet (added on each tick).
     unsent: Cell<u32>,
+    /// The headers of a request that gets no retries.
+    no_retries: [(&'static str, String); 1],
     /// The shared budget window as this worker last read or wrote it, and when.
     window: RefCell<Option<(Time, budget::Window)>>,
 }
@@ -87,43 +76,18 @@ enum NoRetry {
     Budget,
 }
 
-/// Header edits that grant `rule`'s retries; with `internal`, every other retry header is
-/// removed too.
-fn grant(rule: &Rule, internal: bool) -> HeaderEdits {
+/// Sets `headers`; with `internal`, also removes every other retry header (a client's).
+fn write(headers: &[(&'static str, String)], internal: bool) -> HeaderEdits {
     let mut edits = HeaderEdits::default();
-    let set = [
-        (RETRY_ON, rule.retry_on.clone()),
-        (GRPC_RETRY_ON, rule.grpc_retry_on.clone()),
-        (STATUS_CODES, rule.status_codes.clone()),
-        (
-            PER_TRY_TIMEOUT,
-            rule.per_try_timeout_ms.map(|ms| ms.to_string()),
-        ),
-        (MAX_RETRIES, Some(rule.num_retries.to_string())),
-    ];
-    for (name, value) in set {
-        match value {
-            Some(value) => edits = edits.set(name, value),
-            None if internal => edits = edits.remove(name),
-            None => {}
+    if internal {
+        for name in RETRY_HEADERS {
+            if !headers.iter().any(|(set, _)| *set == name) {
+                edits = edits.remove(name);
+            }
         }
     }
-    if internal {
-        for name in RETRY_HEADERS.iter().skip(5) {
-            edits = edits.remove(*name);
-        }
-    }
-    edits
-}
-
-/// Header edits that leave a request without retries, route-level ones included; with
-/// `internal`, every other retry header is removed too.
-fn deny(internal: bool) -> HeaderEdits {
-    let mut edits = HeaderEdits::default().set(MAX_RETRIES, "0");
-    if internal {
-        for name in RETRY_HEADERS.iter().filter(|n| **n != MAX_RETRIES) {
-            edits = edits.remove(*name);
-        }
+    for (name, value) in headers {
+        edits = edits.set(*name, value.clone());
     }
     edits
 }
@@ -212,6 +176,7 @@ impl Filter for RetryPolicy {
             config: config.compile()?,
             spent: Cell::new(false),
             unsent: Cell::new(0),
+            no_retries: [(config::header::MAX_RETRIES, "0".to_owned())],
             window: RefCell::new(None),
         })
     }
@@ -256,13 +221,7 @@ impl Filter for RetryPolicy {
             .find(|r| r.matcher.matches(request))
         else {
             // No rule: the route's own policy applies, never a client's headers.
-            let mut edits = HeaderEdits::default();
-            if internal(request) {
-                for name in RETRY_HEADERS {
-                    edits = edits.remove(name);
-                }
-            }
-            return Decision::Continue(edits);
+            return Decision::Continue(write(&[], internal(request)));
         };
         let refused = self.refusal(request).or_else(|| {
             let allows = self.budget_allows(env);
@@ -276,7 +235,7 @@ impl Filter for RetryPolicy {
             None => {
                 env.metrics.add(GIVEN_RETRIES, 1);
                 stream.granted = rule.num_retries > 0;
-                Decision::Continue(grant(rule, internal(request)))
+                Decision::Continue(write(&rule.headers, internal(request)))
             }
             Some(reason) => {
                 env.metrics.add(
@@ -287,7 +246,8 @@ impl Filter for RetryPolicy {
                     },
                     1,
                 );
-                Decision::Continue(deny(internal(request)))
+                // Also shuts off a route-level retry policy.
+                Decision::Continue(write(&self.no_retries, internal(request)))
             }
         }
     }
