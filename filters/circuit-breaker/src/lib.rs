@@ -214,10 +214,13 @@ impl Filter for CircuitBreaker {
         let now = self.now(env);
         let result = store::update(env.store, &breaker.key, MAX_ATTEMPTS, |bytes| {
             let mut record = decode(bytes, breaker);
-            let before = record.clone();
             let mut transitions = Vec::new();
             let admission = record.acquire(&breaker.policy, now, &mut transitions);
-            let write = (record != before).then(|| record.encode());
+            // Acquiring changes the record only by a change of state or a probe's permit: a
+            // closed breaker's requests write nothing.
+            let changed = !transitions.is_empty()
+                || matches!(admission, Admission::Permit { probe: true, .. });
+            let write = changed.then(|| record.encode());
             (write, (admission, record.state, transitions))
         });
         let (admission, state, transitions) = match result {

@@ -605,7 +605,14 @@ mod tests {
                 match op % 4 {
                     0 | 1 => {
                         let before = r.state;
-                        match r.acquire(&p, now, &mut t) {
+                        let record_before = r.clone();
+                        let transitions_before = t.len();
+                        let admission = r.acquire(&p, now, &mut t);
+                        // What the filter relies on to skip the write in the common case.
+                        let changed = t.len() > transitions_before
+                            || matches!(admission, Admission::Permit { probe: true, .. });
+                        proptest::prop_assert_eq!(changed, r != record_before);
+                        match admission {
                             Admission::Permit { generation, probe } => {
                                 if let State::Open { until } = before {
                                     proptest::prop_assert!(now >= until);
