@@ -17,7 +17,7 @@ use crate::state::{Admission, Outcome, Record, State, Transition};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricId, MetricKind};
+use filter_core::metrics::{MetricId, MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, StoreError};
 use filter_core::time::WorkerClock;
@@ -54,7 +54,7 @@ pub struct Stream {
 }
 
 /// Metrics each breaker has, in this order, named `<breaker>.<name>`.
-const BREAKER_METRICS: [(&str, MetricKind); 12] = [
+const BREAKER_METRICS: PerItem = PerItem(&[
     ("state", MetricKind::Gauge),
     ("to_open", MetricKind::Counter),
     ("to_half_open", MetricKind::Counter),
@@ -67,7 +67,7 @@ const BREAKER_METRICS: [(&str, MetricKind); 12] = [
     ("shadow_rejected", MetricKind::Counter),
     ("discarded", MetricKind::Counter),
     ("contention", MetricKind::Counter),
-];
+]);
 const STATE: usize = 0;
 const TO_OPEN: usize = 1;
 const TO_HALF_OPEN: usize = 2;
@@ -82,7 +82,7 @@ const DISCARDED: usize = 10;
 const CONTENTION: usize = 11;
 
 fn metric(breaker: usize, which: usize) -> MetricId {
-    MetricId(breaker * BREAKER_METRICS.len() + which)
+    BREAKER_METRICS.id(breaker, which)
 }
 
 /// Whether a local reply's `response.code_details` says the upstream failed (connect failure,
@@ -172,14 +172,7 @@ impl Filter for CircuitBreaker {
     type Stream = Stream;
 
     fn config_metrics(&self) -> Vec<(String, MetricKind)> {
-        self.breakers
-            .iter()
-            .flat_map(|b| {
-                BREAKER_METRICS
-                    .iter()
-                    .map(move |(m, kind)| (format!("{}.{m}", b.name), *kind))
-            })
-            .collect()
+        BREAKER_METRICS.defs(self.breakers.iter().map(|b| b.name.as_str()))
     }
 
     fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {

@@ -42,6 +42,30 @@ impl MetricDef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetricId(pub usize);
 
+/// The same metrics for each item of a configuration (each rule, each breaker), named
+/// `<item>.<name>` and numbered item by item: for use in [`crate::filter::Filter::config_metrics`]
+/// (so the ids start at 0: such a filter declares no `METRICS`).
+#[derive(Debug, Clone, Copy)]
+pub struct PerItem(pub &'static [(&'static str, MetricKind)]);
+
+impl PerItem {
+    /// The definitions for items named `items`, in order.
+    pub fn defs<'a>(self, items: impl Iterator<Item = &'a str>) -> Vec<(String, MetricKind)> {
+        items
+            .flat_map(|item| {
+                self.0
+                    .iter()
+                    .map(move |(name, kind)| (format!("{item}.{name}"), *kind))
+            })
+            .collect()
+    }
+
+    /// The id of the `which`-th metric of the `item`-th item.
+    pub fn id(self, item: usize, which: usize) -> MetricId {
+        MetricId(item * self.0.len() + which)
+    }
+}
+
 /// Where policy code reports metrics.
 pub trait Metrics {
     /// Adds `delta` to a counter (`delta > 0`) or moves a gauge.
@@ -71,5 +95,21 @@ impl Metrics for RecordedMetrics {
         self.values
             .borrow_mut()
             .insert(id, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_item_metrics_are_named_and_numbered_item_by_item() {
+        const FAMILY: PerItem = PerItem(&[("a", MetricKind::Counter), ("b", MetricKind::Gauge)]);
+        let defs = FAMILY.defs(["x", "y"].into_iter());
+        let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x.a", "x.b", "y.a", "y.b"]);
+        assert_eq!(defs[3].1, MetricKind::Gauge);
+        assert_eq!(FAMILY.id(1, 1), MetricId(3));
+        assert_eq!(FAMILY.id(0, 1), MetricId(1));
     }
 }

@@ -22,7 +22,7 @@ use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricId, MetricKind};
+use filter_core::metrics::{MetricId, MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
 use filter_core::time::WorkerClock;
@@ -51,13 +51,13 @@ pub struct Stream {
 }
 
 /// Metrics each rule has, in this order, named `<rule>.<name>`.
-const RULE_METRICS: [&str; 5] = [
-    "allowed",
-    "limited",
-    "shadow_limited",
-    "contention",
-    "evicted",
-];
+const RULE_METRICS: PerItem = PerItem(&[
+    ("allowed", MetricKind::Counter),
+    ("limited", MetricKind::Counter),
+    ("shadow_limited", MetricKind::Counter),
+    ("contention", MetricKind::Counter),
+    ("evicted", MetricKind::Counter),
+]);
 const ALLOWED: usize = 0;
 const LIMITED: usize = 1;
 const SHADOW_LIMITED: usize = 2;
@@ -65,7 +65,7 @@ const CONTENTION: usize = 3;
 const EVICTED: usize = 4;
 
 fn metric(rule: usize, which: usize) -> MetricId {
-    MetricId(rule * RULE_METRICS.len() + which)
+    RULE_METRICS.id(rule, which)
 }
 
 /// A rule that applies to the request, with the bucket its key falls in.
@@ -199,15 +199,7 @@ impl Filter for RateLimit {
     type Stream = Stream;
 
     fn config_metrics(&self) -> Vec<(String, MetricKind)> {
-        self.config
-            .rules
-            .iter()
-            .flat_map(|rule| {
-                RULE_METRICS
-                    .iter()
-                    .map(move |m| (format!("{}.{m}", rule.name), MetricKind::Counter))
-            })
-            .collect()
+        RULE_METRICS.defs(self.config.rules.iter().map(|r| r.name.as_str()))
     }
 
     fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
