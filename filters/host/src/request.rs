@@ -17,10 +17,34 @@ const SLOTS: usize = 8;
 /// value is all of them (the Envoy suite sends two `authorization` fields and sees the 400).
 const JOINED_BY_ENVOY: &[&str] = &["authorization"];
 
+/// Values read from Envoy by name, each once, remembered for the rest of the callback.
+#[derive(Default)]
+struct Remembered {
+    slots: [OnceCell<(String, Option<String>)>; SLOTS],
+}
+
+impl Remembered {
+    /// The value of `name`, read with `read` the first time; `None` when every slot holds
+    /// another name already.
+    fn get(&self, name: &str, read: impl FnOnce(&str) -> Option<String>) -> Option<Option<&str>> {
+        let mut read = Some(read);
+        for slot in &self.slots {
+            let (slot_name, value) = slot.get_or_init(|| {
+                let value = read.take().and_then(|read| read(name));
+                (name.to_owned(), value)
+            });
+            if slot_name == name {
+                return Some(value.as_deref());
+            }
+        }
+        None
+    }
+}
+
 /// One of Envoy's header maps, read lazily.
 struct LazyHeaders {
     map: MapType,
-    read: [OnceCell<(String, Option<String>)>; SLOTS],
+    read: Remembered,
     all: OnceCell<Vec<(String, String)>>,
 }
 
@@ -28,12 +52,12 @@ impl LazyHeaders {
     fn new(map: MapType) -> Self {
         Self {
             map,
-            read: Default::default(),
+            read: Remembered::default(),
             all: OnceCell::new(),
         }
     }
 
-    fn read(&self, name: &str) -> Option<String> {
+    fn read_one(&self, name: &str) -> Option<String> {
         // A failed read (impossible inside the map's own callback) reads as absent.
         hostcalls::get_map_value(self.map, name).ok().flatten()
     }
@@ -44,20 +68,15 @@ impl LazyHeaders {
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        for slot in &self.read {
-            match slot.get() {
-                Some((read_name, value)) if read_name == name => return value.as_deref(),
-                Some(_) => {}
-                None => {
-                    let (_, value) = slot.get_or_init(|| (name.to_owned(), self.read(name)));
-                    return value.as_deref();
-                }
-            }
+        match self.read.get(name, |name| self.read_one(name)) {
+            Some(value) => value,
+            // More distinct headers than slots: the whole map, read once.
+            None => self
+                .all()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str()),
         }
-        self.all()
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 
     /// Every value needs the whole map (Envoy's single read returns only the first), except
@@ -80,8 +99,8 @@ pub(crate) struct HostRequest {
     path: OnceCell<String>,
     client_address: OnceCell<Option<String>>,
     cluster: OnceCell<Option<String>>,
-    /// The one filter-state value asked for (a filter reads at most one).
-    filter_state: OnceCell<(String, Option<String>)>,
+    /// Filter-state values asked for.
+    filter_state: Remembered,
 }
 
 impl Default for HostRequest {
@@ -92,7 +111,7 @@ impl Default for HostRequest {
             path: OnceCell::new(),
             client_address: OnceCell::new(),
             cluster: OnceCell::new(),
-            filter_state: OnceCell::new(),
+            filter_state: Remembered::default(),
         }
     }
 }
@@ -100,12 +119,12 @@ impl Default for HostRequest {
 impl RequestView for HostRequest {
     fn method(&self) -> &str {
         self.method
-            .get_or_init(|| self.headers.read(":method").unwrap_or_default())
+            .get_or_init(|| self.headers.read_one(":method").unwrap_or_default())
     }
 
     fn path(&self) -> &str {
         self.path
-            .get_or_init(|| self.headers.read(":path").unwrap_or_default())
+            .get_or_init(|| self.headers.read_one(":path").unwrap_or_default())
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -130,10 +149,10 @@ impl RequestView for HostRequest {
 
     fn filter_state(&self, name: &str) -> Option<&str> {
         // Envoy finds a name it does not know as a property in the filter state `wasm.<name>`.
-        let (read, value) = self
-            .filter_state
-            .get_or_init(|| (name.to_owned(), property(&[name])));
-        if read == name { value.as_deref() } else { None }
+        // (Past SLOTS distinct names, which no filter here reads, it answers None.)
+        self.filter_state
+            .get(name, |name| property(&[name]))
+            .flatten()
     }
 }
 
