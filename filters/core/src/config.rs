@@ -36,6 +36,18 @@ impl ConfigError {
     pub fn reason(&self) -> &str {
         &self.reason
     }
+
+    /// The same error, seen from a document that holds this one's as its member `name`.
+    pub fn within(self, name: &str) -> Self {
+        let path = if self.path.is_empty() {
+            name.to_owned()
+        } else if self.path.starts_with('[') {
+            format!("{name}{}", self.path)
+        } else {
+            format!("{name}.{}", self.path)
+        };
+        Self { path, ..self }
+    }
 }
 
 impl fmt::Display for ConfigError {

@@ -92,6 +92,38 @@ impl HeaderEdits {
         self.set.push((name.into(), value.into()));
         self
     }
+
+    /// Appends `later`'s edits, keeping the form "removals, then sets" with the effect of
+    /// applying these edits and then `later`'s: what several policies inside one module hand
+    /// Envoy at once, as separate filters would have applied them one after another.
+    pub fn then(&mut self, later: HeaderEdits) {
+        for name in later.remove {
+            self.set.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            if !self.remove.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                self.remove.push(name);
+            }
+        }
+        for (name, value) in later.set {
+            self.set.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            self.set.push((name, value));
+        }
+        for (name, value) in later.filter_state {
+            self.filter_state.retain(|(n, _)| *n != name);
+            self.filter_state.push((name, value));
+        }
+    }
+
+    /// The value these edits give the header `name`: `Some(Some(v))` set, `Some(None)`
+    /// removed, `None` untouched.
+    pub fn header(&self, name: &str) -> Option<Option<&str>> {
+        if let Some((_, value)) = self.set.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return Some(Some(value));
+        }
+        self.remove
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+            .then_some(None)
+    }
 }
 
 /// A response the filter sends itself instead of forwarding the request.
@@ -206,6 +238,68 @@ mod tests {
             .body("slow down");
         assert_eq!(r.headers[0], ("cache-control".into(), "no-store".into()));
         assert_eq!(r.headers[1], ("retry-after".into(), "3".into()));
+    }
+
+    /// Applies edits to a header list the way the host does: removals, then sets.
+    fn apply(headers: &[(&str, &str)], edits: &HeaderEdits) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(n, _)| !edits.remove.iter().any(|r| r == n))
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        for (name, value) in &edits.set {
+            out.retain(|(n, _)| n != name);
+            out.push((name.clone(), value.clone()));
+        }
+        out.sort();
+        out
+    }
+
+    proptest::proptest! {
+        /// Merged edits do to any header list what the two sets of edits do one after the
+        /// other.
+        #[test]
+        fn merged_edits_equal_edits_applied_in_turn(
+            start in proptest::collection::vec((0..4u8, 0..3u8), 0..5),
+            first in proptest::collection::vec((proptest::bool::ANY, 0..4u8, 0..3u8), 0..5),
+            second in proptest::collection::vec((proptest::bool::ANY, 0..4u8, 0..3u8), 0..5),
+        ) {
+            const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+            const VALUES: [&str; 3] = ["1", "2", "3"];
+            let edits = |ops: &[(bool, u8, u8)]| {
+                ops.iter().fold(HeaderEdits::default(), |e, (remove, n, v)| {
+                    let name = NAMES[usize::from(*n)];
+                    if *remove { e.remove(name) } else { e.set(name, VALUES[usize::from(*v)]) }
+                })
+            };
+            // One value per name, as `set` leaves it.
+            let mut headers: Vec<(&str, &str)> = Vec::new();
+            for (n, v) in start {
+                let name = NAMES[usize::from(n)];
+                headers.retain(|(h, _)| *h != name);
+                headers.push((name, VALUES[usize::from(v)]));
+            }
+            let (first, second) = (edits(&first), edits(&second));
+            let after_first = apply(&headers, &first);
+            let borrowed: Vec<(&str, &str)> =
+                after_first.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let in_turn = apply(&borrowed, &second);
+            let mut merged = first.clone();
+            merged.then(second);
+            proptest::prop_assert_eq!(apply(&headers, &merged), in_turn);
+        }
+    }
+
+    #[test]
+    fn merged_edits_say_what_they_did_to_a_header() {
+        let mut edits = HeaderEdits::default().remove("x-user-id").set("x-a", "1");
+        edits.then(HeaderEdits::default().set("x-user-id", "u").remove("x-a"));
+        assert_eq!(edits.header("x-user-id"), Some(Some("u")));
+        assert_eq!(edits.header("x-a"), Some(None));
+        assert_eq!(edits.header("x-b"), None);
+        edits.then(HeaderEdits::default().filter_state("s", "1"));
+        edits.then(HeaderEdits::default().filter_state("s", "2"));
+        assert_eq!(edits.filter_state, [("s".to_owned(), "2".to_owned())]);
     }
 
     #[test]

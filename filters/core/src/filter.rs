@@ -64,6 +64,18 @@ pub trait Filter: Sized {
         Vec::new()
     }
 
+    /// Every metric's full name as Envoy defines it, in [`crate::metrics::MetricId`] order:
+    /// [`Filter::METRICS`] then [`Filter::config_metrics`], each below `NAME.` (a module that
+    /// combines filters lists theirs, so each keeps its own names).
+    fn metric_names(&self) -> Vec<(String, crate::metrics::MetricKind)> {
+        Self::METRICS
+            .iter()
+            .map(|d| (d.name.to_owned(), d.kind))
+            .chain(self.config_metrics())
+            .map(|(name, kind)| (format!("{}.{name}", Self::NAME), kind))
+            .collect()
+    }
+
     /// Validates the configuration and builds the filter. An error names the field path.
     fn new(config: Self::Config) -> Result<Self, ConfigError>;
 

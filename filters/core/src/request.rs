@@ -1,5 +1,7 @@
 //! What policy code may see of a request (and of its response).
 
+use crate::decision::HeaderEdits;
+
 /// A read-only view of the request, as the filter saw it when its request headers arrived.
 ///
 /// Header names are lower case (Envoy normalises them). Where a header repeats, `header`
@@ -242,9 +244,169 @@ impl ResponseView for Response {
     }
 }
 
+/// A request as a later policy sees it after earlier ones' header edits, before the host
+/// applies any of them: policies combined in one module see what separate filters would.
+#[derive(Clone, Copy)]
+pub struct EditedRequest<'a> {
+    request: &'a dyn RequestView,
+    edits: &'a HeaderEdits,
+}
+
+impl<'a> EditedRequest<'a> {
+    /// `request` with `edits` applied.
+    pub fn new(request: &'a dyn RequestView, edits: &'a HeaderEdits) -> Self {
+        Self { request, edits }
+    }
+}
+
+impl std::fmt::Debug for EditedRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EditedRequest")
+            .field("edits", self.edits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestView for EditedRequest<'_> {
+    fn method(&self) -> &str {
+        match self.edits.header(":method") {
+            Some(Some(method)) => method,
+            _ => self.request.method(),
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self.edits.header(":path") {
+            Some(Some(path)) => path,
+            _ => self.request.path(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        match self.edits.header(name) {
+            Some(edited) => edited,
+            None => self.request.header(name),
+        }
+    }
+
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        match self.edits.header(name) {
+            Some(edited) => edited.into_iter().collect(),
+            None => self.request.header_values(name),
+        }
+    }
+
+    fn client_address(&self) -> Option<&str> {
+        self.request.client_address()
+    }
+
+    fn cluster(&self) -> Option<&str> {
+        self.request.cluster()
+    }
+
+    fn filter_state(&self, name: &str) -> Option<&str> {
+        match self.edits.filter_state.iter().find(|(n, _)| n == name) {
+            Some((_, value)) => Some(value),
+            None => self.request.filter_state(name),
+        }
+    }
+}
+
+/// A response as an earlier policy (in request order) sees it after later ones' header edits:
+/// the response-side twin of [`EditedRequest`].
+#[derive(Clone, Copy)]
+pub struct EditedResponse<'a> {
+    response: &'a dyn ResponseView,
+    edits: &'a HeaderEdits,
+}
+
+impl<'a> EditedResponse<'a> {
+    /// `response` with `edits` applied.
+    pub fn new(response: &'a dyn ResponseView, edits: &'a HeaderEdits) -> Self {
+        Self { response, edits }
+    }
+}
+
+impl std::fmt::Debug for EditedResponse<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EditedResponse")
+            .field("edits", self.edits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseView for EditedResponse<'_> {
+    fn status(&self) -> Option<u16> {
+        match self.edits.header(":status") {
+            Some(status) => status?.parse().ok(),
+            None => self.response.status(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        match self.edits.header(name) {
+            Some(edited) => edited,
+            None => self.response.header(name),
+        }
+    }
+
+    fn code_details(&self) -> Option<&str> {
+        self.response.code_details()
+    }
+
+    fn attempts(&self) -> Option<u64> {
+        self.response.attempts()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edited_request_shows_the_edits_and_otherwise_the_request() {
+        let request = Request::new("GET", "/a")
+            .with_header("x-user-id", "forged")
+            .with_header("x-keep", "1")
+            .with_header("x-keep", "2")
+            .with_filter_state("s", "old")
+            .with_cluster("c");
+        let edits = HeaderEdits::default()
+            .remove("x-user-id")
+            .remove("x-gone")
+            .set("x-user-id", "alice")
+            .filter_state("s", "new");
+        let view = EditedRequest::new(&request, &edits);
+        assert_eq!(view.header("x-user-id"), Some("alice"));
+        assert_eq!(view.header_values("x-user-id"), ["alice"]);
+        assert_eq!(view.header_values("x-keep"), ["1", "2"]);
+        assert_eq!(view.header("x-gone"), None);
+        assert_eq!(view.filter_state("s"), Some("new"));
+        assert_eq!(
+            (view.method(), view.path(), view.cluster()),
+            ("GET", "/a", Some("c"))
+        );
+        let removed = HeaderEdits::default().remove("x-keep");
+        assert!(
+            EditedRequest::new(&request, &removed)
+                .header_values("x-keep")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_edited_response_shows_the_edits() {
+        let response = Response::new(503)
+            .with_header("retry-after", "9")
+            .with_attempts(2);
+        let edits = HeaderEdits::default().set("retry-after", "3");
+        let view = EditedResponse::new(&response, &edits);
+        assert_eq!(
+            (view.status(), view.header("retry-after")),
+            (Some(503), Some("3"))
+        );
+        assert_eq!(view.attempts(), Some(2));
+    }
 
     #[test]
     fn pseudo_headers_fill_method_and_path() {

@@ -78,7 +78,7 @@ impl<F: Filter + 'static> Root<F> {
             .map_err(|status| format!("cannot read the plugin configuration: {status:?}"))?;
         let config = parse_json::<F::Config>(&bytes).map_err(|e| e.to_string())?;
         let filter = F::new(config).map_err(|e| e.to_string())?;
-        let metrics = HostMetrics::define(F::NAME, F::METRICS, &filter.config_metrics())?;
+        let metrics = HostMetrics::define(&filter.metric_names())?;
         Ok(Configured {
             filter,
             metrics,

@@ -2,7 +2,7 @@
 
 use filter_core::decision::{Callout, HeaderEdits, LocalResponse};
 use filter_core::log::Log;
-use filter_core::metrics::{MetricDef, MetricId, MetricKind, Metrics};
+use filter_core::metrics::{MetricId, MetricKind, Metrics};
 use filter_core::signature::{Digest, NativeVerifier};
 use filter_core::store::{Cas, SharedStore, StoreError, Written};
 use filter_core::time::Time;
@@ -152,7 +152,8 @@ impl Log for HostLog {
     }
 }
 
-/// A filter's metrics, defined in Envoy as `<filter>.<name>`.
+/// A filter's metrics, defined in Envoy by the names [`filter_core::filter::Filter::metric_names`] gives
+/// (`<filter>.<name>`).
 ///
 /// Counter and gauge changes are summed in the worker's memory and handed to Envoy by
 /// [`HostMetrics::flush`], which the root context calls on every tick (at least once a second)
@@ -165,27 +166,18 @@ pub struct HostMetrics {
 }
 
 impl HostMetrics {
-    /// Defines every metric of `defs`, then of `named`, under `prefix`.
-    pub(crate) fn define(
-        prefix: &str,
-        defs: &[MetricDef],
-        named: &[(String, MetricKind)],
-    ) -> Result<Self, String> {
-        let all = defs
-            .iter()
-            .map(|d| (d.name, d.kind))
-            .chain(named.iter().map(|(name, kind)| (name.as_str(), *kind)));
-        let mut metrics = Vec::with_capacity(defs.len() + named.len());
-        for (name, kind) in all {
+    /// Defines every metric, by full name, in id order.
+    pub(crate) fn define(names: &[(String, MetricKind)]) -> Result<Self, String> {
+        let mut metrics = Vec::with_capacity(names.len());
+        for (name, kind) in names {
             let host_kind = match kind {
                 MetricKind::Counter => MetricType::Counter,
                 MetricKind::Gauge => MetricType::Gauge,
                 MetricKind::Histogram => MetricType::Histogram,
             };
-            let name = format!("{prefix}.{name}");
-            let id = hostcalls::define_metric(host_kind, &name)
+            let id = hostcalls::define_metric(host_kind, name)
                 .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
-            metrics.push((id, kind, Cell::new(0)));
+            metrics.push((id, *kind, Cell::new(0)));
         }
         Ok(Self { metrics })
     }
