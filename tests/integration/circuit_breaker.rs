@@ -40,218 +40,226 @@ fn failures(n: usize) -> Vec<Reply> {
     vec![Reply::Status(503); n]
 }
 
-#[test]
-fn failures_trip_it_then_the_upstream_gets_nothing_and_clients_get_the_fallback() {
-    let mut script = failures(4);
-    script.push(Reply::Echo);
-    let upstream = Upstream::start(script);
-    let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        let r = get(port);
-        assert_eq!(r.status, 503);
-        assert!(!is_fallback(&r), "the upstream's own 503s pass through");
+both_modules! {
+    fn failures_trip_it_then_the_upstream_gets_nothing_and_clients_get_the_fallback() {
+        let mut script = failures(4);
+        script.push(Reply::Echo);
+        let upstream = Upstream::start(script);
+        let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            let r = get(port);
+            assert_eq!(r.status, 503);
+            assert!(!is_fallback(&r), "the upstream's own 503s pass through");
+        }
+        for _ in 0..10 {
+            let r = get(port);
+            assert!(is_fallback(&r), "{:?}", r.headers);
+            assert_eq!(r.status, 503);
+            assert_eq!(r.header("x-circuit-breaker-state"), Some("open"));
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            assert_eq!(r.text(), "{\"error\":\"b is unavailable\"}");
+            let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+            assert!((29..=30).contains(&retry), "retry-after {retry}");
+        }
+        assert_eq!(upstream.count(), 4);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.rejected", 10),
+            Some(10)
+        );
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(1));
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 1),
+            Some(1)
+        );
+        assert!(envoy.wait_for_log("breaker b: closed -> open", Duration::from_secs(5)));
     }
-    for _ in 0..10 {
+}
+
+both_modules! {
+    fn it_recovers_when_the_upstream_heals_and_reopens_when_it_does_not() {
+        // Heals: 4 failures, then healthy.
+        let mut script = failures(4);
+        script.push(Reply::Echo);
+        let healing = Upstream::start(script);
+        let envoy = gateway(healing.port(), &config("1s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            get(port);
+        }
+        assert!(is_fallback(&get(port)));
+        std::thread::sleep(Duration::from_millis(1100));
+        // Two probes succeed: closed again, and everything flows.
+        for _ in 0..5 {
+            let r = get(port);
+            assert_eq!(r.status, 200, "{:?}", r.headers);
+        }
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_closed", 1),
+            Some(1)
+        );
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(0));
+
+        // Never heals: the first probe fails and it opens again.
+        let broken = Upstream::start(failures(1));
+        let envoy = gateway(broken.port(), &config("1s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            get(port);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(get(port).status, 503);
+        let r = get(port);
+        assert!(is_fallback(&r));
+        assert_eq!(r.header("x-circuit-breaker-state"), Some("open"));
+        assert_eq!(broken.count(), 5);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 2),
+            Some(2)
+        );
+    }
+}
+
+both_modules! {
+    fn half_open_lets_exactly_the_probes_through_from_both_workers() {
+        let mut script = failures(4);
+        script.push(Reply::Delay(
+            Duration::from_millis(500),
+            Box::new(Reply::Echo),
+        ));
+        let upstream = Upstream::start(script);
+        let envoy = gateway(upstream.port(), &config("1s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            get(port);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let responses = client::all_at_once(12, || get(port));
+        let probes = responses.iter().filter(|r| r.status == 200).count();
+        let refused: Vec<&Response> = responses.iter().filter(|r| is_fallback(r)).collect();
+        assert_eq!((probes, refused.len()), (2, 10));
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.header("x-circuit-breaker-state") == Some("half_open"))
+        );
+        assert_eq!(upstream.count(), 6);
+    }
+}
+
+both_modules! {
+    fn a_refused_connection_and_a_hung_upstream_both_trip_it() {
+        // Nothing listens on the port of a stopped server: connect failures.
+        let gone = Upstream::echo();
+        let port_of_nothing = gone.port();
+        drop(gone);
+        let envoy = gateway(port_of_nothing, &config("30s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            let r = get(port);
+            assert_eq!(r.status, 503);
+            assert!(!is_fallback(&r));
+        }
+        assert!(is_fallback(&get(port)));
+
+        let hung = Upstream::start(vec![Reply::Hang]);
+        let envoy = gateway(hung.port(), &config("30s", ""), "0.2s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            assert_eq!(get(port).status, 504);
+        }
         let r = get(port);
         assert!(is_fallback(&r), "{:?}", r.headers);
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header("x-circuit-breaker-state"), Some("open"));
-        assert_eq!(r.header("content-type"), Some("application/json"));
-        assert_eq!(r.text(), "{\"error\":\"b is unavailable\"}");
-        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-        assert!((29..=30).contains(&retry), "retry-after {retry}");
     }
-    assert_eq!(upstream.count(), 4);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.rejected", 10),
-        Some(10)
-    );
-    assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(1));
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 1),
-        Some(1)
-    );
-    assert!(envoy.wait_for_log("breaker b: closed -> open", Duration::from_secs(5)));
 }
 
-#[test]
-fn it_recovers_when_the_upstream_heals_and_reopens_when_it_does_not() {
-    // Heals: 4 failures, then healthy.
-    let mut script = failures(4);
-    script.push(Reply::Echo);
-    let healing = Upstream::start(script);
-    let envoy = gateway(healing.port(), &config("1s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        get(port);
+both_modules! {
+    fn slow_calls_trip_it_whatever_their_status() {
+        let upstream = Upstream::start(vec![Reply::Delay(
+            Duration::from_millis(150),
+            Box::new(Reply::Echo),
+        )]);
+        let envoy = gateway(
+            upstream.port(),
+            &config(
+                "30s",
+                r#", "slow_call_duration": "100ms", "slow_call_rate_threshold": 75"#,
+            ),
+            "15s",
+        );
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            assert_eq!(get(port).status, 200);
+        }
+        assert!(is_fallback(&get(port)));
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.calls_slow", 4),
+            Some(4)
+        );
     }
-    assert!(is_fallback(&get(port)));
-    std::thread::sleep(Duration::from_millis(1100));
-    // Two probes succeed: closed again, and everything flows.
-    for _ in 0..5 {
-        let r = get(port);
+}
+
+both_modules! {
+    fn client_errors_never_trip_it() {
+        let upstream = Upstream::start(vec![
+            Reply::Status(404),
+            Reply::Status(429),
+            Reply::Status(400),
+        ]);
+        let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..20 {
+            let r = get(port);
+            assert!(!is_fallback(&r));
+        }
+        assert_eq!(upstream.count(), 20);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.calls_success", 20),
+            Some(20)
+        );
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.to_open"), Some(0));
+    }
+}
+
+both_modules! {
+    fn shadow_mode_reports_but_refuses_nothing() {
+        let upstream = Upstream::start(failures(1));
+        let envoy = gateway(
+            upstream.port(),
+            &config("30s", r#", "mode": "shadow""#),
+            "15s",
+        );
+        let port = envoy.port("gateway");
+        for _ in 0..10 {
+            let r = get(port);
+            assert_eq!(r.status, 503);
+            assert!(!is_fallback(&r));
+        }
+        assert_eq!(upstream.count(), 10);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.circuit_breaker.b.shadow_rejected", 6),
+            Some(6)
+        );
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(1));
+    }
+}
+
+both_modules! {
+    fn grpc_callers_get_unavailable() {
+        let upstream = Upstream::start(failures(1));
+        let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            get(port);
+        }
+        let r = client::Request::new("POST", "/orders.Orders/Get")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .send(port);
         assert_eq!(r.status, 200, "{:?}", r.headers);
+        assert_eq!(r.header("grpc-status"), Some("14"));
+        assert_eq!(r.header("x-circuit-breaker"), Some("b"));
     }
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_closed", 1),
-        Some(1)
-    );
-    assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(0));
-
-    // Never heals: the first probe fails and it opens again.
-    let broken = Upstream::start(failures(1));
-    let envoy = gateway(broken.port(), &config("1s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        get(port);
-    }
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(get(port).status, 503);
-    let r = get(port);
-    assert!(is_fallback(&r));
-    assert_eq!(r.header("x-circuit-breaker-state"), Some("open"));
-    assert_eq!(broken.count(), 5);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 2),
-        Some(2)
-    );
-}
-
-#[test]
-fn half_open_lets_exactly_the_probes_through_from_both_workers() {
-    let mut script = failures(4);
-    script.push(Reply::Delay(
-        Duration::from_millis(500),
-        Box::new(Reply::Echo),
-    ));
-    let upstream = Upstream::start(script);
-    let envoy = gateway(upstream.port(), &config("1s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        get(port);
-    }
-    std::thread::sleep(Duration::from_millis(1100));
-    let responses = client::all_at_once(12, || get(port));
-    let probes = responses.iter().filter(|r| r.status == 200).count();
-    let refused: Vec<&Response> = responses.iter().filter(|r| is_fallback(r)).collect();
-    assert_eq!((probes, refused.len()), (2, 10));
-    assert!(
-        refused
-            .iter()
-            .all(|r| r.header("x-circuit-breaker-state") == Some("half_open"))
-    );
-    assert_eq!(upstream.count(), 6);
-}
-
-#[test]
-fn a_refused_connection_and_a_hung_upstream_both_trip_it() {
-    // Nothing listens on the port of a stopped server: connect failures.
-    let gone = Upstream::echo();
-    let port_of_nothing = gone.port();
-    drop(gone);
-    let envoy = gateway(port_of_nothing, &config("30s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        let r = get(port);
-        assert_eq!(r.status, 503);
-        assert!(!is_fallback(&r));
-    }
-    assert!(is_fallback(&get(port)));
-
-    let hung = Upstream::start(vec![Reply::Hang]);
-    let envoy = gateway(hung.port(), &config("30s", ""), "0.2s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        assert_eq!(get(port).status, 504);
-    }
-    let r = get(port);
-    assert!(is_fallback(&r), "{:?}", r.headers);
-}
-
-#[test]
-fn slow_calls_trip_it_whatever_their_status() {
-    let upstream = Upstream::start(vec![Reply::Delay(
-        Duration::from_millis(150),
-        Box::new(Reply::Echo),
-    )]);
-    let envoy = gateway(
-        upstream.port(),
-        &config(
-            "30s",
-            r#", "slow_call_duration": "100ms", "slow_call_rate_threshold": 75"#,
-        ),
-        "15s",
-    );
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        assert_eq!(get(port).status, 200);
-    }
-    assert!(is_fallback(&get(port)));
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.calls_slow", 4),
-        Some(4)
-    );
-}
-
-#[test]
-fn client_errors_never_trip_it() {
-    let upstream = Upstream::start(vec![
-        Reply::Status(404),
-        Reply::Status(429),
-        Reply::Status(400),
-    ]);
-    let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..20 {
-        let r = get(port);
-        assert!(!is_fallback(&r));
-    }
-    assert_eq!(upstream.count(), 20);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.calls_success", 20),
-        Some(20)
-    );
-    assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.to_open"), Some(0));
-}
-
-#[test]
-fn shadow_mode_reports_but_refuses_nothing() {
-    let upstream = Upstream::start(failures(1));
-    let envoy = gateway(
-        upstream.port(),
-        &config("30s", r#", "mode": "shadow""#),
-        "15s",
-    );
-    let port = envoy.port("gateway");
-    for _ in 0..10 {
-        let r = get(port);
-        assert_eq!(r.status, 503);
-        assert!(!is_fallback(&r));
-    }
-    assert_eq!(upstream.count(), 10);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.circuit_breaker.b.shadow_rejected", 6),
-        Some(6)
-    );
-    assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(1));
-}
-
-#[test]
-fn grpc_callers_get_unavailable() {
-    let upstream = Upstream::start(failures(1));
-    let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
-        get(port);
-    }
-    let r = client::Request::new("POST", "/orders.Orders/Get")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .send(port);
-    assert_eq!(r.status, 200, "{:?}", r.headers);
-    assert_eq!(r.header("grpc-status"), Some("14"));
-    assert_eq!(r.header("x-circuit-breaker"), Some("b"));
 }
 
 #[test]
@@ -286,35 +294,36 @@ fn the_gateway_s_flaky_route_opens_its_own_breaker_only() {
     assert_eq!(client::get("/public/other").send(port).status, 200);
 }
 
-#[test]
-fn later_filters_see_that_a_request_is_a_half_open_probe() {
-    let mut script = failures(4);
-    script.push(Reply::Echo);
-    let upstream = Upstream::start(script);
-    let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
-            .filter("circuit_breaker", &config("1s", ""))
-            .route_request_header(
-                "x-breaker-state",
-                "%FILTER_STATE(wasm.circuit_breaker.state:PLAIN)%",
-            )
-            .render(),
-    );
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
+both_modules! {
+    fn later_filters_see_that_a_request_is_a_half_open_probe() {
+        let mut script = failures(4);
+        script.push(Reply::Echo);
+        let upstream = Upstream::start(script);
+        let envoy = Envoy::start(
+            &Gateway::new(upstream.port())
+                .filter("circuit_breaker", &config("1s", ""))
+                .route_request_header(
+                    "x-breaker-state",
+                    "%FILTER_STATE(wasm.circuit_breaker.state:PLAIN)%",
+                )
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            get(port);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let probe = get(port);
+        assert_eq!(probe.status, 200);
+        assert_eq!(
+            probe.json()["headers"]["x-breaker-state"],
+            "half_open",
+            "{}",
+            probe.text()
+        );
+        // The second probe closes it; a request in the closed state carries no breaker state.
         get(port);
+        let closed = get(port);
+        assert_ne!(closed.json()["headers"]["x-breaker-state"], "half_open");
     }
-    std::thread::sleep(Duration::from_millis(1100));
-    let probe = get(port);
-    assert_eq!(probe.status, 200);
-    assert_eq!(
-        probe.json()["headers"]["x-breaker-state"],
-        "half_open",
-        "{}",
-        probe.text()
-    );
-    // The second probe closes it; a request in the closed state carries no breaker state.
-    get(port);
-    let closed = get(port);
-    assert_ne!(closed.json()["headers"]["x-breaker-state"], "half_open");
 }

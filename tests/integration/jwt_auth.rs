@@ -117,153 +117,158 @@ fn gateway(upstream: &Upstream, keys: &[&Key], extra: Value) -> Envoy {
     )
 }
 
-#[test]
-fn every_key_family_verifies_in_envoy_and_the_token_stays_at_the_gate() {
-    let keys: Vec<Key> = [
-        Alg::RS256,
-        Alg::PS256,
-        Alg::ES256,
-        Alg::ES384,
-        Alg::EdDSA,
-        Alg::HS256,
-    ]
-    .into_iter()
-    .map(|alg| Key::generate(alg, alg.name()))
-    .collect();
-    let upstream = Upstream::echo();
-    let envoy = gateway(&upstream, &keys.iter().collect::<Vec<_>>(), json!({}));
-    for key in &keys {
-        let response = client::get("/api")
-            .header(
-                "authorization",
-                &bearer(&key.sign(&claims(key.alg().name()))),
-            )
-            .send(envoy.port("gateway"));
-        assert_eq!(
-            response.status,
-            200,
-            "{}: {}",
-            key.alg().name(),
-            response.text()
-        );
-        let seen = response.json();
-        assert_eq!(seen["headers"]["x-user-id"], key.alg().name());
-        assert!(
-            seen["headers"].get("authorization").is_none(),
-            "the token must not go upstream"
-        );
-    }
-}
-
-#[test]
-fn identity_headers_from_clients_never_reach_the_upstream() {
-    let key = Key::generate(Alg::EdDSA, "k");
-    let upstream = Upstream::echo();
-    let envoy = gateway(&upstream, &[&key], json!({}));
-    let port = envoy.port("gateway");
-    let public = client::get("/public/x")
-        .header("x-user-id", "admin")
-        .send(port);
-    assert_eq!(public.status, 200);
-    assert!(public.json()["headers"].get("x-user-id").is_none());
-    // Two forged fields: the filter's own value replaces both.
-    let authed = client::get("/x")
-        .header("x-user-id", "admin")
-        .header("x-user-id", "root")
-        .header("authorization", &bearer(&key.sign(&claims("alice"))))
-        .send(port);
-    assert_eq!(authed.status, 200);
-    let received = upstream.received();
-    let last = received.last().expect("the upstream saw the request");
-    let values: Vec<&str> = last
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "x-user-id")
-        .map(|(_, v)| v.as_str())
+both_modules! {
+    fn every_key_family_verifies_in_envoy_and_the_token_stays_at_the_gate() {
+        let keys: Vec<Key> = [
+            Alg::RS256,
+            Alg::PS256,
+            Alg::ES256,
+            Alg::ES384,
+            Alg::EdDSA,
+            Alg::HS256,
+        ]
+        .into_iter()
+        .map(|alg| Key::generate(alg, alg.name()))
         .collect();
-    assert_eq!(values, ["alice"]);
+        let upstream = Upstream::echo();
+        let envoy = gateway(&upstream, &keys.iter().collect::<Vec<_>>(), json!({}));
+        for key in &keys {
+            let response = client::get("/api")
+                .header(
+                    "authorization",
+                    &bearer(&key.sign(&claims(key.alg().name()))),
+                )
+                .send(envoy.port("gateway"));
+            assert_eq!(
+                response.status,
+                200,
+                "{}: {}",
+                key.alg().name(),
+                response.text()
+            );
+            let seen = response.json();
+            assert_eq!(seen["headers"]["x-user-id"], key.alg().name());
+            assert!(
+                seen["headers"].get("authorization").is_none(),
+                "the token must not go upstream"
+            );
+        }
+    }
 }
 
-#[test]
-fn tokens_from_query_and_cookie_are_taken_out_and_two_places_are_refused() {
-    let key = Key::generate(Alg::EdDSA, "k");
-    let upstream = Upstream::echo();
-    let envoy = gateway(
-        &upstream,
-        &[&key],
-        json!({ "from_params": ["access_token"], "from_cookies": ["session_jwt"] }),
-    );
-    let port = envoy.port("gateway");
-    let token = key.sign(&claims("alice"));
-
-    let by_query = client::get(&format!("/x?a=1&access_token={token}")).send(port);
-    assert_eq!(by_query.status, 200, "{}", by_query.text());
-    assert_eq!(by_query.json()["path"], "/x?a=1");
-
-    let by_cookie = client::get("/x")
-        .header("cookie", &format!("theme=dark; session_jwt={token}"))
-        .send(port);
-    assert_eq!(by_cookie.status, 200, "{}", by_cookie.text());
-    assert_eq!(by_cookie.json()["headers"]["cookie"], "theme=dark");
-
-    let both = client::get(&format!("/x?access_token={token}"))
-        .header("authorization", &bearer(&token))
-        .send(port);
-    assert_eq!(both.status, 400);
-    assert!(challenge(&both).contains("error=\"invalid_request\""));
-    assert_eq!(upstream.count(), 2);
+both_modules! {
+    fn identity_headers_from_clients_never_reach_the_upstream() {
+        let key = Key::generate(Alg::EdDSA, "k");
+        let upstream = Upstream::echo();
+        let envoy = gateway(&upstream, &[&key], json!({}));
+        let port = envoy.port("gateway");
+        let public = client::get("/public/x")
+            .header("x-user-id", "admin")
+            .send(port);
+        assert_eq!(public.status, 200);
+        assert!(public.json()["headers"].get("x-user-id").is_none());
+        // Two forged fields: the filter's own value replaces both.
+        let authed = client::get("/x")
+            .header("x-user-id", "admin")
+            .header("x-user-id", "root")
+            .header("authorization", &bearer(&key.sign(&claims("alice"))))
+            .send(port);
+        assert_eq!(authed.status, 200);
+        let received = upstream.received();
+        let last = received.last().expect("the upstream saw the request");
+        let values: Vec<&str> = last
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-user-id")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(values, ["alice"]);
+    }
 }
 
-#[test]
-fn grpc_clients_get_grpc_errors() {
-    let key = Key::generate(Alg::EdDSA, "k");
-    let upstream = Upstream::echo();
-    let envoy = gateway(&upstream, &[&key], json!({}));
-    let response = client::Request::new("POST", "/pkg.Service/Method")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(vec![0u8, 0, 0, 0, 0])
-        .send(envoy.port("gateway"));
-    // Trailers-only gRPC response: HTTP 200 with grpc-status UNAUTHENTICATED in the headers.
-    assert_eq!(response.status, 200, "{:?}", response.headers);
-    assert_eq!(
-        response.header("grpc-status"),
-        Some("16"),
-        "{:?}",
-        response.headers
-    );
-    assert_eq!(upstream.count(), 0);
-}
+both_modules! {
+    fn tokens_from_query_and_cookie_are_taken_out_and_two_places_are_refused() {
+        let key = Key::generate(Alg::EdDSA, "k");
+        let upstream = Upstream::echo();
+        let envoy = gateway(
+            &upstream,
+            &[&key],
+            json!({ "from_params": ["access_token"], "from_cookies": ["session_jwt"] }),
+        );
+        let port = envoy.port("gateway");
+        let token = key.sign(&claims("alice"));
 
-#[test]
-fn each_worker_verifies_a_token_once() {
-    let key = Key::generate(Alg::RS256, "k");
-    let upstream = Upstream::echo();
-    let envoy = gateway(&upstream, &[&key], json!({}));
-    let token = key.sign(&claims("alice"));
-    for _ in 0..10 {
-        let r = client::get("/x")
+        let by_query = client::get(&format!("/x?a=1&access_token={token}")).send(port);
+        assert_eq!(by_query.status, 200, "{}", by_query.text());
+        assert_eq!(by_query.json()["path"], "/x?a=1");
+
+        let by_cookie = client::get("/x")
+            .header("cookie", &format!("theme=dark; session_jwt={token}"))
+            .send(port);
+        assert_eq!(by_cookie.status, 200, "{}", by_cookie.text());
+        assert_eq!(by_cookie.json()["headers"]["cookie"], "theme=dark");
+
+        let both = client::get(&format!("/x?access_token={token}"))
             .header("authorization", &bearer(&token))
+            .send(port);
+        assert_eq!(both.status, 400);
+        assert!(challenge(&both).contains("error=\"invalid_request\""));
+        assert_eq!(upstream.count(), 2);
+    }
+}
+
+both_modules! {
+    fn grpc_clients_get_grpc_errors() {
+        let key = Key::generate(Alg::EdDSA, "k");
+        let upstream = Upstream::echo();
+        let envoy = gateway(&upstream, &[&key], json!({}));
+        let response = client::Request::new("POST", "/pkg.Service/Method")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8, 0, 0, 0, 0])
             .send(envoy.port("gateway"));
-        assert_eq!(r.status, 200);
+        // Trailers-only gRPC response: HTTP 200 with grpc-status UNAUTHENTICATED in the headers.
+        assert_eq!(response.status, 200, "{:?}", response.headers);
+        assert_eq!(
+            response.header("grpc-status"),
+            Some("16"),
+            "{:?}",
+            response.headers
+        );
+        assert_eq!(upstream.count(), 0);
     }
-    // Two workers, each with its own cache: at most one signature check each.
-    let counts = || {
-        let stat = |name| envoy.stat(name).unwrap_or(0);
-        (
-            stat("wasmcustom.jwt_auth.cache_misses"),
-            stat("wasmcustom.jwt_auth.cache_hits"),
-        )
-    };
-    // Both workers' counts arrive within the metrics' lag.
-    let deadline = std::time::Instant::now() + STATS_LAG * 4;
-    let (mut misses, mut hits) = counts();
-    while misses + hits < 10 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        (misses, hits) = counts();
+}
+
+both_modules! {
+    fn each_worker_verifies_a_token_once() {
+        let key = Key::generate(Alg::RS256, "k");
+        let upstream = Upstream::echo();
+        let envoy = gateway(&upstream, &[&key], json!({}));
+        let token = key.sign(&claims("alice"));
+        for _ in 0..10 {
+            let r = client::get("/x")
+                .header("authorization", &bearer(&token))
+                .send(envoy.port("gateway"));
+            assert_eq!(r.status, 200);
+        }
+        // Two workers, each with its own cache: at most one signature check each.
+        let counts = || {
+            let stat = |name| envoy.stat(name).unwrap_or(0);
+            (
+                stat("wasmcustom.jwt_auth.cache_misses"),
+                stat("wasmcustom.jwt_auth.cache_hits"),
+            )
+        };
+        // Both workers' counts arrive within the metrics' lag.
+        let deadline = std::time::Instant::now() + STATS_LAG * 4;
+        let (mut misses, mut hits) = counts();
+        while misses + hits < 10 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (misses, hits) = counts();
+        }
+        assert!((1..=2).contains(&misses), "misses {misses}");
+        assert_eq!(hits + misses, 10);
     }
-    assert!((1..=2).contains(&misses), "misses {misses}");
-    assert_eq!(hits + misses, 10);
 }
 
 /// A gateway whose provider fetches its keys from `key_server` through cluster `jwks`.
@@ -284,458 +289,462 @@ fn remote_gateway(upstream: &Upstream, key_server: &Upstream, timeout: &str) -> 
     Envoy::start(&gateway.render())
 }
 
-#[test]
-fn remote_keys_are_fetched_once_and_rotate_on_a_new_kid() {
-    let old = Key::generate(Alg::EdDSA, "old");
-    let new = Key::generate(Alg::ES256, "new");
-    let key_server = Upstream::start(vec![
-        Reply::Json(jwks(&[&old])),
-        Reply::Json(jwks(&[&old, &new])),
-    ]);
-    let upstream = Upstream::echo();
-    let envoy = remote_gateway(&upstream, &key_server, "2s");
-    let port = envoy.port("gateway");
-    for _ in 0..6 {
+both_modules! {
+    fn remote_keys_are_fetched_once_and_rotate_on_a_new_kid() {
+        let old = Key::generate(Alg::EdDSA, "old");
+        let new = Key::generate(Alg::ES256, "new");
+        let key_server = Upstream::start(vec![
+            Reply::Json(jwks(&[&old])),
+            Reply::Json(jwks(&[&old, &new])),
+        ]);
+        let upstream = Upstream::echo();
+        let envoy = remote_gateway(&upstream, &key_server, "2s");
+        let port = envoy.port("gateway");
+        for _ in 0..6 {
+            let r = client::get("/x")
+                .header("authorization", &bearer(&old.sign(&claims("alice"))))
+                .send(port);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        // One fetch served both workers (the lease in shared data), with the configured authority.
+        assert_eq!(key_server.count(), 1);
+        assert_eq!(key_server.received()[0].path, "/.well-known/jwks.json");
+        assert_eq!(
+            key_server.received()[0].header("host"),
+            Some("keys.example")
+        );
+        // The issuer rotates: a token with the new kid is accepted at once, not after the cache
+        // duration, through one refetch.
         let r = client::get("/x")
-            .header("authorization", &bearer(&old.sign(&claims("alice"))))
+            .header("authorization", &bearer(&new.sign(&claims("bob"))))
             .send(port);
         assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["headers"]["x-user-id"], "bob");
+        assert_eq!(key_server.count(), 2);
+        // Random kids right after: refused, and no fetch storm.
+        for i in 0..5 {
+            let stranger = Key::generate(Alg::EdDSA, &format!("stranger-{i}"));
+            let r = client::get("/x")
+                .header("authorization", &bearer(&stranger.sign(&claims("eve"))))
+                .send(port);
+            assert_eq!(r.status, 401);
+        }
+        assert_eq!(key_server.count(), 2);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 2),
+            Some(2)
+        );
     }
-    // One fetch served both workers (the lease in shared data), with the configured authority.
-    assert_eq!(key_server.count(), 1);
-    assert_eq!(key_server.received()[0].path, "/.well-known/jwks.json");
-    assert_eq!(
-        key_server.received()[0].header("host"),
-        Some("keys.example")
-    );
-    // The issuer rotates: a token with the new kid is accepted at once, not after the cache
-    // duration, through one refetch.
-    let r = client::get("/x")
-        .header("authorization", &bearer(&new.sign(&claims("bob"))))
-        .send(port);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["headers"]["x-user-id"], "bob");
-    assert_eq!(key_server.count(), 2);
-    // Random kids right after: refused, and no fetch storm.
-    for i in 0..5 {
-        let stranger = Key::generate(Alg::EdDSA, &format!("stranger-{i}"));
-        let r = client::get("/x")
-            .header("authorization", &bearer(&stranger.sign(&claims("eve"))))
-            .send(port);
-        assert_eq!(r.status, 401);
-    }
-    assert_eq!(key_server.count(), 2);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 2),
-        Some(2)
-    );
 }
 
-#[test]
-fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back() {
-    let key = Key::generate(Alg::EdDSA, "k");
-    // Down for the first two fetches (at start, and 2 s later); up for the third (4 s after).
-    let key_server = Upstream::start(vec![
-        Reply::Status(503),
-        Reply::Status(503),
-        Reply::Json(jwks(&[&key])),
-    ]);
-    let upstream = Upstream::echo();
-    let envoy = remote_gateway(&upstream, &key_server, "500ms");
-    let port = envoy.port("gateway");
-    let token = key.sign(&claims("alice"));
-    let down = client::get("/x")
-        .header("authorization", &bearer(&token))
-        .send(port);
-    assert_eq!(down.status, 503, "{}", down.text());
-    assert!(down.header("retry-after").is_some());
-    assert_eq!(down.header("cache-control"), Some("no-store"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let r = client::get("/x")
+both_modules! {
+    fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back() {
+        let key = Key::generate(Alg::EdDSA, "k");
+        // Down for the first two fetches (at start, and 2 s later); up for the third (4 s after).
+        let key_server = Upstream::start(vec![
+            Reply::Status(503),
+            Reply::Status(503),
+            Reply::Json(jwks(&[&key])),
+        ]);
+        let upstream = Upstream::echo();
+        let envoy = remote_gateway(&upstream, &key_server, "500ms");
+        let port = envoy.port("gateway");
+        let token = key.sign(&claims("alice"));
+        let down = client::get("/x")
             .header("authorization", &bearer(&token))
             .send(port);
-        if r.status == 200 {
-            break;
+        assert_eq!(down.status, 503, "{}", down.text());
+        assert!(down.header("retry-after").is_some());
+        assert_eq!(down.header("cache-control"), Some("no-store"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = client::get("/x")
+                .header("authorization", &bearer(&token))
+                .send(port);
+            if r.status == 200 {
+                break;
+            }
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(std::time::Instant::now() < deadline, "keys never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        assert_eq!(r.status, 503, "{}", r.text());
-        assert!(std::time::Instant::now() < deadline, "keys never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        let failures = envoy.stat_when("wasmcustom.jwt_auth.jwks_fetch_failure", |f| {
+            f.unwrap_or(0) >= 2
+        });
+        assert!(failures.unwrap_or(0) >= 2, "failures {failures:?}");
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 1),
+            Some(1)
+        );
+        assert_eq!(upstream.count(), 1);
     }
-    let failures = envoy.stat_when("wasmcustom.jwt_auth.jwks_fetch_failure", |f| {
-        f.unwrap_or(0) >= 2
-    });
-    assert!(failures.unwrap_or(0) >= 2, "failures {failures:?}");
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 1),
-        Some(1)
-    );
-    assert_eq!(upstream.count(), 1);
 }
 
-/// The J1 to J39 checklist (`../shared/reference/semantics.md` §4.c), each case a real request
-/// through one Envoy: what a client sees. (J8, J32, J33 and J34 have their own tests above and
-/// below; J9 is a configuration refusal, J37 is out of scope, J38 is constant-time by
-/// construction and unit-tested.)
-#[test]
-fn the_attack_checklist_through_envoy() {
-    use filter_tests::tokens::b64;
-    let rsa = Key::generate(Alg::RS256, "rsa");
-    let ec = Key::generate(Alg::ES256, "ec");
-    let ed = Key::generate(Alg::EdDSA, "ed");
-    let hs = Key::generate(Alg::HS256, "hs");
-    let weak = Key::rsa_with_bits(Alg::RS256, "weak", 1024);
-    let upstream = Upstream::echo();
-    let keys = [&rsa, &ec, &ed, &hs, &weak];
-    let config = json!({
-        "providers": { "idp": {
-            "issuer": "https://issuer.example", "audiences": ["api"],
-            "algorithms": ["RS256", "ES256", "EdDSA", "HS256"],
-            "local_jwks": { "inline": jwks(&keys) },
-            "from_params": ["access_token"],
-        } },
-        "rules": [
-            { "match": { "prefix": "/admin" }, "requires": { "provider": "idp", "scopes": ["admin"] } },
-            { "match": { "prefix": "/" }, "requires": { "provider": "idp" } },
-        ],
-    });
-    let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
-            .filter("jwt_auth", &config.to_string())
-            .render(),
-    );
-    let port = envoy.port("gateway");
-    let now = now_secs();
-    let good = || claims("alice");
-    let with = |field: &str, value: Value| {
-        let mut c = good();
-        if value.is_null() {
-            c.as_object_mut().unwrap().remove(field);
-        } else {
-            c[field] = value;
-        }
-        c
-    };
-    let raw = |key: &Key, header: &str, payload: &str| {
-        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-        format!("{input}.{}", b64(&key.signature(input.as_bytes())))
-    };
-    let payload = b64(good().to_string().as_bytes());
-    let ec_token = ec.sign(&good());
-    let ec_input = ec_token.rsplit_once('.').unwrap().0.to_owned();
-    let header = |extra: Value| {
-        let mut h = json!({ "alg": "ES256", "kid": "ec" });
-        h.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        ec.sign_with_header(&h, &good())
-    };
+both_modules! {
+    /// The J1 to J39 checklist (`../shared/reference/semantics.md` §4.c), each case a real request
+    /// through one Envoy: what a client sees. (J8, J32, J33 and J34 have their own tests above and
+    /// below; J9 is a configuration refusal, J37 is out of scope, J38 is constant-time by
+    /// construction and unit-tested.)
+    fn the_attack_checklist_through_envoy() {
+        use filter_tests::tokens::b64;
+        let rsa = Key::generate(Alg::RS256, "rsa");
+        let ec = Key::generate(Alg::ES256, "ec");
+        let ed = Key::generate(Alg::EdDSA, "ed");
+        let hs = Key::generate(Alg::HS256, "hs");
+        let weak = Key::rsa_with_bits(Alg::RS256, "weak", 1024);
+        let upstream = Upstream::echo();
+        let keys = [&rsa, &ec, &ed, &hs, &weak];
+        let config = json!({
+            "providers": { "idp": {
+                "issuer": "https://issuer.example", "audiences": ["api"],
+                "algorithms": ["RS256", "ES256", "EdDSA", "HS256"],
+                "local_jwks": { "inline": jwks(&keys) },
+                "from_params": ["access_token"],
+            } },
+            "rules": [
+                { "match": { "prefix": "/admin" }, "requires": { "provider": "idp", "scopes": ["admin"] } },
+                { "match": { "prefix": "/" }, "requires": { "provider": "idp" } },
+            ],
+        });
+        let envoy = Envoy::start(
+            &Gateway::new(upstream.port())
+                .filter("jwt_auth", &config.to_string())
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        let now = now_secs();
+        let good = || claims("alice");
+        let with = |field: &str, value: Value| {
+            let mut c = good();
+            if value.is_null() {
+                c.as_object_mut().unwrap().remove(field);
+            } else {
+                c[field] = value;
+            }
+            c
+        };
+        let raw = |key: &Key, header: &str, payload: &str| {
+            let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+            format!("{input}.{}", b64(&key.signature(input.as_bytes())))
+        };
+        let payload = b64(good().to_string().as_bytes());
+        let ec_token = ec.sign(&good());
+        let ec_input = ec_token.rsplit_once('.').unwrap().0.to_owned();
+        let header = |extra: Value| {
+            let mut h = json!({ "alg": "ES256", "kid": "ec" });
+            h.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            ec.sign_with_header(&h, &good())
+        };
 
-    let cases: Vec<(&str, String, u16)> = vec![
-        (
-            "J1 alg none",
-            format!("{}.{payload}.", b64(br#"{"alg":"none"}"#)),
-            401,
-        ),
-        (
-            "J1 alg nOnE",
-            format!("{}.{payload}.AAAA", b64(br#"{"alg":"nOnE"}"#)),
-            401,
-        ),
-        (
-            "J1 alg escaped none",
-            format!("{}.{payload}.AAAA", b64(br#"{"alg":"\u006eone"}"#)),
-            401,
-        ),
-        (
-            "J2 HS256 keyed with the RSA public key",
-            Key::hmac_with_secret(Alg::HS256, "rsa", &rsa.confusion_secret()).sign(&good()),
-            401,
-        ),
-        (
-            "J3 PS256 not allowed",
-            Key::generate(Alg::RS256, "rsa")
-                .as_alg(Alg::PS256)
-                .sign(&good()),
-            401,
-        ),
-        (
-            "J4 ECDSA r = s = 0",
-            format!("{ec_input}.{}", b64(&[0u8; 64])),
-            401,
-        ),
-        (
-            "J5 ECDSA 63 bytes",
-            format!("{ec_input}.{}", b64(&[1u8; 63])),
-            401,
-        ),
-        ("J6 embedded jwk", header(json!({ "jwk": ec.jwk() })), 401),
-        (
-            "J6 jku",
-            header(json!({ "jku": "http://127.0.0.1:1/jwks" })),
-            401,
-        ),
-        ("J6 x5c", header(json!({ "x5c": ["MIIB"] })), 401),
-        (
-            "J7 path kid",
-            ec.sign_with_header(&json!({ "alg": "ES256", "kid": "../../dev/null" }), &good()),
-            401,
-        ),
-        (
-            "J7 long kid",
-            ec.sign_with_header(&json!({ "alg": "ES256", "kid": "k".repeat(300) }), &good()),
-            401,
-        ),
-        (
-            "J10 JWE",
-            "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aGVsbG8.d29ybGQ.dGFn".to_owned(),
-            401,
-        ),
-        ("J13 crit", header(json!({ "crit": ["exp"] })), 401),
-        ("J13 empty crit", header(json!({ "crit": [] })), 401),
-        (
-            "J14 duplicate alg",
-            raw(
-                &hs,
-                r#"{"alg":"HS256","alg":"none","kid":"hs"}"#,
-                &good().to_string(),
+        let cases: Vec<(&str, String, u16)> = vec![
+            (
+                "J1 alg none",
+                format!("{}.{payload}.", b64(br#"{"alg":"none"}"#)),
+                401,
             ),
-            401,
-        ),
-        (
-            "J14 duplicate exp",
-            raw(
-                &hs,
-                r#"{"alg":"HS256","kid":"hs"}"#,
-                &good().to_string().replacen('{', r#"{"exp":1,"#, 1),
+            (
+                "J1 alg nOnE",
+                format!("{}.{payload}.AAAA", b64(br#"{"alg":"nOnE"}"#)),
+                401,
             ),
-            401,
-        ),
-        (
-            "J15 exp as string",
-            ed.sign(&with("exp", json!((now + 300).to_string()))),
-            401,
-        ),
-        ("J15 exp as bool", ed.sign(&with("exp", json!(true))), 401),
-        ("J15 nbf as array", ed.sign(&with("nbf", json!([1]))), 401),
-        (
-            "J15 exp after 9999",
-            ed.sign(&with("exp", json!(253_402_300_800u64))),
-            401,
-        ),
-        (
-            "J16 fractional exp",
-            ed.sign(&with("exp", json!(now as f64 + 300.5))),
-            200,
-        ),
-        (
-            "J17 expired beyond skew",
-            ed.sign(&with("exp", json!(now - 120))),
-            401,
-        ),
-        (
-            "J17 nbf in the future",
-            ed.sign(&with("nbf", json!(now + 300))),
-            401,
-        ),
-        ("J18 no exp", ed.sign(&with("exp", Value::Null)), 401),
-        ("J19 no aud", ed.sign(&with("aud", Value::Null)), 401),
-        ("J19 empty aud", ed.sign(&with("aud", json!([]))), 401),
-        (
-            "J19 aud of the wrong type",
-            ed.sign(&with("aud", json!([123]))),
-            401,
-        ),
-        (
-            "J19 aud of the wrong case",
-            ed.sign(&with("aud", json!("API"))),
-            401,
-        ),
-        (
-            "J20 iss with a trailing slash",
-            ed.sign(&with("iss", json!("https://issuer.example/"))),
-            401,
-        ),
-        (
-            "J22 typ of another token kind",
-            ed.sign_with_header(
-                &json!({ "alg": "EdDSA", "kid": "ed", "typ": "secevent+jwt" }),
-                &good(),
+            (
+                "J1 alg escaped none",
+                format!("{}.{payload}.AAAA", b64(br#"{"alg":"\u006eone"}"#)),
+                401,
             ),
-            401,
-        ),
-        ("J23 1024-bit RSA key", weak.sign(&good()), 401),
-        (
-            "J25 huge token",
-            ed.sign(&with("pad", json!("x".repeat(9000)))),
-            401,
-        ),
-        (
-            "J26 payload not UTF-8",
-            {
-                let input = format!(
-                    "{}.{}",
-                    b64(br#"{"alg":"EdDSA","kid":"ed"}"#),
-                    b64(b"{\"sub\":\"\xff\"}")
-                );
-                format!("{input}.{}", b64(&ed.signature(input.as_bytes())))
-            },
-            401,
-        ),
-        (
-            "J27 padded signature",
-            format!("{}=", ec.sign(&good())),
-            401,
-        ),
-        (
-            "J36 within the clock skew",
-            ed.sign(&with("exp", json!(now - 30))),
-            200,
-        ),
-        ("all four key families: RS256", rsa.sign(&good()), 200),
-        ("all four key families: ES256", ec.sign(&good()), 200),
-        ("all four key families: EdDSA", ed.sign(&good()), 200),
-        ("all four key families: HS256", hs.sign(&good()), 200),
-    ];
-    let mut failures = Vec::new();
-    for (name, token, expected) in &cases {
-        let r = client::get("/x")
-            .header("authorization", &bearer(token))
+            (
+                "J2 HS256 keyed with the RSA public key",
+                Key::hmac_with_secret(Alg::HS256, "rsa", &rsa.confusion_secret()).sign(&good()),
+                401,
+            ),
+            (
+                "J3 PS256 not allowed",
+                Key::generate(Alg::RS256, "rsa")
+                    .as_alg(Alg::PS256)
+                    .sign(&good()),
+                401,
+            ),
+            (
+                "J4 ECDSA r = s = 0",
+                format!("{ec_input}.{}", b64(&[0u8; 64])),
+                401,
+            ),
+            (
+                "J5 ECDSA 63 bytes",
+                format!("{ec_input}.{}", b64(&[1u8; 63])),
+                401,
+            ),
+            ("J6 embedded jwk", header(json!({ "jwk": ec.jwk() })), 401),
+            (
+                "J6 jku",
+                header(json!({ "jku": "http://127.0.0.1:1/jwks" })),
+                401,
+            ),
+            ("J6 x5c", header(json!({ "x5c": ["MIIB"] })), 401),
+            (
+                "J7 path kid",
+                ec.sign_with_header(&json!({ "alg": "ES256", "kid": "../../dev/null" }), &good()),
+                401,
+            ),
+            (
+                "J7 long kid",
+                ec.sign_with_header(&json!({ "alg": "ES256", "kid": "k".repeat(300) }), &good()),
+                401,
+            ),
+            (
+                "J10 JWE",
+                "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aGVsbG8.d29ybGQ.dGFn".to_owned(),
+                401,
+            ),
+            ("J13 crit", header(json!({ "crit": ["exp"] })), 401),
+            ("J13 empty crit", header(json!({ "crit": [] })), 401),
+            (
+                "J14 duplicate alg",
+                raw(
+                    &hs,
+                    r#"{"alg":"HS256","alg":"none","kid":"hs"}"#,
+                    &good().to_string(),
+                ),
+                401,
+            ),
+            (
+                "J14 duplicate exp",
+                raw(
+                    &hs,
+                    r#"{"alg":"HS256","kid":"hs"}"#,
+                    &good().to_string().replacen('{', r#"{"exp":1,"#, 1),
+                ),
+                401,
+            ),
+            (
+                "J15 exp as string",
+                ed.sign(&with("exp", json!((now + 300).to_string()))),
+                401,
+            ),
+            ("J15 exp as bool", ed.sign(&with("exp", json!(true))), 401),
+            ("J15 nbf as array", ed.sign(&with("nbf", json!([1]))), 401),
+            (
+                "J15 exp after 9999",
+                ed.sign(&with("exp", json!(253_402_300_800u64))),
+                401,
+            ),
+            (
+                "J16 fractional exp",
+                ed.sign(&with("exp", json!(now as f64 + 300.5))),
+                200,
+            ),
+            (
+                "J17 expired beyond skew",
+                ed.sign(&with("exp", json!(now - 120))),
+                401,
+            ),
+            (
+                "J17 nbf in the future",
+                ed.sign(&with("nbf", json!(now + 300))),
+                401,
+            ),
+            ("J18 no exp", ed.sign(&with("exp", Value::Null)), 401),
+            ("J19 no aud", ed.sign(&with("aud", Value::Null)), 401),
+            ("J19 empty aud", ed.sign(&with("aud", json!([]))), 401),
+            (
+                "J19 aud of the wrong type",
+                ed.sign(&with("aud", json!([123]))),
+                401,
+            ),
+            (
+                "J19 aud of the wrong case",
+                ed.sign(&with("aud", json!("API"))),
+                401,
+            ),
+            (
+                "J20 iss with a trailing slash",
+                ed.sign(&with("iss", json!("https://issuer.example/"))),
+                401,
+            ),
+            (
+                "J22 typ of another token kind",
+                ed.sign_with_header(
+                    &json!({ "alg": "EdDSA", "kid": "ed", "typ": "secevent+jwt" }),
+                    &good(),
+                ),
+                401,
+            ),
+            ("J23 1024-bit RSA key", weak.sign(&good()), 401),
+            (
+                "J25 huge token",
+                ed.sign(&with("pad", json!("x".repeat(9000)))),
+                401,
+            ),
+            (
+                "J26 payload not UTF-8",
+                {
+                    let input = format!(
+                        "{}.{}",
+                        b64(br#"{"alg":"EdDSA","kid":"ed"}"#),
+                        b64(b"{\"sub\":\"\xff\"}")
+                    );
+                    format!("{input}.{}", b64(&ed.signature(input.as_bytes())))
+                },
+                401,
+            ),
+            (
+                "J27 padded signature",
+                format!("{}=", ec.sign(&good())),
+                401,
+            ),
+            (
+                "J36 within the clock skew",
+                ed.sign(&with("exp", json!(now - 30))),
+                200,
+            ),
+            ("all four key families: RS256", rsa.sign(&good()), 200),
+            ("all four key families: ES256", ec.sign(&good()), 200),
+            ("all four key families: EdDSA", ed.sign(&good()), 200),
+            ("all four key families: HS256", hs.sign(&good()), 200),
+        ];
+        let mut failures = Vec::new();
+        for (name, token, expected) in &cases {
+            let r = client::get("/x")
+                .header("authorization", &bearer(token))
+                .send(port);
+            if r.status != *expected {
+                failures.push(format!(
+                    "{name}: expected {expected}, got {} {}",
+                    r.status,
+                    r.text()
+                ));
+            } else if r.status == 401 && !challenge(&r).contains("error=\"invalid_token\"") {
+                failures.push(format!(
+                    "{name}: 401 without invalid_token: {}",
+                    challenge(&r)
+                ));
+            }
+        }
+        let token = ed.sign(&good());
+        let requests = [
+            (
+                "J11 JSON serialization",
+                client::get("/x").header("authorization", "Bearer {\"payload\":\"e30\"}"),
+                400,
+            ),
+            (
+                "J28 header and query",
+                client::get(&format!("/x?access_token={token}"))
+                    .header("authorization", &bearer(&token)),
+                400,
+            ),
+            (
+                "J28 two authorization fields",
+                client::get("/x")
+                    .header("authorization", &bearer(&token))
+                    .header("authorization", &bearer(&token)),
+                400,
+            ),
+            (
+                "J29 lower-case scheme",
+                client::get("/x").header("authorization", &format!("bearer {token}")),
+                200,
+            ),
+            (
+                "J29 several spaces",
+                client::get("/x").header("authorization", &format!("Bearer    {token}")),
+                200,
+            ),
+            (
+                "J30 Basic credentials",
+                client::get("/x").header("authorization", "Basic dXNlcjpwYXNz"),
+                401,
+            ),
+            (
+                "J31 missing scope",
+                client::get("/admin/x").header("authorization", &bearer(&token)),
+                403,
+            ),
+            (
+                "J39 token in the query",
+                client::get(&format!("/x?access_token={token}")),
+                200,
+            ),
+        ];
+        for (name, request, expected) in requests {
+            let r = request.send(port);
+            if r.status != expected {
+                failures.push(format!(
+                    "{name}: expected {expected}, got {} {}",
+                    r.status,
+                    r.text()
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len() + 8,
+            failures.join("\n")
+        );
+        // J30: no error code when there is no bearer token at all.
+        let basic = client::get("/x")
+            .header("authorization", "Basic dXNlcjpwYXNz")
             .send(port);
-        if r.status != *expected {
-            failures.push(format!(
-                "{name}: expected {expected}, got {} {}",
-                r.status,
-                r.text()
-            ));
-        } else if r.status == 401 && !challenge(&r).contains("error=\"invalid_token\"") {
-            failures.push(format!(
-                "{name}: 401 without invalid_token: {}",
-                challenge(&r)
-            ));
-        }
+        assert_eq!(challenge(&basic), "Bearer realm=\"api\"");
     }
-    let token = ed.sign(&good());
-    let requests = [
-        (
-            "J11 JSON serialization",
-            client::get("/x").header("authorization", "Bearer {\"payload\":\"e30\"}"),
-            400,
-        ),
-        (
-            "J28 header and query",
-            client::get(&format!("/x?access_token={token}"))
-                .header("authorization", &bearer(&token)),
-            400,
-        ),
-        (
-            "J28 two authorization fields",
-            client::get("/x")
-                .header("authorization", &bearer(&token))
-                .header("authorization", &bearer(&token)),
-            400,
-        ),
-        (
-            "J29 lower-case scheme",
-            client::get("/x").header("authorization", &format!("bearer {token}")),
-            200,
-        ),
-        (
-            "J29 several spaces",
-            client::get("/x").header("authorization", &format!("Bearer    {token}")),
-            200,
-        ),
-        (
-            "J30 Basic credentials",
-            client::get("/x").header("authorization", "Basic dXNlcjpwYXNz"),
-            401,
-        ),
-        (
-            "J31 missing scope",
-            client::get("/admin/x").header("authorization", &bearer(&token)),
-            403,
-        ),
-        (
-            "J39 token in the query",
-            client::get(&format!("/x?access_token={token}")),
-            200,
-        ),
-    ];
-    for (name, request, expected) in requests {
-        let r = request.send(port);
-        if r.status != expected {
-            failures.push(format!(
-                "{name}: expected {expected}, got {} {}",
-                r.status,
-                r.text()
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len() + 8,
-        failures.join("\n")
-    );
-    // J30: no error code when there is no bearer token at all.
-    let basic = client::get("/x")
-        .header("authorization", "Basic dXNlcjpwYXNz")
-        .send(port);
-    assert_eq!(challenge(&basic), "Bearer realm=\"api\"");
 }
 
-#[test]
-fn a_key_removed_from_the_key_server_stops_working_at_the_next_refresh() {
-    let kept = Key::generate(Alg::EdDSA, "kept");
-    let revoked = Key::generate(Alg::EdDSA, "revoked");
-    let key_server = Upstream::start(vec![
-        Reply::Json(jwks(&[&kept, &revoked])),
-        Reply::Json(jwks(&[&kept])),
-    ]);
-    let upstream = Upstream::echo();
-    let config = json!({
-        "providers": { "idp": {
-            "issuer": "https://issuer.example", "audiences": ["api"], "algorithms": ["EdDSA"],
-            "remote_jwks": { "cluster": "jwks", "path": "/jwks", "cache_duration": "1s" },
-        } },
-        "rules": [ { "match": {}, "requires": { "provider": "idp" } } ],
-    });
-    let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
-            .cluster("jwks", key_server.port())
-            .filter("jwt_auth", &config.to_string())
-            .render(),
-    );
-    let port = envoy.port("gateway");
-    let token = revoked.sign(&claims("mallory"));
-    for _ in 0..4 {
-        assert_eq!(
-            client::get("/x")
-                .header("authorization", &bearer(&token))
-                .send(port)
-                .status,
-            200
+both_modules! {
+    fn a_key_removed_from_the_key_server_stops_working_at_the_next_refresh() {
+        let kept = Key::generate(Alg::EdDSA, "kept");
+        let revoked = Key::generate(Alg::EdDSA, "revoked");
+        let key_server = Upstream::start(vec![
+            Reply::Json(jwks(&[&kept, &revoked])),
+            Reply::Json(jwks(&[&kept])),
+        ]);
+        let upstream = Upstream::echo();
+        let config = json!({
+            "providers": { "idp": {
+                "issuer": "https://issuer.example", "audiences": ["api"], "algorithms": ["EdDSA"],
+                "remote_jwks": { "cluster": "jwks", "path": "/jwks", "cache_duration": "1s" },
+            } },
+            "rules": [ { "match": {}, "requires": { "provider": "idp" } } ],
+        });
+        let envoy = Envoy::start(
+            &Gateway::new(upstream.port())
+                .cluster("jwks", key_server.port())
+                .filter("jwt_auth", &config.to_string())
+                .render(),
         );
+        let port = envoy.port("gateway");
+        let token = revoked.sign(&claims("mallory"));
+        for _ in 0..4 {
+            assert_eq!(
+                client::get("/x")
+                    .header("authorization", &bearer(&token))
+                    .send(port)
+                    .status,
+                200
+            );
+        }
+        // The refresh (at 80% of 1 s) drops the key; the verified-token cache must not keep it alive.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while key_server.count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "no refresh happened");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for _ in 0..4 {
+            assert_eq!(
+                client::get("/x")
+                    .header("authorization", &bearer(&token))
+                    .send(port)
+                    .status,
+                401
+            );
+        }
+        let ok = client::get("/x")
+            .header("authorization", &bearer(&kept.sign(&claims("alice"))))
+            .send(port);
+        assert_eq!(ok.status, 200);
     }
-    // The refresh (at 80% of 1 s) drops the key; the verified-token cache must not keep it alive.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while key_server.count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no refresh happened");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    for _ in 0..4 {
-        assert_eq!(
-            client::get("/x")
-                .header("authorization", &bearer(&token))
-                .send(port)
-                .status,
-            401
-        );
-    }
-    let ok = client::get("/x")
-        .header("authorization", &bearer(&kept.sign(&claims("alice"))))
-        .send(port);
-    assert_eq!(ok.status, 200);
 }

@@ -1,5 +1,32 @@
 //! The integration suite: every filter module in a real Envoy (`--concurrency 2`), real HTTP,
 //! real upstream failures. One test binary; each test starts the Envoy it needs.
+//!
+//! The filters' scenarios run twice ([`both_modules!`]): against the separate filter modules,
+//! and against `gateway.wasm` with the same configurations as its members.
+
+/// Defines a scenario as a module of two tests: `separate_filters` runs it with one Envoy filter entry
+/// per filter module, `gateway_wasm` with the same filters as members of one `gateway.wasm` entry.
+macro_rules! both_modules {
+    ($(#[doc = $doc:literal])* fn $name:ident() $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn scenario() $body
+
+            #[test]
+            fn separate_filters() {
+                scenario();
+            }
+
+            #[test]
+            fn gateway_wasm() {
+                filter_tests::envoy_config::as_gateway_module(scenario);
+            }
+        }
+    };
+}
 
 mod circuit_breaker;
 mod examples;

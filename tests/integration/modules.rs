@@ -1,10 +1,10 @@
-//! The four modules as Envoy sees them: they load with two workers, refuse invalid
-//! configuration with the field path in Envoy's log, report metrics, and import only what
-//! Envoy provides.
+//! The modules as Envoy sees them (the four filters and `gateway.wasm`): they load with two
+//! workers, refuse invalid configuration with the field path in Envoy's log, report metrics,
+//! and import only what Envoy provides.
 
 use filter_tests::client;
 use filter_tests::envoy::{Envoy, Mode};
-use filter_tests::envoy_config::Gateway;
+use filter_tests::envoy_config::{Gateway, as_gateway_module};
 use filter_tests::upstream::Upstream;
 use filter_tests::wasm::{self, FILTERS};
 
@@ -32,24 +32,36 @@ fn pass_config(name: &str) -> &'static str {
 
 /// Loads one module with two workers, sends requests on separate connections, and checks
 /// they reached the upstream and were counted by the module's metric (one stat for all
-/// workers' VMs).
+/// workers' VMs). `gateway` loads the combined module with all four filters.
 fn loads_with_two_workers(name: &str) {
     let upstream = Upstream::echo();
-    let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
-            .filter(name, pass_config(name))
-            .render(),
-    );
+    let filters: Vec<&str> = if name == "gateway" {
+        FILTERS.to_vec()
+    } else {
+        vec![name]
+    };
+    let mut gateway = Gateway::new(upstream.port());
+    for filter in &filters {
+        gateway = gateway.filter(filter, pass_config(filter));
+    }
+    let config = if name == "gateway" {
+        as_gateway_module(|| gateway.render())
+    } else {
+        gateway.render()
+    };
+    let envoy = Envoy::start(&config);
     for _ in 0..20 {
         let response = client::get("/hello").send(envoy.port("gateway"));
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.json()["path"], "/hello");
     }
     assert_eq!(upstream.count(), 20);
-    assert_eq!(
-        envoy.stat_eventually(&format!("wasmcustom.{name}.{}", pass_metric(name)), 20),
-        Some(20)
-    );
+    for filter in &filters {
+        assert_eq!(
+            envoy.stat_eventually(&format!("wasmcustom.{filter}.{}", pass_metric(filter)), 20),
+            Some(20)
+        );
+    }
     // One VM per worker (and one on the main thread) ran on_vm_start.
     let started = envoy
         .log()
@@ -83,6 +95,11 @@ fn retry_policy_loads_with_two_workers() {
 }
 
 #[test]
+fn gateway_loads_with_two_workers() {
+    loads_with_two_workers("gateway");
+}
+
+#[test]
 fn invalid_configuration_is_refused_with_the_field_path() {
     let mode = Mode::from_env();
     for name in FILTERS {
@@ -100,6 +117,19 @@ fn invalid_configuration_is_refused_with_the_field_path() {
             "{expected:?} not in Envoy's log:\n{log}"
         );
     }
+    // The gateway names the member, then the path inside it.
+    let config = as_gateway_module(|| {
+        Gateway::new(1)
+            .filter("rate_limit", r#"{"limits": {"requests": 5}}"#)
+            .render()
+    });
+    let (status, log) = Envoy::start_expecting_refusal(&mode, &config);
+    assert!(!status.success());
+    let expected = "gateway: invalid configuration: rate_limit.limits: unknown field `limits`";
+    assert!(
+        log.contains(expected),
+        "{expected:?} not in Envoy's log:\n{log}"
+    );
 }
 
 #[test]
@@ -113,40 +143,43 @@ fn malformed_json_is_refused() {
     );
 }
 
-#[test]
-fn custom_metrics_reach_prometheus() {
-    let upstream = Upstream::echo();
-    let mut gateway = Gateway::new(upstream.port());
-    for name in FILTERS {
-        gateway = gateway.filter(name, pass_config(name));
+both_modules! {
+    /// The same names whether the filters run as separate modules or inside `gateway.wasm`.
+    fn custom_metrics_reach_prometheus() {
+        let upstream = Upstream::echo();
+        let mut gateway = Gateway::new(upstream.port());
+        for name in FILTERS {
+            gateway = gateway.filter(name, pass_config(name));
+        }
+        let envoy = Envoy::start(&gateway.render());
+        for _ in 0..3 {
+            assert_eq!(client::get("/").send(envoy.port("gateway")).status, 200);
+        }
+        for name in FILTERS {
+            envoy.stat_eventually(&format!("wasmcustom.{name}.{}", pass_metric(name)), 3);
+        }
+        let prometheus = envoy.admin("/stats/prometheus").text();
+        for name in FILTERS {
+            // Envoy strips the `wasmcustom.` namespace, adds no `envoy_` prefix and turns dots
+            // into underscores.
+            let metric = format!("{name}_{}", pass_metric(name).replace('.', "_"));
+            let line = prometheus
+                .lines()
+                .find(|l| l.starts_with(&format!("{metric}{{")))
+                .unwrap_or_else(|| panic!("{metric} not in /stats/prometheus:\n{prometheus}"));
+            assert!(line.ends_with(" 3"), "unexpected sample {line:?}");
+            assert!(
+                prometheus.contains(&format!("# TYPE {metric} counter")),
+                "{prometheus}"
+            );
+        }
     }
-    let envoy = Envoy::start(&gateway.render());
-    for _ in 0..3 {
-        assert_eq!(client::get("/").send(envoy.port("gateway")).status, 200);
-    }
-    for name in FILTERS {
-        envoy.stat_eventually(&format!("wasmcustom.{name}.{}", pass_metric(name)), 3);
-    }
-    let prometheus = envoy.admin("/stats/prometheus").text();
-    for name in FILTERS {
-        // Envoy strips the `wasmcustom.` namespace, adds no `envoy_` prefix and turns dots
-        // into underscores.
-        let metric = format!("{name}_{}", pass_metric(name).replace('.', "_"));
-        let line = prometheus
-            .lines()
-            .find(|l| l.starts_with(&format!("{metric}{{")))
-            .unwrap_or_else(|| panic!("{metric} not in /stats/prometheus:\n{prometheus}"));
-        assert!(line.ends_with(" 3"), "unexpected sample {line:?}");
-        assert!(
-            prometheus.contains(&format!("# TYPE {metric} counter")),
-            "{prometheus}"
-        );
-    }
+
 }
 
 #[test]
 fn modules_import_only_what_envoy_provides() {
-    for name in FILTERS {
+    for name in FILTERS.into_iter().chain(["gateway"]) {
         let path = wasm::module(name);
         let imports = wasm::imports(&path);
         assert!(

@@ -21,122 +21,126 @@ fn header<'a>(r: &'a Response, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers))
 }
 
-#[test]
-fn a_burst_of_five_admits_exactly_five_from_64_connections_on_two_workers() {
-    let upstream = Upstream::echo();
-    let envoy = gateway(
-        &upstream,
-        r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 5, "per": "1h"}}]}"#,
-    );
-    let port = envoy.port("gateway");
-    let statuses = client::all_at_once(64, || client::get("/x").send(port).status);
-    let passed = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!((passed, limited), (5, 59), "{statuses:?}");
-    assert_eq!(upstream.count(), 5);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.rate_limit.all.limited", 59),
-        Some(59)
-    );
-}
-
-#[test]
-fn header_fields_on_200_and_429_and_retry_after_is_honoured() {
-    let upstream = Upstream::echo();
-    let envoy = gateway(
-        &upstream,
-        r#"{"rules": [{"name": "per-user", "key": [{"header": "x-user-id"}], "limit": {"requests": 2, "per": "2s"}}]}"#,
-    );
-    let port = envoy.port("gateway");
-    let send = || client::get("/api").header("x-user-id", "alice").send(port);
-    let first = send();
-    assert_eq!(first.status, 200);
-    assert_eq!(header(&first, "ratelimit-policy"), "\"per-user\";q=2;w=2");
-    assert_eq!(header(&first, "ratelimit"), "\"per-user\";r=1;t=1");
-    let second = send();
-    assert_eq!(second.status, 200);
-    assert_eq!(header(&second, "ratelimit"), "\"per-user\";r=0;t=2");
-    let refused = send();
-    assert_eq!(refused.status, 429, "{}", refused.text());
-    assert_eq!(header(&refused, "cache-control"), "no-store");
-    assert_eq!(header(&refused, "content-type"), "application/problem+json");
-    assert_eq!(header(&refused, "ratelimit-policy"), "\"per-user\";q=2;w=2");
-    let retry_after: u64 = header(&refused, "retry-after").parse().expect("seconds");
-    assert_eq!(retry_after, 1);
-    assert_eq!(refused.json()["violated-policies"][0], "per-user");
-    // The client that waits as told gets through.
-    std::thread::sleep(Duration::from_secs(retry_after));
-    assert_eq!(send().status, 200);
-    assert_eq!(upstream.count(), 3);
-}
-
-#[test]
-fn clients_are_told_apart_by_address_or_by_header() {
-    let upstream = Upstream::echo();
-    let envoy = gateway(
-        &upstream,
-        r#"{"trusted_proxies": 1, "rules": [
-            {"name": "per-ip", "match": {"prefix": "/ip"}, "key": [{"client_ip": {}}], "limit": {"requests": 1, "per": "1h"}},
-            {"name": "per-user", "match": {"prefix": "/user"}, "key": [{"header": "x-user-id"}], "limit": {"requests": 1, "per": "1h"}}
-        ]}"#,
-    );
-    let port = envoy.port("gateway");
-    let via = |xff: &str| {
-        client::get("/ip")
-            .header("x-forwarded-for", xff)
-            .send(port)
-            .status
-    };
-    assert_eq!(via("1.1.1.1"), 200);
-    // A forged entry left of the trusted proxy's changes nothing.
-    assert_eq!(via("9.9.9.9, 1.1.1.1"), 429);
-    assert_eq!(via("2.2.2.2"), 200);
-    // No x-forwarded-for: the peer (127.0.0.1) is the key.
-    assert_eq!(client::get("/ip").send(port).status, 200);
-    assert_eq!(client::get("/ip").send(port).status, 429);
-
-    let as_user = |id: &str| {
-        client::get("/user")
-            .header("x-user-id", id)
-            .send(port)
-            .status
-    };
-    assert_eq!(as_user("alice"), 200);
-    assert_eq!(as_user("alice"), 429);
-    assert_eq!(as_user("bob"), 200);
-    // Without the header the rule does not apply, and nothing else limits /user.
-    for _ in 0..3 {
-        let r = client::get("/user").send(port);
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("ratelimit"), None);
+both_modules! {
+    fn a_burst_of_five_admits_exactly_five_from_64_connections_on_two_workers() {
+        let upstream = Upstream::echo();
+        let envoy = gateway(
+            &upstream,
+            r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 5, "per": "1h"}}]}"#,
+        );
+        let port = envoy.port("gateway");
+        let statuses = client::all_at_once(64, || client::get("/x").send(port).status);
+        let passed = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((passed, limited), (5, 59), "{statuses:?}");
+        assert_eq!(upstream.count(), 5);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.rate_limit.all.limited", 59),
+            Some(59)
+        );
     }
 }
 
-#[test]
-fn shadow_mode_lets_everything_through_and_counts_what_it_would_refuse() {
-    let upstream = Upstream::echo();
-    let envoy = gateway(
-        &upstream,
-        r#"{"shadow": true, "rules": [{"name": "trial", "key": [{"rule": {}}], "limit": {"requests": 1, "per": "1h"}}]}"#,
-    );
-    let port = envoy.port("gateway");
-    for _ in 0..3 {
-        assert_eq!(client::get("/x").send(port).status, 200);
+both_modules! {
+    fn header_fields_on_200_and_429_and_retry_after_is_honoured() {
+        let upstream = Upstream::echo();
+        let envoy = gateway(
+            &upstream,
+            r#"{"rules": [{"name": "per-user", "key": [{"header": "x-user-id"}], "limit": {"requests": 2, "per": "2s"}}]}"#,
+        );
+        let port = envoy.port("gateway");
+        let send = || client::get("/api").header("x-user-id", "alice").send(port);
+        let first = send();
+        assert_eq!(first.status, 200);
+        assert_eq!(header(&first, "ratelimit-policy"), "\"per-user\";q=2;w=2");
+        assert_eq!(header(&first, "ratelimit"), "\"per-user\";r=1;t=1");
+        let second = send();
+        assert_eq!(second.status, 200);
+        assert_eq!(header(&second, "ratelimit"), "\"per-user\";r=0;t=2");
+        let refused = send();
+        assert_eq!(refused.status, 429, "{}", refused.text());
+        assert_eq!(header(&refused, "cache-control"), "no-store");
+        assert_eq!(header(&refused, "content-type"), "application/problem+json");
+        assert_eq!(header(&refused, "ratelimit-policy"), "\"per-user\";q=2;w=2");
+        let retry_after: u64 = header(&refused, "retry-after").parse().expect("seconds");
+        assert_eq!(retry_after, 1);
+        assert_eq!(refused.json()["violated-policies"][0], "per-user");
+        // The client that waits as told gets through.
+        std::thread::sleep(Duration::from_secs(retry_after));
+        assert_eq!(send().status, 200);
+        assert_eq!(upstream.count(), 3);
     }
-    assert_eq!(upstream.count(), 3);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.rate_limit.trial.shadow_limited", 2),
-        Some(2)
-    );
-    assert_eq!(envoy.stat("wasmcustom.rate_limit.trial.limited"), Some(0));
-    assert!(
-        envoy.wait_for_log(
-            "shadow: would refuse GET /x (over trial)",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        envoy.log()
-    );
+}
+
+both_modules! {
+    fn clients_are_told_apart_by_address_or_by_header() {
+        let upstream = Upstream::echo();
+        let envoy = gateway(
+            &upstream,
+            r#"{"trusted_proxies": 1, "rules": [
+                {"name": "per-ip", "match": {"prefix": "/ip"}, "key": [{"client_ip": {}}], "limit": {"requests": 1, "per": "1h"}},
+                {"name": "per-user", "match": {"prefix": "/user"}, "key": [{"header": "x-user-id"}], "limit": {"requests": 1, "per": "1h"}}
+            ]}"#,
+        );
+        let port = envoy.port("gateway");
+        let via = |xff: &str| {
+            client::get("/ip")
+                .header("x-forwarded-for", xff)
+                .send(port)
+                .status
+        };
+        assert_eq!(via("1.1.1.1"), 200);
+        // A forged entry left of the trusted proxy's changes nothing.
+        assert_eq!(via("9.9.9.9, 1.1.1.1"), 429);
+        assert_eq!(via("2.2.2.2"), 200);
+        // No x-forwarded-for: the peer (127.0.0.1) is the key.
+        assert_eq!(client::get("/ip").send(port).status, 200);
+        assert_eq!(client::get("/ip").send(port).status, 429);
+
+        let as_user = |id: &str| {
+            client::get("/user")
+                .header("x-user-id", id)
+                .send(port)
+                .status
+        };
+        assert_eq!(as_user("alice"), 200);
+        assert_eq!(as_user("alice"), 429);
+        assert_eq!(as_user("bob"), 200);
+        // Without the header the rule does not apply, and nothing else limits /user.
+        for _ in 0..3 {
+            let r = client::get("/user").send(port);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("ratelimit"), None);
+        }
+    }
+}
+
+both_modules! {
+    fn shadow_mode_lets_everything_through_and_counts_what_it_would_refuse() {
+        let upstream = Upstream::echo();
+        let envoy = gateway(
+            &upstream,
+            r#"{"shadow": true, "rules": [{"name": "trial", "key": [{"rule": {}}], "limit": {"requests": 1, "per": "1h"}}]}"#,
+        );
+        let port = envoy.port("gateway");
+        for _ in 0..3 {
+            assert_eq!(client::get("/x").send(port).status, 200);
+        }
+        assert_eq!(upstream.count(), 3);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.rate_limit.trial.shadow_limited", 2),
+            Some(2)
+        );
+        assert_eq!(envoy.stat("wasmcustom.rate_limit.trial.limited"), Some(0));
+        assert!(
+            envoy.wait_for_log(
+                "shadow: would refuse GET /x (over trial)",
+                Duration::from_secs(5)
+            ),
+            "{}",
+            envoy.log()
+        );
+    }
 }
 
 /// Bytes Envoy's allocator has handed out (shared data lives there).

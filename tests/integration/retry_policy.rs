@@ -24,187 +24,194 @@ fn then_ok(failures: usize) -> Vec<Reply> {
 
 const RETRY_5XX: &str = r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 2}]}"#;
 
-#[test]
-fn a_get_whose_first_attempt_fails_succeeds_with_exactly_two_attempts() {
-    let upstream = Upstream::start(then_ok(1));
-    let envoy = gateway(&upstream, RETRY_5XX);
-    let r = client::get("/orders").send(envoy.port("gateway"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(upstream.count(), 2);
-    // The router consumed the retry headers: the upstream never sees them.
-    assert!(
-        upstream
-            .received()
-            .iter()
-            .all(|q| q.header("x-envoy-retry-on").is_none())
-    );
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.retry_policy.retries", 1),
-        Some(1)
-    );
-}
-
-#[test]
-fn a_post_is_attempted_once_unless_it_carries_an_idempotency_key() {
-    let upstream = Upstream::start(then_ok(1));
-    let envoy = gateway(&upstream, RETRY_5XX);
-    let port = envoy.port("gateway");
-    let post = client::Request::new("POST", "/orders").body("{}");
-    assert_eq!(post.send(port).status, 503);
-    assert_eq!(upstream.count(), 1);
-
-    let upstream = Upstream::start(then_ok(1));
-    let envoy = gateway(&upstream, RETRY_5XX);
-    let keyed = client::Request::new("POST", "/orders")
-        .header(
-            "idempotency-key",
-            "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"",
-        )
-        .body("{}");
-    assert_eq!(keyed.send(envoy.port("gateway")).status, 200);
-    assert_eq!(upstream.count(), 2);
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.retry_policy.given_retries", 1),
-        Some(1)
-    );
-}
-
-#[test]
-fn a_client_asking_for_100_retries_gets_the_rule_s_number() {
-    let upstream = Upstream::start(vec![Reply::Status(503)]);
-    // Internal clients: Envoy itself would keep and obey the client's retry headers.
-    let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
-            .filter(
-                "retry_policy",
-                r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1}]}"#,
-            )
-            .internal_clients()
-            .render(),
-    );
-    let r = client::get("/x")
-        .header("x-envoy-retry-on", "5xx")
-        .header("x-envoy-max-retries", "100")
-        .send(envoy.port("gateway"));
-    assert_eq!(r.status, 503);
-    assert_eq!(upstream.count(), 2);
-    // And on a POST, which no rule may retry, nothing the client sent makes it retried.
-    let post = client::Request::new("POST", "/x")
-        .header("x-envoy-retry-on", "5xx")
-        .header("x-envoy-max-retries", "100")
-        .body("{}");
-    assert_eq!(post.send(envoy.port("gateway")).status, 503);
-    assert_eq!(upstream.count(), 3);
-}
-
-#[test]
-fn per_try_timeout_cuts_a_hung_attempt_and_the_retry_succeeds() {
-    let upstream = Upstream::start(vec![Reply::Hang, Reply::Echo]);
-    let envoy = gateway(
-        &upstream,
-        r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1, "per_try_timeout": "200ms"}]}"#,
-    );
-    let started = std::time::Instant::now();
-    let r = client::get("/slow").send(envoy.port("gateway"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(upstream.count(), 2);
-    assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-#[test]
-fn the_budget_bounds_what_an_outage_costs_the_upstream() {
-    const REQUESTS: usize = 50;
-    let with_budget = r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 2}],
-                          "budget": {"retry_ratio": 0.2, "min_retries_per_second": 1}}"#;
-    let down = Upstream::start(vec![Reply::Status(503)]);
-    let envoy = gateway(&down, with_budget);
-    for _ in 0..REQUESTS {
-        assert_eq!(client::get("/x").send(envoy.port("gateway")).status, 503);
+both_modules! {
+    fn a_get_whose_first_attempt_fails_succeeds_with_exactly_two_attempts() {
+        let upstream = Upstream::start(then_ok(1));
+        let envoy = gateway(&upstream, RETRY_5XX);
+        let r = client::get("/orders").send(envoy.port("gateway"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(upstream.count(), 2);
+        // The router consumed the retry headers: the upstream never sees them.
+        assert!(
+            upstream
+                .received()
+                .iter()
+                .all(|q| q.header("x-envoy-retry-on").is_none())
+        );
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.retry_policy.retries", 1),
+            Some(1)
+        );
     }
-    // 20% of 50 plus the reserve of 1 per second over 10 s, plus the last grant's 2.
-    let bound = REQUESTS + REQUESTS / 5 + 10 + 2;
-    let seen = down.count();
-    eprintln!("{REQUESTS} requests, {seen} reached the upstream with the budget on");
-    assert!(
-        seen <= bound,
-        "the upstream saw {seen} requests, more than {bound}"
-    );
-    assert!(seen > REQUESTS, "no retries at all ({seen})");
-    assert!(
-        envoy
-            .stat_when("wasmcustom.retry_policy.no_retries_budget", |n| n
+}
+
+both_modules! {
+    fn a_post_is_attempted_once_unless_it_carries_an_idempotency_key() {
+        let upstream = Upstream::start(then_ok(1));
+        let envoy = gateway(&upstream, RETRY_5XX);
+        let port = envoy.port("gateway");
+        let post = client::Request::new("POST", "/orders").body("{}");
+        assert_eq!(post.send(port).status, 503);
+        assert_eq!(upstream.count(), 1);
+
+        let upstream = Upstream::start(then_ok(1));
+        let envoy = gateway(&upstream, RETRY_5XX);
+        let keyed = client::Request::new("POST", "/orders")
+            .header(
+                "idempotency-key",
+                "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"",
+            )
+            .body("{}");
+        assert_eq!(keyed.send(envoy.port("gateway")).status, 200);
+        assert_eq!(upstream.count(), 2);
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.retry_policy.given_retries", 1),
+            Some(1)
+        );
+    }
+}
+
+both_modules! {
+    fn a_client_asking_for_100_retries_gets_the_rule_s_number() {
+        let upstream = Upstream::start(vec![Reply::Status(503)]);
+        // Internal clients: Envoy itself would keep and obey the client's retry headers.
+        let envoy = Envoy::start(
+            &Gateway::new(upstream.port())
+                .filter(
+                    "retry_policy",
+                    r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1}]}"#,
+                )
+                .internal_clients()
+                .render(),
+        );
+        let r = client::get("/x")
+            .header("x-envoy-retry-on", "5xx")
+            .header("x-envoy-max-retries", "100")
+            .send(envoy.port("gateway"));
+        assert_eq!(r.status, 503);
+        assert_eq!(upstream.count(), 2);
+        // And on a POST, which no rule may retry, nothing the client sent makes it retried.
+        let post = client::Request::new("POST", "/x")
+            .header("x-envoy-retry-on", "5xx")
+            .header("x-envoy-max-retries", "100")
+            .body("{}");
+        assert_eq!(post.send(envoy.port("gateway")).status, 503);
+        assert_eq!(upstream.count(), 3);
+    }
+}
+
+both_modules! {
+    fn per_try_timeout_cuts_a_hung_attempt_and_the_retry_succeeds() {
+        let upstream = Upstream::start(vec![Reply::Hang, Reply::Echo]);
+        let envoy = gateway(
+            &upstream,
+            r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1, "per_try_timeout": "200ms"}]}"#,
+        );
+        let started = std::time::Instant::now();
+        let r = client::get("/slow").send(envoy.port("gateway"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(upstream.count(), 2);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+both_modules! {
+    fn the_budget_bounds_what_an_outage_costs_the_upstream() {
+        const REQUESTS: usize = 50;
+        let with_budget = r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 2}],
+                              "budget": {"retry_ratio": 0.2, "min_retries_per_second": 1}}"#;
+        let down = Upstream::start(vec![Reply::Status(503)]);
+        let envoy = gateway(&down, with_budget);
+        for _ in 0..REQUESTS {
+            assert_eq!(client::get("/x").send(envoy.port("gateway")).status, 503);
+        }
+        // 20% of 50 plus the reserve of 1 per second over 10 s, plus the last grant's 2.
+        let bound = REQUESTS + REQUESTS / 5 + 10 + 2;
+        let seen = down.count();
+        eprintln!("{REQUESTS} requests, {seen} reached the upstream with the budget on");
+        assert!(
+            seen <= bound,
+            "the upstream saw {seen} requests, more than {bound}"
+        );
+        assert!(seen > REQUESTS, "no retries at all ({seen})");
+        assert!(
+            envoy
+                .stat_when("wasmcustom.retry_policy.no_retries_budget", |n| n
+                    .unwrap_or(0)
+                    > 0)
                 .unwrap_or(0)
-                > 0)
-            .unwrap_or(0)
-            > 0
-    );
+                > 0
+        );
 
-    let down = Upstream::start(vec![Reply::Status(503)]);
-    let envoy = gateway(&down, RETRY_5XX);
-    for _ in 0..REQUESTS {
-        client::get("/x").send(envoy.port("gateway"));
+        let down = Upstream::start(vec![Reply::Status(503)]);
+        let envoy = gateway(&down, RETRY_5XX);
+        for _ in 0..REQUESTS {
+            client::get("/x").send(envoy.port("gateway"));
+        }
+        assert_eq!(down.count(), REQUESTS * 3);
     }
-    assert_eq!(down.count(), REQUESTS * 3);
 }
 
-#[test]
-fn retry_after_is_added_kept_and_capped() {
-    let full = |status: u16, retry_after: &str| Reply::Full {
-        status,
-        headers: vec![("retry-after".to_owned(), retry_after.to_owned())],
-        body: String::new(),
-    };
-    let upstream = Upstream::start(vec![
-        Reply::Status(503),
-        full(503, "7"),
-        full(429, "3600"),
-        full(429, "Tue, 24 Nov 2099 00:00:00 GMT"),
-        Reply::Status(500),
-    ]);
-    let envoy = gateway(
-        &upstream,
-        r#"{"retry_after": {"default": "5s", "max": "60s", "jitter": "none"}}"#,
-    );
-    let port = envoy.port("gateway");
-    let retry_after = || {
-        client::get("/x")
-            .send(port)
-            .header("retry-after")
-            .map(str::to_owned)
-    };
-    assert_eq!(retry_after().as_deref(), Some("5"));
-    assert_eq!(retry_after().as_deref(), Some("7"));
-    assert_eq!(retry_after().as_deref(), Some("60"));
-    assert_eq!(retry_after().as_deref(), Some("60"));
-    assert_eq!(retry_after(), None);
+both_modules! {
+    fn retry_after_is_added_kept_and_capped() {
+        let full = |status: u16, retry_after: &str| Reply::Full {
+            status,
+            headers: vec![("retry-after".to_owned(), retry_after.to_owned())],
+            body: String::new(),
+        };
+        let upstream = Upstream::start(vec![
+            Reply::Status(503),
+            full(503, "7"),
+            full(429, "3600"),
+            full(429, "Tue, 24 Nov 2099 00:00:00 GMT"),
+            Reply::Status(500),
+        ]);
+        let envoy = gateway(
+            &upstream,
+            r#"{"retry_after": {"default": "5s", "max": "60s", "jitter": "none"}}"#,
+        );
+        let port = envoy.port("gateway");
+        let retry_after = || {
+            client::get("/x")
+                .send(port)
+                .header("retry-after")
+                .map(str::to_owned)
+        };
+        assert_eq!(retry_after().as_deref(), Some("5"));
+        assert_eq!(retry_after().as_deref(), Some("7"));
+        assert_eq!(retry_after().as_deref(), Some("60"));
+        assert_eq!(retry_after().as_deref(), Some("60"));
+        assert_eq!(retry_after(), None);
+    }
 }
 
-#[test]
-fn a_half_open_probe_is_not_retried() {
-    let upstream = Upstream::start(vec![Reply::Status(503)]);
-    // The breaker first: the retry policy reads the state it leaves.
-    let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
-            .filter(
-                "circuit_breaker",
-                r#"{"breakers": [{"name": "b", "minimum_calls": 4, "open_duration": "1s", "half_open_calls": 1}]}"#,
-            )
-            .filter("retry_policy", r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1}]}"#)
-            .render(),
-    );
-    let port = envoy.port("gateway");
-    for _ in 0..4 {
+both_modules! {
+    fn a_half_open_probe_is_not_retried() {
+        let upstream = Upstream::start(vec![Reply::Status(503)]);
+        // The breaker first: the retry policy reads the state it leaves.
+        let envoy = Envoy::start(
+            &Gateway::new(upstream.port())
+                .filter(
+                    "circuit_breaker",
+                    r#"{"breakers": [{"name": "b", "minimum_calls": 4, "open_duration": "1s", "half_open_calls": 1}]}"#,
+                )
+                .filter("retry_policy", r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1}]}"#)
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            assert_eq!(client::get("/x").send(port).status, 503);
+        }
+        // Four requests, each retried once: eight attempts, and the breaker opened.
+        assert_eq!(upstream.count(), 8);
+        std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(client::get("/x").send(port).status, 503);
+        assert_eq!(upstream.count(), 9, "the probe went upstream once");
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.retry_policy.no_retries_half_open", 1),
+            Some(1)
+        );
     }
-    // Four requests, each retried once: eight attempts, and the breaker opened.
-    assert_eq!(upstream.count(), 8);
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(client::get("/x").send(port).status, 503);
-    assert_eq!(upstream.count(), 9, "the probe went upstream once");
-    assert_eq!(
-        envoy.stat_eventually("wasmcustom.retry_policy.no_retries_half_open", 1),
-        Some(1)
-    );
 }
 
 #[test]

@@ -5,6 +5,27 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+thread_local! {
+    /// Whether gateways built on this thread render their policies as one `gateway.wasm`
+    /// entry (see [`as_gateway_module`]).
+    static AS_GATEWAY_MODULE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `scenario` with every [`Gateway`] it renders putting its filters into one
+/// `gateway.wasm` entry instead of one entry per filter module: the same scenario, against
+/// the combined module.
+pub fn as_gateway_module<R>(scenario: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            AS_GATEWAY_MODULE.with(|m| m.set(false));
+        }
+    }
+    AS_GATEWAY_MODULE.with(|m| m.set(true));
+    let _reset = Reset;
+    scenario()
+}
+
 /// A test gateway: one listener named `gateway` on a free port, a chain of Wasm filters, and a
 /// route to a cluster named `upstream` (the test's in-process server).
 #[derive(Debug, Clone)]
@@ -72,10 +93,33 @@ impl Gateway {
         self
     }
 
+    /// The filter entries: one per filter, or under [`as_gateway_module`] one `gateway` entry
+    /// whose configuration holds each filter's as a member.
+    fn entries(&self) -> Vec<(String, String)> {
+        if !AS_GATEWAY_MODULE.with(std::cell::Cell::get) {
+            return self.filters.clone();
+        }
+        let names: Vec<&str> = self.filters.iter().map(|(n, _)| n.as_str()).collect();
+        let in_order: Vec<&str> = crate::wasm::FILTERS
+            .into_iter()
+            .filter(|f| names.contains(f))
+            .collect();
+        assert_eq!(
+            names, in_order,
+            "only the four filters, each at most once and in the gateway's order, combine"
+        );
+        let members: Vec<String> = self
+            .filters
+            .iter()
+            .map(|(name, config)| format!("{}: {config}", serde_json::Value::String(name.clone())))
+            .collect();
+        vec![("gateway".to_owned(), format!("{{{}}}", members.join(", ")))]
+    }
+
     /// The configuration as Envoy YAML.
     pub fn render(&self) -> String {
         let mut filters = String::new();
-        for (i, (name, config)) in self.filters.iter().enumerate() {
+        for (i, (name, config)) in self.entries().iter().enumerate() {
             let module = crate::wasm::module(name);
             // Each entry its own vm_id, so two entries of one module never share a VM.
             let _ = write!(
@@ -261,6 +305,23 @@ fn remap_port(line: &str, ports: &mut BTreeMap<String, u16>, keep_free_ports: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_gateway_module_the_filters_become_members_of_one_entry() {
+        let gateway = Gateway::new(1)
+            .filter("rate_limit", r#"{"rules": []}"#)
+            .filter("retry_policy", "{}");
+        let combined = as_gateway_module(|| gateway.render());
+        assert_eq!(combined.matches("envoy.wasm.runtime.v8").count(), 1);
+        assert!(combined.contains("gateway.wasm"), "{combined}");
+        assert!(
+            combined
+                .contains(r#"value: "{\"rate_limit\": {\"rules\": []}, \"retry_policy\": {}}""#),
+            "{combined}"
+        );
+        // Outside the scenario, the same gateway renders one entry per module again.
+        assert_eq!(gateway.render().matches("envoy.wasm.runtime.v8").count(), 2);
+    }
 
     #[test]
     fn ports_are_remapped_consistently() {
