@@ -9,9 +9,11 @@
 //! - `map`: reads every request header in one call (`get_map`), sets the response header;
 //! - `request`: reads `x-tenant-id`, sets the request header `x-wasm: 1` (which, under ABI
 //!   0.2.1, also clears Envoy's route cache);
-//! - `ops:<op>,<op>,...`: exactly these host calls on request headers, in order, to price a
-//!   filter's sequence of calls without its logic: `get=<header>`, `now`, `metric` (one counter
-//!   increment), `remove=<header>`, `set=<header>` (value `1`).
+//! - `ops:<op>,<op>,...[|<op>,...]`: exactly these host calls on request headers (and, after
+//!   a `|`, on response headers), in order, to price a filter's sequence of calls without its
+//!   logic: `get=<header>`, `now`, `metric` (one counter increment), `remove=<header>`,
+//!   `set=<header>` (value `1`), `sget=<key>` and `sset=<key>` (shared data, 200 bytes),
+//!   `prop=<a.b>` (a property).
 #![cfg(target_arch = "wasm32")]
 #![allow(
     unsafe_code,
@@ -28,7 +30,8 @@ enum Mode {
     Noop,
     Map,
     Request,
-    Ops(Rc<[Op]>),
+    /// Calls at request headers, then at response headers.
+    Ops(Rc<[Op]>, Rc<[Op]>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +41,13 @@ enum Op {
     Metric,
     Remove(String),
     Set(String),
+    SharedGet(String),
+    SharedSet(String),
+    Property(String),
 }
+
+/// What `sset` writes: about the size of a rate-limit bucket or a breaker's record.
+const SHARED_VALUE: [u8; 200] = [7; 200];
 
 impl Op {
     fn parse(op: &str) -> Option<Op> {
@@ -50,12 +59,14 @@ impl Op {
             "metric" => Some(Op::Metric),
             "remove" => Some(Op::Remove(header)),
             "set" => Some(Op::Set(header)),
+            "sget" => Some(Op::SharedGet(header)),
+            "sset" => Some(Op::SharedSet(header)),
+            "prop" => Some(Op::Property(header)),
             _ => None,
         }
     }
 
-    fn run(&self, metric: u32) {
-        let headers = proxy_wasm::types::MapType::HttpRequestHeaders;
+    fn run(&self, metric: u32, headers: proxy_wasm::types::MapType) {
         // Results are ignored: only the calls' cost matters.
         let _ = match self {
             Op::Get(name) => proxy_wasm::hostcalls::get_map_value(headers, name).map(|_| ()),
@@ -63,6 +74,13 @@ impl Op {
             Op::Metric => proxy_wasm::hostcalls::increment_metric(metric, 1),
             Op::Remove(name) => proxy_wasm::hostcalls::remove_map_value(headers, name),
             Op::Set(name) => proxy_wasm::hostcalls::set_map_value(headers, name, Some("1")),
+            Op::SharedGet(key) => proxy_wasm::hostcalls::get_shared_data(key).map(|_| ()),
+            Op::SharedSet(key) => {
+                proxy_wasm::hostcalls::set_shared_data(key, Some(&SHARED_VALUE), None)
+            }
+            Op::Property(path) => {
+                proxy_wasm::hostcalls::get_property(path.split('.').collect()).map(|_| ())
+            }
         };
     }
 }
@@ -76,8 +94,16 @@ impl Mode {
             b"request" => Some(Mode::Request),
             other => {
                 let ops = std::str::from_utf8(other).ok()?.strip_prefix("ops:")?;
-                let ops: Option<Vec<Op>> = ops.split(',').map(Op::parse).collect();
-                Some(Mode::Ops(ops?.into()))
+                let (request, response) = ops.split_once('|').unwrap_or((ops, ""));
+                let list = |ops: &str| -> Option<Rc<[Op]>> {
+                    let ops: Option<Vec<Op>> = ops
+                        .split(',')
+                        .filter(|op| !op.is_empty())
+                        .map(Op::parse)
+                        .collect();
+                    ops.map(Rc::from)
+                };
+                Some(Mode::Ops(list(request)?, list(response)?))
             }
         }
     }
@@ -99,8 +125,11 @@ impl RootContext for Root {
                 .unwrap_or_default();
         match Mode::parse(&config) {
             Some(mode) => {
-                if let Mode::Ops(ops) = &mode
-                    && ops.contains(&Op::Metric)
+                if let Mode::Ops(request, response) = &mode
+                    && request
+                        .iter()
+                        .chain(response.iter())
+                        .any(|op| *op == Op::Metric)
                 {
                     match proxy_wasm::hostcalls::define_metric(
                         proxy_wasm::types::MetricType::Counter,
@@ -120,8 +149,9 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.mode {
             Mode::Noop => Box::new(Noop),
-            Mode::Ops(ops) => Box::new(Ops {
-                ops: ops.clone(),
+            Mode::Ops(request, response) => Box::new(Ops {
+                request: request.clone(),
+                response: response.clone(),
                 metric: self.metric,
             }),
             mode => Box::new(Stream { mode: mode.clone() }),
@@ -139,7 +169,8 @@ impl Context for Noop {}
 impl HttpContext for Noop {}
 
 struct Ops {
-    ops: Rc<[Op]>,
+    request: Rc<[Op]>,
+    response: Rc<[Op]>,
     metric: u32,
 }
 
@@ -147,8 +178,15 @@ impl Context for Ops {}
 
 impl HttpContext for Ops {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for op in self.ops.iter() {
-            op.run(self.metric);
+        for op in self.request.iter() {
+            op.run(self.metric, proxy_wasm::types::MapType::HttpRequestHeaders);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for op in self.response.iter() {
+            op.run(self.metric, proxy_wasm::types::MapType::HttpResponseHeaders);
         }
         Action::Continue
     }

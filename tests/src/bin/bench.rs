@@ -14,8 +14,12 @@
 //! each request also pays for waking Envoy up, and the same figure swung by ±30 %. (The round
 //! lines still print the fixed-rate figure, for the curious.)
 //!
-//! `bench --smoke` does the same in seconds, with one round, and judges nothing. Every variant is first checked to answer as its
-//! config says (a JWT filter that refused the token would be measured doing the wrong thing).
+//! Then a second Envoy, `--concurrency 2` with every module loaded, is flooded with distinct
+//! rate-limit keys to show that its memory stays bounded.
+//!
+//! `bench --smoke` does the same in seconds, with one round, and judges nothing (`make test`
+//! runs it). Every variant is first checked to answer as its config says (a JWT filter that
+//! refused the token would be measured doing the wrong thing).
 
 use filter_tests::client;
 use filter_tests::envoy::{Envoy, Launch, Mode};
@@ -34,6 +38,8 @@ struct Plan {
     /// The fixed request rate (per second): below the slowest variant's saturation.
     rate: u32,
     smoke: bool,
+    /// Also the variants measured for earlier issues.
+    extras: bool,
     /// Only the variants whose names contain one of these (all when empty); `none` always runs.
     only: Vec<String>,
 }
@@ -43,10 +49,11 @@ impl Plan {
         let mut plan = Plan {
             rounds: 3,
             warmup_secs: 1,
-            closed_secs: 4,
-            fixed_secs: 6,
+            closed_secs: 3,
+            fixed_secs: 2,
             rate: 2000,
             smoke: false,
+            extras: false,
             only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -65,16 +72,18 @@ impl Plan {
                         fixed_secs: 1,
                         rate: 200,
                         smoke: true,
+                        extras: plan.extras,
                         only: plan.only,
                     }
                 }
+                "--extras" => plan.extras = true,
                 "--rounds" => plan.rounds = value("--rounds") as usize,
                 "--rate" => plan.rate = value("--rate"),
                 "--seconds" => plan.fixed_secs = value("--seconds"),
                 "--only" => plan.only.extend(args.next()),
                 other => fail(&format!(
-                    "unknown argument {other:?}; use --smoke, --rounds N, --rate R, --seconds S, \
-                     --only NAME-PART"
+                    "unknown argument {other:?}; use --smoke, --extras, --rounds N, --rate R, \
+                     --seconds S, --only NAME-PART"
                 )),
             }
         }
@@ -133,26 +142,38 @@ fn wasm_filter(module: &str, config: &Value) -> Value {
 /// metrics are handed to Envoy once a second, not per request).
 const JWT_HIT_CALLS: &str = "get=authorization,now,remove=authorization,set=x-user-id";
 
+/// The host calls `gateway.wasm` makes for a request all four policies let through (cached
+/// token): at request headers, jwt_auth's, rate_limit's bucket read and compare-and-swap
+/// write, circuit_breaker's record read, retry_policy's method and internal-client reads, then
+/// the merged header edits; at response headers, the time, the attempt count, the status, the
+/// breaker's record update and rate_limit's two header fields.
+const GATEWAY_CALLS: &str = "get=authorization,now,sget=rl1/bench/0,sset=rl1/bench/0,\
+    sget=cb1/bench,get=:method,get=x-envoy-internal,remove=authorization,set=x-user-id,\
+    set=x-envoy-retry-on,set=x-envoy-max-retries\
+    |now,prop=upstream.request_attempt_count,get=:status,sget=cb1/bench,sset=cb1/bench,\
+    set=ratelimit,set=ratelimit-policy";
+
 /// The bare-SDK fixture making exactly these host calls (see `filters/passthrough`).
 fn ops(calls: &str) -> Value {
     wasm_filter("passthrough", &json!(format!("ops:{calls}")))
 }
 
 fn jwt_auth(jwks: &str, cache_size: u64) -> Value {
-    wasm_filter(
-        "jwt_auth",
-        &json!({
-            "providers": { "idp": {
-                "issuer": ISSUER,
-                "audiences": [AUDIENCE],
-                "algorithms": ["RS256"],
-                "local_jwks": { "inline": jwks },
-                "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
-            } },
-            "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
-            "token_cache_size": cache_size,
-        }),
-    )
+    wasm_filter("jwt_auth", &jwt_auth_config(jwks, cache_size))
+}
+
+fn jwt_auth_config(jwks: &str, cache_size: u64) -> Value {
+    json!({
+        "providers": { "idp": {
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "algorithms": ["RS256"],
+            "local_jwks": { "inline": jwks },
+            "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
+        } },
+        "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
+        "token_cache_size": cache_size,
+    })
 }
 
 fn native_jwt_authn(jwks: &str, cached: bool) -> Value {
@@ -177,14 +198,15 @@ fn native_jwt_authn(jwks: &str, cached: bool) -> Value {
 
 /// One rule with `key`, whose limit no benchmark reaches: the limiter runs, never refuses.
 fn rate_limit(key: Value) -> Value {
-    wasm_filter(
-        "rate_limit",
-        &json!({ "rules": [ {
-            "name": "bench",
-            "key": key,
-            "limit": { "requests": 1_000_000_000u64, "per": "1s" },
-        } ] }),
-    )
+    wasm_filter("rate_limit", &rate_limit_config(key))
+}
+
+fn rate_limit_config(key: Value) -> Value {
+    json!({ "rules": [ {
+        "name": "bench",
+        "key": key,
+        "limit": { "requests": 1_000_000_000u64, "per": "1s" },
+    } ] })
 }
 
 fn native_local_ratelimit() -> Value {
@@ -203,14 +225,40 @@ fn native_local_ratelimit() -> Value {
     })
 }
 
-fn variants(jwks: &str) -> Vec<Variant> {
+/// The four filters, in the gateway's order.
+const FOUR: [&str; 4] = filter_tests::wasm::FILTERS;
+
+/// The four filters' configurations on their allow path: a cached JWT whose `sub` becomes
+/// `x-user-id`, a limit per user no benchmark reaches, a closed breaker, a retry rule.
+fn four_configs(jwks: &str) -> [Value; 4] {
+    [
+        jwt_auth_config(jwks, 1000),
+        rate_limit_config(json!([{ "header": "x-user-id" }])),
+        json!({ "breakers": [ { "name": "bench" } ] }),
+        json!({ "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ] }),
+    ]
+}
+
+/// `gateway.wasm` with the same four configurations as members.
+fn gateway(jwks: &str) -> Value {
+    let members: serde_json::Map<String, Value> = FOUR
+        .iter()
+        .map(|m| (*m).to_owned())
+        .zip(four_configs(jwks))
+        .collect();
+    wasm_filter("gateway", &Value::Object(members))
+}
+
+/// The variants `#7` asks for and a few that explain them; `extras` adds ones measured for
+/// earlier issues.
+fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
     let v = |name, filters, native_peer, status_without_token| Variant {
         name,
         filters,
         native_peer,
         status_without_token,
     };
-    vec![
+    let mut all = vec![
         v("none", vec![], None, 200),
         v(
             "passthrough (bare SDK: 1 header read, 1 set)",
@@ -224,29 +272,11 @@ fn variants(jwks: &str) -> Vec<Variant> {
             None,
             200,
         ),
-        v(
-            "wasm 1 header read, 1 request header set (bare SDK)",
-            vec![wasm_filter("passthrough", &json!("request"))],
-            None,
-            200,
-        ),
-        v(
-            "wasm all headers in one read (bare SDK)",
-            vec![wasm_filter("passthrough", &json!("map"))],
-            None,
-            200,
-        ),
-        // jwt_auth's host calls on a cache hit, alone, then without parts of them: what the
-        // calls cost, apart from the filter's own work.
+        // jwt_auth's host calls on a cache hit, alone: what the calls cost, apart from the
+        // filter's own work (the gateway's are priced the same way below).
         v(
             "calls of jwt_auth cached (bare SDK)",
             vec![ops(JWT_HIT_CALLS)],
-            None,
-            200,
-        ),
-        v(
-            "calls of jwt_auth cached without header edits (bare SDK)",
-            vec![ops("get=authorization,now")],
             None,
             200,
         ),
@@ -288,12 +318,6 @@ fn variants(jwks: &str) -> Vec<Variant> {
             200,
         ),
         v(
-            "rate_limit, per client address",
-            vec![rate_limit(json!([{ "client_ip": {} }]))],
-            Some("native local_ratelimit"),
-            200,
-        ),
-        v(
             "circuit_breaker, closed",
             vec![wasm_filter(
                 "circuit_breaker",
@@ -312,34 +336,25 @@ fn variants(jwks: &str) -> Vec<Variant> {
             200,
         ),
         v(
-            "retry_policy, rule + budget + retry_after",
-            vec![wasm_filter(
-                "retry_policy",
-                &json!({
-                    "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ],
-                    "budget": { "retry_ratio": 0.2 },
-                    "retry_after": {},
-                }),
-            )],
-            None,
-            200,
-        ),
-        v(
             "the four filters chained (four entries)",
-            vec![
-                jwt_auth(jwks, 1000),
-                rate_limit(json!([{ "header": "x-user-id" }])),
-                wasm_filter(
-                    "circuit_breaker",
-                    &json!({ "breakers": [ { "name": "bench" } ] }),
-                ),
-                wasm_filter(
-                    "retry_policy",
-                    &json!({ "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ] }),
-                ),
-            ],
+            FOUR.iter()
+                .zip(four_configs(jwks))
+                .map(|(module, config)| wasm_filter(module, &config))
+                .collect(),
             Some("native jwt_authn, cached + local_ratelimit"),
             401,
+        ),
+        v(
+            "gateway.wasm, the four in one entry",
+            vec![gateway(jwks)],
+            Some("native jwt_authn, cached + local_ratelimit"),
+            401,
+        ),
+        v(
+            "calls of gateway.wasm (bare SDK)",
+            vec![ops(GATEWAY_CALLS)],
+            None,
+            200,
         ),
         v(
             "native jwt_authn, cached + local_ratelimit",
@@ -353,7 +368,31 @@ fn variants(jwks: &str) -> Vec<Variant> {
             None,
             200,
         ),
-    ]
+    ];
+    if extras {
+        all.extend([
+            v(
+                "rate_limit, per client address",
+                vec![rate_limit(json!([{ "client_ip": {} }]))],
+                Some("native local_ratelimit"),
+                200,
+            ),
+            v(
+                "retry_policy, rule + budget + retry_after",
+                vec![wasm_filter(
+                    "retry_policy",
+                    &json!({
+                        "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ],
+                        "budget": { "retry_ratio": 0.2 },
+                        "retry_after": {},
+                    }),
+                )],
+                None,
+                200,
+            ),
+        ]);
+    }
+    all
 }
 
 fn listener(index: usize, variant: &Variant) -> Value {
@@ -546,6 +585,84 @@ fn run_oha(tools: &Tools, core: &str, plan: &Plan, port: u16, auth: &str) -> (f6
     (rps, answered, p("p50"), p("p99"))
 }
 
+/// Envoy's resident memory at `--concurrency 2` with every module loaded, idle and after
+/// floods of distinct rate-limit keys through `rate_limit.wasm` and `gateway.wasm` (each rule
+/// tracks at most its `max_keys`, 100,000 by default, so the second flood must not grow it).
+fn memory_flood(plan: &Plan, jwks: &str) -> String {
+    let flood: u32 = if plan.smoke { 2_000 } else { 100_000 };
+    let per_client = || rate_limit_config(json!([{ "header": "x-client" }]));
+    let [_, _, breaker, retry] = four_configs(jwks);
+    let open_jwt = json!({ "providers": {}, "rules": [] });
+    let gateway = json!({
+        "jwt_auth": open_jwt, "rate_limit": per_client(),
+        "circuit_breaker": breaker, "retry_policy": retry,
+    });
+    let loaded = |name, filters| Variant {
+        name,
+        filters,
+        native_peer: None,
+        status_without_token: 200,
+    };
+    let variants = [
+        loaded("rate_limit", vec![wasm_filter("rate_limit", &per_client())]),
+        loaded("gateway", vec![wasm_filter("gateway", &gateway)]),
+        loaded(
+            "the other three",
+            vec![
+                jwt_auth(jwks, 1000),
+                wasm_filter("circuit_breaker", &breaker),
+                wasm_filter("retry_policy", &retry),
+            ],
+        ),
+    ];
+    let launch = Launch {
+        concurrency: 2,
+        cpus: None,
+        log_level: "error",
+    };
+    let envoy = Envoy::start_with(&Mode::native(), &envoy_config(&variants), &launch);
+    let pid = envoy
+        .pid()
+        .unwrap_or_else(|| fail("Envoy's process id is unknown"));
+    let (limiter, gateway) = (envoy.port("v0"), envoy.port("v1"));
+    client::send_distinct_keys(limiter, "x-client", 0..100);
+    client::send_distinct_keys(gateway, "x-client", 0..100);
+    // Resident memory, and what Envoy's allocator has handed out (shared data lives there).
+    let measure = || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let allocated: u64 = envoy.admin("/memory").json()["allocated"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        (
+            resident_kib(pid) as f64 / 1024.0,
+            allocated as f64 / 1_048_576.0,
+        )
+    };
+    let mut rows = vec![("idle".to_owned(), measure())];
+    let started = std::time::Instant::now();
+    for n in 1..=3u32 {
+        let keys = 100 + (n - 1) * flood..100 + n * flood;
+        client::send_distinct_keys(limiter, "x-client", keys.clone());
+        client::send_distinct_keys(gateway, "x-client", keys);
+        rows.push((format!("after {} keys through each", n * flood), measure()));
+    }
+    eprintln!(
+        "memory: {} requests in {:.1} s",
+        6 * flood,
+        started.elapsed().as_secs_f64()
+    );
+    let mut table = "Memory: a second Envoy at `--concurrency 2` with all five modules loaded; \
+         distinct rate-limit keys (`x-client: client-<n>`) sent through `rate_limit.wasm` and \
+         `gateway.wasm` (each rule keeps at most `max_keys`, 100,000 by default).\n\n\
+         | When | Envoy resident MiB | Envoy allocator MiB |\n|---|---:|---:|\n"
+        .to_owned();
+    for (when, (resident, allocated)) in rows {
+        let _ = writeln!(table, "| {when} | {resident:.1} | {allocated:.1} |");
+    }
+    table
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     match xs.len() {
@@ -571,7 +688,7 @@ fn main() {
     }));
     let auth = format!("authorization: Bearer {token}");
     let jwks = tokens::jwks(&[&key]);
-    let variants: Vec<Variant> = variants(&jwks)
+    let variants: Vec<Variant> = variants(&jwks, plan.extras)
         .into_iter()
         .filter(|v| {
             v.name == "none" || plan.only.is_empty() || plan.only.iter().any(|o| v.name.contains(o))
@@ -678,37 +795,47 @@ fn main() {
             .collect()
     };
     let busy = columns(|s| s.busy_cpu_us_per_request);
+    let at_rate = columns(|s| s.cpu_us_per_request);
+    // The targets for single filters are stated over the pass-through fixture.
+    let passthrough_cpu = variants
+        .iter()
+        .position(|v| v.name.starts_with("passthrough"))
+        .map(|p| med(p, |s| s.busy_cpu_us_per_request));
+    let none_rps = med(0, |s| s.closed_rps);
 
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| Variant | CPU µs/req | Δ vs none | × native Δ | closed-loop rps | p50 µs at {} rps | p99 µs |",
-        plan.rate
+        "| Variant | CPU µs/req | Δ vs none | Δ vs passthrough | × native Δ | closed-loop rps | × none's rps | p50 µs at {rate} rps | p99 µs | CPU µs/req at {rate} rps (Δ) |",
+        rate = plan.rate
     );
-    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, v) in variants.iter().enumerate() {
         let [b, bd, bn] = &busy[i];
+        let [r, rd, _] = &at_rate[i];
+        let over_passthrough = match passthrough_cpu {
+            Some(p) if i > 1 && !v.name.contains("native") => {
+                format!("{:+.1}", med(i, |s| s.busy_cpu_us_per_request) - p)
+            }
+            _ => String::new(),
+        };
+        let rps = med(i, |s| s.closed_rps);
         let _ = writeln!(
             table,
-            "| {} | {b} | {bd} | {bn} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {b} | {bd} | {over_passthrough} | {bn} | {rps:.0} | {:.2} | {:.0} | {:.0} | {r} ({rd}) |",
             v.name,
-            med(i, |s| s.closed_rps),
+            rps / none_rps,
             med(i, |s| s.p50_us),
             med(i, |s| s.p99_us),
         );
     }
     let mut sizes = String::new();
-    for module in [
-        "jwt_auth",
-        "rate_limit",
-        "circuit_breaker",
-        "retry_policy",
-        "passthrough",
-    ] {
+    for module in FOUR.into_iter().chain(["gateway", "passthrough"]) {
         let path = filter_tests::wasm::module(module);
         let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         let _ = writeln!(sizes, "| `{module}.wasm` | {bytes} |");
     }
+    let memory = memory_flood(&plan, &jwks);
     let smoke = if plan.smoke {
         " **Smoke run: the figures mean nothing.**"
     } else {
@@ -719,7 +846,7 @@ fn main() {
          {rounds} round(s); closed loop, 16 connections, for {closed} s (CPU, rps); fixed \
          rate {rate} rps for {fixed} s (p50, p99); medians.{smoke}\n\n{table}\n\
          Envoy resident memory with every variant loaded: {idle} MiB idle, {loaded} MiB after \
-         the run.\n\n| Module | Bytes |\n|---|---:|\n{sizes}",
+         the run.\n\n{memory}\n\n| Module | Bytes |\n|---|---:|\n{sizes}",
         rounds = plan.rounds,
         closed = plan.closed_secs,
         rate = plan.rate,
@@ -728,7 +855,12 @@ fn main() {
         loaded = loaded_rss_kib / 1024,
     );
     println!("{report}");
-    let out = filter_tests::repo_root().join("target").join("bench.md");
+    let file = if plan.smoke {
+        "bench-smoke.md"
+    } else {
+        "bench.md"
+    };
+    let out = filter_tests::repo_root().join("target").join(file);
     if let Err(e) = std::fs::write(&out, &report) {
         eprintln!("cannot write {}: {e}", out.display());
     }
