@@ -1,7 +1,7 @@
 //! `rate_limit.wasm` in Envoy with two workers: exact limits across workers, keys, header
 //! fields, `Retry-After`, shadow mode and the memory bound.
 
-use filter_tests::client::{self, Connection, Response};
+use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Gateway, example};
 use filter_tests::tokens::{demo_claims, demo_key};
@@ -151,25 +151,6 @@ fn allocated(envoy: &Envoy) -> u64 {
         .expect("/memory reports `allocated`")
 }
 
-/// Sends one request per client id in `ids`, over four kept-alive connections.
-fn send_clients(port: u16, ids: std::ops::Range<u32>) {
-    let chunk = ids.len().div_ceil(4) as u32;
-    std::thread::scope(|scope| {
-        for t in 0..4u32 {
-            let from = ids.start + t * chunk;
-            let to = (from + chunk).min(ids.end);
-            scope.spawn(move || {
-                let mut connection = Connection::open(port).expect("connect");
-                for id in from..to {
-                    let request = client::get("/").header("x-client", &format!("client-{id}"));
-                    let response = connection.send(&request).expect("response");
-                    assert_eq!(response.status, 200);
-                }
-            });
-        }
-    });
-}
-
 #[test]
 fn memory_stays_flat_past_max_keys_with_200000_clients() {
     let upstream = Upstream::echo();
@@ -184,9 +165,9 @@ fn memory_stays_flat_past_max_keys_with_200000_clients() {
     );
     let port = envoy.port("gateway");
     // The table fills within the first keys (1000 keys in 125 buckets); then 180,000 more.
-    send_clients(port, 0..20_000);
+    client::send_distinct_keys(port, "x-client", 0..20_000);
     let at_bound = allocated(&envoy);
-    send_clients(port, 20_000..200_000);
+    client::send_distinct_keys(port, "x-client", 20_000..200_000);
     let after = allocated(&envoy);
     let growth = after.saturating_sub(at_bound);
     // One shared-data key per client would have added 180,000 keys (tens of MB).

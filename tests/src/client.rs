@@ -117,6 +117,26 @@ pub fn all_at_once<T: Send>(n: usize, send: impl Fn() -> T + Sync) -> Vec<T> {
     })
 }
 
+/// Sends one request per id in `ids`, each carrying `header: client-<id>`, over four
+/// kept-alive connections: a flood of distinct rate-limit keys. Fails on any answer but 200.
+pub fn send_distinct_keys(port: u16, header: &str, ids: std::ops::Range<u32>) {
+    let chunk = ids.len().div_ceil(4) as u32;
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let from = ids.start + t * chunk;
+            let to = (from + chunk).min(ids.end);
+            scope.spawn(move || {
+                let mut connection = Connection::open(port).expect("connect");
+                for id in from..to {
+                    let request = get("/").header(header, &format!("client-{id}"));
+                    let response = connection.send(&request).expect("response");
+                    assert_eq!(response.status, 200, "{}", response.text());
+                }
+            });
+        }
+    });
+}
+
 /// A connection kept open (HTTP/1.1 keep-alive) for one request after another.
 #[derive(Debug)]
 pub struct Connection {
