@@ -29,7 +29,7 @@ export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint unit build check-imports validate-envoy integration envoy envoy-image \
-        toolchain nextest binaryen bench bench-tools clean
+        toolchain nextest binaryen bench bench-smoke bench-tools clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,7 +37,7 @@ help: ## List the targets
 run: build envoy $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Start the demo gateway (all four filters) and print curls to try; Ctrl-C stops it
 	@ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image)" cargo run --quiet -p filter-tests --bin gateway-demo
 
-test: lint build check-imports validate-envoy integration ## Everything: lint, unit and integration tests against a real Envoy
+test: lint build check-imports validate-envoy bench-smoke integration ## Everything: lint, bench smoke, unit and integration tests against a real Envoy
 
 lint: toolchain ## rustfmt, and clippy for native and wasm32 with warnings denied
 	cargo fmt --all -- --check
@@ -75,10 +75,16 @@ integration: build envoy nextest $(if $(filter docker,$(ENVOY_MODE)),envoy-image
 	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p')$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
 	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
 
-# BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --smoke.
+# BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
 bench: build envoy bench-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)
 	cargo build --quiet --locked -p filter-tests --bin bench
 	ENVOY_BIN=$(ENVOY_BIN) target/debug/bench $(BENCH_ARGS)
+
+# The benchmark once, in seconds, so that it cannot rot; its figures are not judged (and go to
+# target/bench-smoke.md, not over a real run's table).
+bench-smoke: build envoy bench-tools ## make bench in smoke mode (seconds; judges nothing)
+	cargo build --quiet --locked -p filter-tests --bin bench
+	ENVOY_BIN=$(ENVOY_BIN) target/debug/bench --smoke >/dev/null
 
 # wrk (Debian) measures closed-loop throughput; oha (crates.io) holds a fixed request rate
 # and reports latency percentiles corrected for coordinated omission.
