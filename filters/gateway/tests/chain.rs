@@ -236,6 +236,47 @@ fn encode<F: Filter>(alone: &Alone<F>, stream: &mut F::Stream, exchange: &mut Ex
     }
 }
 
+fn end<F: Filter>(alone: &Alone<F>, stream: &mut F::Stream, now: Time) {
+    if alone.filter.wants_end(stream) {
+        alone.filter.on_end(stream, &alone.env(now));
+    }
+}
+
+/// Where the request went: upstream (`None` decision: the chain let it through), answered
+/// locally, or held (`None`). Returns the request the upstream got, the response before
+/// encoders, and the body.
+fn answer(
+    decided: Option<Decision>,
+    request: Exchange,
+    status: u16,
+) -> Option<(Option<Exchange>, Exchange, String)> {
+    match decided {
+        None => {
+            let response = Exchange {
+                headers: vec![(":status".to_owned(), status.to_string())],
+                filter_state: Vec::new(),
+            };
+            Some((Some(request), response, String::new()))
+        }
+        Some(Decision::Respond(reply)) => Some((None, Exchange::local(&reply), reply.body)),
+        Some(_) => None,
+    }
+}
+
+fn seen(upstream: Option<Exchange>, response: Exchange, body: String) -> Seen {
+    match upstream {
+        Some(request) => Seen::Upstream {
+            request: Exchange::sorted(request.headers),
+            filter_state: Exchange::sorted(request.filter_state),
+            response: Exchange::sorted(response.headers),
+        },
+        None => Seen::Local {
+            response: Exchange::sorted(response.headers),
+            body,
+        },
+    }
+}
+
 impl Separate {
     fn new() -> Self {
         let [(_, jwt), (_, rate), (_, breaker), (_, retry)] = configs();
@@ -254,48 +295,19 @@ impl Separate {
             .or_else(|| decode(&self.rate, &mut s.rate, &mut exchange, now))
             .or_else(|| decode(&self.breaker, &mut s.breaker, &mut exchange, now))
             .or_else(|| decode(&self.retry, &mut s.retry, &mut exchange, now));
-        let (mut response, seen_request, body) = match decided {
-            None => (
-                Exchange {
-                    headers: vec![(":status".to_owned(), status.to_string())],
-                    filter_state: Vec::new(),
-                },
-                Some(exchange),
-                String::new(),
-            ),
-            Some(Decision::Respond(reply)) => (Exchange::local(&reply), None, reply.body),
-            Some(_) => return Seen::Held,
+        let Some((upstream, mut response, body)) = answer(decided, exchange, status) else {
+            return Seen::Held;
         };
         // Encoders run in reverse, local replies included.
         encode(&self.retry, &mut s.retry, &mut response, now);
         encode(&self.breaker, &mut s.breaker, &mut response, now);
         encode(&self.rate, &mut s.rate, &mut response, now);
         encode(&self.jwt, &mut s.jwt, &mut response, now);
-        if self.breaker.filter.wants_end(&s.breaker) {
-            self.breaker
-                .filter
-                .on_end(&mut s.breaker, &self.breaker.env(now));
-        }
-        if self.retry.filter.wants_end(&s.retry) {
-            self.retry.filter.on_end(&mut s.retry, &self.retry.env(now));
-        }
-        if self.rate.filter.wants_end(&s.rate) {
-            self.rate.filter.on_end(&mut s.rate, &self.rate.env(now));
-        }
-        if self.jwt.filter.wants_end(&s.jwt) {
-            self.jwt.filter.on_end(&mut s.jwt, &self.jwt.env(now));
-        }
-        match seen_request {
-            Some(request) => Seen::Upstream {
-                request: Exchange::sorted(request.headers),
-                filter_state: Exchange::sorted(request.filter_state),
-                response: Exchange::sorted(response.headers),
-            },
-            None => Seen::Local {
-                response: Exchange::sorted(response.headers),
-                body,
-            },
-        }
+        end(&self.jwt, &mut s.jwt, now);
+        end(&self.rate, &mut s.rate, now);
+        end(&self.breaker, &mut s.breaker, now);
+        end(&self.retry, &mut s.retry, now);
+        seen(upstream, response, body)
     }
 
     fn metrics(&self) -> BTreeMap<String, i64> {
@@ -338,34 +350,13 @@ impl Combined {
         let alone = &self.0;
         let mut stream = <Gateway as Filter>::Stream::default();
         let mut exchange = request.clone();
-        let (mut response, seen_request, body) =
-            match decode(alone, &mut stream, &mut exchange, now) {
-                None => (
-                    Exchange {
-                        headers: vec![(":status".to_owned(), status.to_string())],
-                        filter_state: Vec::new(),
-                    },
-                    Some(exchange),
-                    String::new(),
-                ),
-                Some(Decision::Respond(reply)) => (Exchange::local(&reply), None, reply.body),
-                Some(_) => return Seen::Held,
-            };
+        let decided = decode(alone, &mut stream, &mut exchange, now);
+        let Some((upstream, mut response, body)) = answer(decided, exchange, status) else {
+            return Seen::Held;
+        };
         encode(alone, &mut stream, &mut response, now);
-        if alone.filter.wants_end(&stream) {
-            alone.filter.on_end(&mut stream, &alone.env(now));
-        }
-        match seen_request {
-            Some(request) => Seen::Upstream {
-                request: Exchange::sorted(request.headers),
-                filter_state: Exchange::sorted(request.filter_state),
-                response: Exchange::sorted(response.headers),
-            },
-            None => Seen::Local {
-                response: Exchange::sorted(response.headers),
-                body,
-            },
-        }
+        end(alone, &mut stream, now);
+        seen(upstream, response, body)
     }
 
     fn metrics(&self) -> BTreeMap<String, i64> {
