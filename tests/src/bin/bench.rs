@@ -813,6 +813,11 @@ fn main() {
     for (i, v) in variants.iter().enumerate() {
         let [b, bd, bn] = &busy[i];
         let [r, rd, _] = &at_rate[i];
+        let at_rate = if rd.is_empty() {
+            r.clone()
+        } else {
+            format!("{r} ({rd})")
+        };
         let over_passthrough = match passthrough_cpu {
             Some(p) if i > 1 && !v.name.contains("native") => {
                 format!("{:+.1}", med(i, |s| s.busy_cpu_us_per_request) - p)
@@ -822,7 +827,7 @@ fn main() {
         let rps = med(i, |s| s.closed_rps);
         let _ = writeln!(
             table,
-            "| {} | {b} | {bd} | {over_passthrough} | {bn} | {rps:.0} | {:.2} | {:.0} | {:.0} | {r} ({rd}) |",
+            "| {} | {b} | {bd} | {over_passthrough} | {bn} | {rps:.0} | {:.2} | {:.0} | {:.0} | {at_rate} |",
             v.name,
             rps / none_rps,
             med(i, |s| s.p50_us),
