@@ -13,7 +13,7 @@
 //!   a `|`, on response headers), in order, to price a filter's sequence of calls without its
 //!   logic: `get=<header>`, `now`, `metric` (one counter increment), `remove=<header>`,
 //!   `set=<header>` (value `1`), `sget=<key>` and `sset=<key>` (shared data, 200 bytes),
-//!   `prop=<a.b>` (a property).
+//!   `prop=<a/b>` (a property; `/` separates path elements, which may hold dots).
 #![cfg(target_arch = "wasm32")]
 #![allow(
     unsafe_code,
@@ -79,7 +79,7 @@ impl Op {
                 proxy_wasm::hostcalls::set_shared_data(key, Some(&SHARED_VALUE), None)
             }
             Op::Property(path) => {
-                proxy_wasm::hostcalls::get_property(path.split('.').collect()).map(|_| ())
+                proxy_wasm::hostcalls::get_property(path.split('/').collect()).map(|_| ())
             }
         };
     }

@@ -143,14 +143,15 @@ fn wasm_filter(module: &str, config: &Value) -> Value {
 const JWT_HIT_CALLS: &str = "get=authorization,now,remove=authorization,set=x-user-id";
 
 /// The host calls `gateway.wasm` makes for a request all four policies let through (cached
-/// token): at request headers, jwt_auth's, rate_limit's bucket read and compare-and-swap
-/// write, circuit_breaker's record read, retry_policy's method and internal-client reads, then
-/// the merged header edits; at response headers, the time, the attempt count, the status, the
-/// breaker's record update and rate_limit's two header fields.
+/// token), as counted by a fake host: at request headers, jwt_auth's, rate_limit's bucket read
+/// and compare-and-swap write, circuit_breaker's record read, retry_policy's method,
+/// internal-client and breaker-state reads, then the merged header edits; at response
+/// headers, the time, the attempt count, the status, the breaker's record update and
+/// rate_limit's two header fields.
 const GATEWAY_CALLS: &str = "get=authorization,now,sget=rl1/bench/0,sset=rl1/bench/0,\
-    sget=cb1/bench,get=:method,get=x-envoy-internal,remove=authorization,set=x-user-id,\
-    set=x-envoy-retry-on,set=x-envoy-max-retries\
-    |now,prop=upstream.request_attempt_count,get=:status,sget=cb1/bench,sset=cb1/bench,\
+    sget=cb1/bench,get=:method,get=x-envoy-internal,prop=circuit_breaker.state,\
+    remove=authorization,set=x-user-id,set=x-envoy-retry-on,set=x-envoy-max-retries\
+    |now,prop=upstream/request_attempt_count,get=:status,sget=cb1/bench,sset=cb1/bench,\
     set=ratelimit,set=ratelimit-policy";
 
 /// The bare-SDK fixture making exactly these host calls (see `filters/passthrough`).
