@@ -6,9 +6,6 @@
 //! - `one` (default): reads the request header `x-tenant-id`, sets the response header
 //!   `x-wasm: 1` (the "passthrough" of the performance notes);
 //! - `noop`: nothing at all (no callbacks beyond the SDK's);
-//! - `map`: reads every request header in one call (`get_map`), sets the response header;
-//! - `request`: reads `x-tenant-id`, sets the request header `x-wasm: 1` (which, under ABI
-//!   0.2.1, also clears Envoy's route cache);
 //! - `ops:<op>,<op>,...[|<op>,...]`: exactly these host calls on request headers (and, after
 //!   a `|`, on response headers), in order, to price a filter's sequence of calls without its
 //!   logic: `get=<header>`, `now`, `metric` (one counter increment), `remove=<header>`,
@@ -28,8 +25,6 @@ use std::rc::Rc;
 enum Mode {
     One,
     Noop,
-    Map,
-    Request,
     /// Calls at request headers, then at response headers.
     Ops(Rc<[Op]>, Rc<[Op]>),
 }
@@ -90,8 +85,6 @@ impl Mode {
         match config.trim_ascii() {
             b"" | b"one" => Some(Mode::One),
             b"noop" => Some(Mode::Noop),
-            b"map" => Some(Mode::Map),
-            b"request" => Some(Mode::Request),
             other => {
                 let ops = std::str::from_utf8(other).ok()?.strip_prefix("ops:")?;
                 let (request, response) = ops.split_once('|').unwrap_or((ops, ""));
@@ -154,7 +147,7 @@ impl RootContext for Root {
                 response: response.clone(),
                 metric: self.metric,
             }),
-            mode => Box::new(Stream { mode: mode.clone() }),
+            Mode::One => Box::new(One),
         })
     }
 
@@ -192,40 +185,22 @@ impl HttpContext for Ops {
     }
 }
 
-struct Stream {
-    mode: Mode,
-}
+/// `one`: the passthrough.
+struct One;
 
-impl Context for Stream {}
+impl Context for One {}
 
-impl HttpContext for Stream {
+impl HttpContext for One {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // The values are read only to pay for reading them.
-        let _ = match self.mode {
-            Mode::Map => {
-                proxy_wasm::hostcalls::get_map(proxy_wasm::types::MapType::HttpRequestHeaders)
-                    .map(|headers| headers.len())
-            }
-            _ => proxy_wasm::hostcalls::get_map_value(
-                proxy_wasm::types::MapType::HttpRequestHeaders,
-                "x-tenant-id",
-            )
-            .map(|value| value.map_or(0, |v| v.len())),
-        };
-        if self.mode == Mode::Request {
-            let _ = proxy_wasm::hostcalls::set_map_value(
-                proxy_wasm::types::MapType::HttpRequestHeaders,
-                "x-wasm",
-                Some("1"),
-            );
-        }
+        // The value is read only to pay for reading it.
+        let _ = proxy_wasm::hostcalls::get_map_value(
+            proxy_wasm::types::MapType::HttpRequestHeaders,
+            "x-tenant-id",
+        );
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.mode == Mode::Request {
-            return Action::Continue;
-        }
         let _ = proxy_wasm::hostcalls::set_map_value(
             proxy_wasm::types::MapType::HttpResponseHeaders,
             "x-wasm",
