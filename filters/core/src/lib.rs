@@ -21,6 +21,7 @@
 pub mod config;
 pub mod decision;
 pub mod filter;
+pub mod json;
 pub mod log;
 pub mod matcher;
 pub mod metrics;
