@@ -2,9 +2,11 @@
 
 use crate::state::Policy;
 use crate::window::Shape;
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath, check_name};
+use filter_core::config::{
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, unknown_variant, variant,
+};
+use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -15,61 +17,45 @@ pub const MAX_COUNT_WINDOW: u32 = 1000;
 pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
 
 /// The whole configuration as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct CircuitBreakerConfig {
     /// The breakers; a request is guarded by the first whose `match` fits.
-    #[serde(default)]
     pub breakers: Vec<BreakerConfig>,
 }
 
 /// One breaker as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct BreakerConfig {
     /// Names it in metrics, logs, headers and shared data.
     pub name: String,
     /// Which requests it guards (the shared matcher; `cluster` names the upstream).
-    #[serde(default, rename = "match")]
     pub route: RouteMatchConfig,
     /// Default `{"type": "time", "size": "10s"}`.
-    #[serde(default)]
     pub window: Option<WindowConfig>,
     /// Default 20.
-    #[serde(default)]
     pub minimum_calls: Option<u32>,
     /// Percent, default 50.
-    #[serde(default)]
     pub failure_rate_threshold: Option<u32>,
     /// Default `"5s"`.
-    #[serde(default)]
     pub slow_call_duration: Option<ConfigDuration>,
     /// Percent, default 100.
-    #[serde(default)]
     pub slow_call_rate_threshold: Option<u32>,
     /// Default `"30s"`.
-    #[serde(default)]
     pub open_duration: Option<ConfigDuration>,
     /// Default 3.
-    #[serde(default)]
     pub half_open_calls: Option<u32>,
     /// Default `"10s"`.
-    #[serde(default)]
     pub half_open_timeout: Option<ConfigDuration>,
     /// Default `[500, 502, 503, 504]`.
-    #[serde(default)]
     pub failure_statuses: Option<Vec<u16>>,
     /// Default `enforce`.
-    #[serde(default)]
     pub mode: Mode,
     /// The answer while open; default a 503 problem document.
-    #[serde(default)]
     pub fallback: Option<FallbackConfig>,
 }
 
 /// A window as written.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug)]
 pub enum WindowConfig {
     /// A sliding time window.
     Time {
@@ -81,14 +67,12 @@ pub enum WindowConfig {
         /// 1 to 1000 calls.
         size: u32,
         /// Calls older than this no longer count. Default `"60s"`.
-        #[serde(default)]
         max_age: Option<ConfigDuration>,
     },
 }
 
 /// What the breaker does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Trips and refuses.
     #[default]
@@ -102,18 +86,123 @@ pub enum Mode {
 }
 
 /// The fallback response as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct FallbackConfig {
     /// Default 503.
-    #[serde(default)]
     pub status: Option<u16>,
     /// Extra headers.
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// The body.
-    #[serde(default)]
     pub body: String,
+}
+
+impl FromJson for CircuitBreakerConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["breakers"])?;
+        let config = Self {
+            breakers: m.or_default("breakers")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for BreakerConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &[
+                "name",
+                "match",
+                "window",
+                "minimum_calls",
+                "failure_rate_threshold",
+                "slow_call_duration",
+                "slow_call_rate_threshold",
+                "open_duration",
+                "half_open_calls",
+                "half_open_timeout",
+                "failure_statuses",
+                "mode",
+                "fallback",
+            ],
+        )?;
+        let config = Self {
+            name: m.required("name")?,
+            route: m.or_default("match")?,
+            window: m.field("window")?,
+            minimum_calls: m.field("minimum_calls")?,
+            failure_rate_threshold: m.field("failure_rate_threshold")?,
+            slow_call_duration: m.field("slow_call_duration")?,
+            slow_call_rate_threshold: m.field("slow_call_rate_threshold")?,
+            open_duration: m.field("open_duration")?,
+            half_open_calls: m.field("half_open_calls")?,
+            half_open_timeout: m.field("half_open_timeout")?,
+            failure_statuses: m.field("failure_statuses")?,
+            mode: m.or_default("mode")?,
+            fallback: m.field("fallback")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for WindowConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        // Each kind has its own fields: a time window has no `max_age`.
+        let kind = value.as_object().and_then(|o| o.get("type"));
+        let fields: &'static [&'static str] = match kind.and_then(Json::as_str) {
+            Some("count") => &["type", "size", "max_age"],
+            _ => &["type", "size"],
+        };
+        let mut m = Members::of(value, at, fields)?;
+        let kind: String = m.required("type")?;
+        let config = match kind.as_str() {
+            "time" => Self::Time {
+                size: m.required("size")?,
+            },
+            "count" => Self::Count {
+                size: m.required("size")?,
+                max_age: m.field("max_age")?,
+            },
+            _ => {
+                return Err(at
+                    .field("type")
+                    .error(unknown_variant(&kind, &["time", "count"])));
+            }
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for Mode {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        variant(
+            value,
+            at,
+            &[
+                ("enforce", Self::Enforce),
+                ("shadow", Self::Shadow),
+                ("forced_open", Self::ForcedOpen),
+                ("disabled", Self::Disabled),
+            ],
+        )
+    }
+}
+
+impl FromJson for FallbackConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["status", "headers", "body"])?;
+        let config = Self {
+            status: m.field("status")?,
+            headers: m.or_default("headers")?,
+            body: m.or_default("body")?,
+        };
+        m.finish();
+        Ok(config)
+    }
 }
 
 /// A fallback, validated.

@@ -1,16 +1,19 @@
 //! Configuration parsing: once, strictly, with errors that name the field.
 //!
 //! Each filter's configuration is the JSON text of the Wasm plugin's `configuration` field
-//! (a `google.protobuf.StringValue` in Envoy YAML, `pluginConfig` in Istio). It is parsed in
-//! `on_configure` into typed structs marked `#[serde(deny_unknown_fields)]`, then validated
-//! into the filter's compiled form. Any error becomes one [`ConfigError`] whose path points at
-//! the offending field, e.g. `rules[1].limit.requests: must be a positive integer, got -3`.
+//! (a `google.protobuf.StringValue` in Envoy YAML, `pluginConfig` in Istio). In `on_configure`
+//! it is read into a [`Json`] tree by our strict reader, converted into typed structs by their
+//! [`FromJson`] impls (unknown members are errors, see [`Members::of`]), then validated into
+//! the filter's compiled form. Any error becomes one [`ConfigError`] whose path points at the
+//! offending field, e.g. `rules[1].limit.requests: must be a whole number from 0 to 4294967295,
+//! got -3`.
+//!
+//! As in protobuf's JSON mapping, `null` means the same as leaving a member out, so YAML that
+//! writes `field: ~` or templates that render empty values get the documented default.
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use crate::json::{self, Fault, Json, JsonError, Limits};
 use std::fmt;
 use std::time::Duration;
-
 /// A configuration the filter refuses, with the field path (`rules[1].limit`) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -106,44 +109,305 @@ impl fmt::Display for FieldPath {
 
 /// Parses a plugin configuration. Empty (or all-whitespace) input means `{}`, so a filter
 /// whose fields all have defaults can be loaded with no `configuration` at all.
-///
-/// serde_json reports where in the text a value was refused; [`path_at`] turns that position
-/// into the field path. (Tracking the path while deserializing, as serde_path_to_error does,
-/// instantiates every config type's deserializer a second time: about 60 KB of each module.)
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+pub fn parse_json<T: FromJson>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
-    serde_json::from_slice(text).map_err(|err| {
-        let path = path_at(text, error_offset(text, err.line(), err.column()));
-        let message = err.to_string();
-        let reason = match err.classify() {
-            // Position is what helps with a JSON syntax error...
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("invalid JSON: {message}")
-            }
-            // ...while for a wrong value the field path says more than a column number.
-            _ => strip_position(&message).to_owned(),
-        };
-        ConfigError::new(path, reason)
-    })
+    let tree = json::parse(text, Limits::TRUSTED).map_err(|fault| refusal(text, fault))?;
+    T::from_json(&tree, &FieldPath::root())
 }
 
-/// The byte serde_json's `line:column` (1-based line; column = bytes consumed on that line)
-/// points at: the last byte it read or peeked before refusing.
-fn error_offset(text: &[u8], line: usize, column: usize) -> usize {
-    let line_start = match line.checked_sub(2) {
-        None => 0,
-        Some(newlines_before) => text
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .nth(newlines_before)
-            .map_or(0, |(i, _)| i + 1),
+/// A document the JSON reader refused, as an error at the field it happened in.
+fn refusal(text: &[u8], fault: Fault) -> ConfigError {
+    let reason = match fault.error {
+        // Position is what helps with a syntax error...
+        JsonError::Syntax { line, column } => {
+            format!(
+                "invalid JSON: {} at line {line} column {column}",
+                fault.detail
+            )
+        }
+        // ...while for the rest the field path says more.
+        JsonError::DuplicateMember => "appears twice; each member may appear once".to_owned(),
+        other => format!("invalid JSON: {other}"),
     };
-    (line_start + column).saturating_sub(1)
+    ConfigError::new(path_at(text, fault.offset), reason)
+}
+
+/// A configuration type read from its JSON value. Implemented by hand rather than derived:
+/// see [`crate::json`] for why.
+pub trait FromJson: Sized {
+    /// Reads `value`, found at `at`; an error names `at` or a field below it.
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError>;
+}
+
+/// "expected `what`, got <the value>", at `at`.
+pub fn expected(what: &str, value: &Json, at: &FieldPath) -> ConfigError {
+    at.error(format!("expected {what}, got {}", value.describe()))
+}
+
+impl FromJson for Json {
+    fn from_json(value: &Json, _: &FieldPath) -> Result<Self, ConfigError> {
+        Ok(value.clone())
+    }
+}
+
+impl FromJson for String {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::String(s) => Ok(s.clone()),
+            other => Err(expected("a string", other, at)),
+        }
+    }
+}
+
+impl FromJson for bool {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::Bool(b) => Ok(*b),
+            other => Err(expected("`true` or `false`", other, at)),
+        }
+    }
+}
+
+impl FromJson for f64 {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::Number(n) => Ok(n.as_f64()),
+            other => Err(expected("a number", other, at)),
+        }
+    }
+}
+
+/// A whole number from 0 to `max`.
+fn unsigned(value: &Json, at: &FieldPath, max: u64) -> Result<u64, ConfigError> {
+    match value {
+        Json::Number(n) => n.as_u64().filter(|v| *v <= max).ok_or_else(|| {
+            at.error(format!(
+                "must be a whole number from 0 to {max}, got {}",
+                n.as_str()
+            ))
+        }),
+        other => Err(expected(
+            &format!("a whole number from 0 to {max}"),
+            other,
+            at,
+        )),
+    }
+}
+
+macro_rules! unsigned_from_json {
+    ($($t:ty),*) => {$(
+        impl FromJson for $t {
+            fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+                let n = unsigned(value, at, <$t>::MAX as u64)?;
+                <$t>::try_from(n).map_err(|_| at.error("out of range"))
+            }
+        }
+    )*};
+}
+unsigned_from_json!(u8, u16, u32, u64, usize);
+
+impl<T: FromJson> FromJson for Vec<T> {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| T::from_json(item, &at.index(i)))
+                .collect(),
+            other => Err(expected("an array", other, at)),
+        }
+    }
+}
+
+/// An object whose member names are free (header names, say), each value a `T`.
+impl<T: FromJson> FromJson for std::collections::BTreeMap<String, T> {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::Object(object) => object
+                .members()
+                .iter()
+                .map(|(name, item)| Ok((name.clone(), T::from_json(item, &at.field(name))?)))
+                .collect(),
+            other => Err(expected("an object", other, at)),
+        }
+    }
+}
+
+impl<T: FromJson> FromJson for Option<T> {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::Null => Ok(None),
+            other => T::from_json(other, at).map(Some),
+        }
+    }
+}
+
+/// Reads an object's members by name. The names it may have are declared up front, so an
+/// unknown member is refused before anything else is read (a misspelt optional field is the
+/// error to report, not the required one it stood for).
+///
+/// ```
+/// # use filter_core::config::{parse_json, ConfigError, FieldPath, FromJson, Members};
+/// # use filter_core::json::Json;
+/// struct Limit { requests: u32, burst: Option<u32> }
+/// impl FromJson for Limit {
+///     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+///         let mut m = Members::of(value, at, &["requests", "burst"])?;
+///         let limit = Limit { requests: m.required("requests")?, burst: m.field("burst")? };
+///         m.finish();
+///         Ok(limit)
+///     }
+/// }
+/// let err = parse_json::<Limit>(br#"{"requests": 1, "brust": 2}"#).err().unwrap();
+/// assert_eq!(err.to_string(), "brust: unknown field `brust`, expected one of `requests`, `burst`");
+/// ```
+#[derive(Debug)]
+pub struct Members<'a> {
+    at: &'a FieldPath,
+    members: &'a [(String, Json)],
+    fields: &'static [&'static str],
+    read: Vec<&'static str>,
+}
+
+impl<'a> Members<'a> {
+    /// The members of `value`, which must be an object with no member outside `fields`.
+    pub fn of(
+        value: &'a Json,
+        at: &'a FieldPath,
+        fields: &'static [&'static str],
+    ) -> Result<Self, ConfigError> {
+        let Json::Object(object) = value else {
+            return Err(expected("an object", value, at));
+        };
+        if let Some((name, _)) = object
+            .members()
+            .iter()
+            .find(|(name, _)| !fields.contains(&name.as_str()))
+        {
+            return Err(at.field(name).error(format!(
+                "unknown field `{name}`, {}",
+                choices(fields, "there are no fields")
+            )));
+        }
+        Ok(Self {
+            at,
+            members: object.members(),
+            fields,
+            read: Vec::new(),
+        })
+    }
+
+    /// Where this object is.
+    pub fn at(&self) -> &FieldPath {
+        self.at
+    }
+
+    /// The raw value of the member `name`, if present and not `null`.
+    pub fn raw(&mut self, name: &'static str) -> Option<&'a Json> {
+        debug_assert!(self.fields.contains(&name), "{name} is not declared");
+        self.read.push(name);
+        self.members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .filter(|v| !matches!(v, Json::Null))
+    }
+
+    /// The member `name`, if present and not `null`.
+    pub fn field<T: FromJson>(&mut self, name: &'static str) -> Result<Option<T>, ConfigError> {
+        match self.raw(name) {
+            Some(value) => T::from_json(value, &self.at.field(name)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The member `name`, or `T`'s default when absent.
+    pub fn or_default<T: FromJson + Default>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<T, ConfigError> {
+        Ok(self.field(name)?.unwrap_or_default())
+    }
+
+    /// The member `name`, which must be present.
+    pub fn required<T: FromJson>(&mut self, name: &'static str) -> Result<T, ConfigError> {
+        self.field(name)?
+            .ok_or_else(|| self.at.error(format!("missing field `{name}`")))
+    }
+
+    /// Ends the reading. In tests, checks that every declared field was read: a declared
+    /// field nobody reads would be accepted and silently ignored.
+    pub fn finish(self) {
+        debug_assert!(
+            self.fields.iter().all(|f| self.read.contains(f)),
+            "{}: declared fields left unread",
+            self.at
+        );
+    }
+}
+
+/// "expected `a`", or "expected one of `a`, `b`", or `none` when there is nothing to expect.
+fn choices(names: &[&str], none: &str) -> String {
+    match names {
+        [] => none.to_owned(),
+        [one] => format!("expected `{one}`"),
+        many => {
+            let quoted: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
+            format!("expected one of {}", quoted.join(", "))
+        }
+    }
+}
+
+/// Reads a string naming one of `variants` (`"draft"`, `"legacy"`, ...).
+pub fn variant<T: Copy>(
+    value: &Json,
+    at: &FieldPath,
+    variants: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let names: Vec<&str> = variants.iter().map(|(name, _)| *name).collect();
+    match value {
+        Json::String(s) => variants
+            .iter()
+            .find(|(name, _)| name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| at.error(unknown_variant(s, &names))),
+        other => Err(at.error(format!(
+            "{}, got {}",
+            choices(&names, "a string"),
+            other.describe()
+        ))),
+    }
+}
+
+/// "unknown variant `x`, expected one of `a`, `b`".
+pub fn unknown_variant(name: &str, expected: &[&str]) -> String {
+    format!(
+        "unknown variant `{name}`, {}",
+        choices(expected, "there are none")
+    )
+}
+
+/// Reads an object with exactly one member, whose name says which kind it is
+/// (`{"header": "x-user-id"}`): returns that name and its value.
+pub fn tagged<'a>(value: &'a Json, at: &FieldPath) -> Result<(&'a str, &'a Json), ConfigError> {
+    match value {
+        Json::Object(object) => match object.members() {
+            [(name, inner)] => Ok((name, inner)),
+            _ => Err(at.error(format!(
+                "expected an object with exactly one member naming its kind, got {} members",
+                object.len()
+            ))),
+        },
+        other => Err(expected(
+            "an object with one member naming its kind",
+            other,
+            at,
+        )),
+    }
 }
 
 /// One open JSON container while scanning for a path.
@@ -246,13 +510,6 @@ fn scalar_end(text: &[u8], start: usize) -> usize {
     start + len.max(1) - 1
 }
 
-fn strip_position(message: &str) -> &str {
-    match message.rfind(" at line ") {
-        Some(at) => message.get(..at).unwrap_or(message),
-        None => message,
-    }
-}
-
 /// Checks a name that will appear in metric names, header items and shared-data keys: 1 to
 /// 64 ASCII letters, digits, `_` or `-`.
 pub fn check_name(name: &str, at: &FieldPath) -> Result<(), ConfigError> {
@@ -283,21 +540,18 @@ impl ConfigDuration {
     }
 }
 
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A visitor rather than parse-after-deserialize: serde_json then pins the error to
-        // this value's position, which is how `parse_json` finds the field path.
-        struct DurationText;
-        impl serde::de::Visitor<'_> for DurationText {
-            type Value = ConfigDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ConfigDuration, E> {
-                parse_duration(text).map(ConfigDuration).map_err(E::custom)
-            }
+impl FromJson for ConfigDuration {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        match value {
+            Json::String(text) => parse_duration(text)
+                .map(ConfigDuration)
+                .map_err(|e| at.error(e)),
+            other => Err(expected(
+                "a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\"",
+                other,
+                at,
+            )),
         }
-        deserializer.deserialize_str(DurationText)
     }
 }
 
@@ -355,8 +609,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Debug)]
     struct Limit {
         #[allow(dead_code)]
         requests: u32,
@@ -364,18 +617,49 @@ mod tests {
         per: ConfigDuration,
     }
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl FromJson for Limit {
+        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+            let mut m = Members::of(value, at, &["requests", "per"])?;
+            let limit = Limit {
+                requests: m.required("requests")?,
+                per: m.required("per")?,
+            };
+            m.finish();
+            Ok(limit)
+        }
+    }
+
+    #[derive(Debug)]
     struct Rule {
         #[allow(dead_code)]
         limit: Limit,
     }
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
+    impl FromJson for Rule {
+        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+            let mut m = Members::of(value, at, &["limit"])?;
+            let rule = Rule {
+                limit: m.required("limit")?,
+            };
+            m.finish();
+            Ok(rule)
+        }
+    }
+
+    #[derive(Debug)]
     struct Doc {
-        #[serde(default)]
         rules: Vec<Rule>,
+    }
+
+    impl FromJson for Doc {
+        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+            let mut m = Members::of(value, at, &["rules"])?;
+            let doc = Doc {
+                rules: m.or_default("rules")?,
+            };
+            m.finish();
+            Ok(doc)
+        }
     }
 
     #[test]
@@ -455,6 +739,87 @@ mod tests {
         assert!(err.reason().starts_with("invalid JSON"), "{err}");
         let err = parse_json::<Doc>(b"{} {}").unwrap_err();
         assert!(err.reason().starts_with("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_members_name_the_second_one() {
+        let err =
+            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","per":"2s"}}]}"#)
+                .unwrap_err();
+        assert_eq!(err.path(), "rules[0].limit.per");
+        assert!(err.reason().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn null_means_absent() {
+        assert!(
+            parse_json::<Doc>(br#"{"rules": null}"#)
+                .unwrap()
+                .rules
+                .is_empty()
+        );
+        let err =
+            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":null}}]}"#).unwrap_err();
+        assert_eq!(err.to_string(), "rules[0].limit: missing field `per`");
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_before_missing_ones() {
+        let err =
+            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"pre":"1s"}}]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rules[0].limit.pre: unknown field `pre`, expected one of `requests`, `per`"
+        );
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected_and_found() {
+        let err = parse_json::<Doc>(br#"{"rules": {}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "rules: expected an array, got an object");
+        let err =
+            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1.5,"per":"1s"}}]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rules[0].limit.requests: must be a whole number from 0 to 4294967295, got 1.5"
+        );
+        let err =
+            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":"1","per":"1s"}}]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rules[0].limit.requests: expected a whole number from 0 to 4294967295, got a string"
+        );
+        let err = parse_json::<Doc>(b"[]").unwrap_err();
+        assert_eq!(err.to_string(), "expected an object, got an array");
+    }
+
+    #[test]
+    fn variants_and_tagged_objects() {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Dialect {
+            Draft,
+            Legacy,
+        }
+        let variants = [("draft", Dialect::Draft), ("legacy", Dialect::Legacy)];
+        let at = FieldPath::root().field("headers");
+        let read = |text: &str| {
+            let value = json::parse(text.as_bytes(), Limits::TRUSTED).unwrap();
+            variant(&value, &at, &variants)
+        };
+        assert_eq!(read(r#""legacy""#), Ok(Dialect::Legacy));
+        assert_eq!(
+            read(r#""both""#).unwrap_err().to_string(),
+            "headers: unknown variant `both`, expected one of `draft`, `legacy`"
+        );
+        assert_eq!(
+            read("1").unwrap_err().to_string(),
+            "headers: expected one of `draft`, `legacy`, got the number 1"
+        );
+        let value = json::parse(br#"{"header": "x"}"#, Limits::TRUSTED).unwrap();
+        let (kind, inner) = tagged(&value, &at).unwrap();
+        assert_eq!((kind, inner.as_str()), ("header", Some("x")));
+        let value = json::parse(br#"{"header": "x", "path": {}}"#, Limits::TRUSTED).unwrap();
+        assert!(tagged(&value, &at).is_err());
     }
 
     #[test]

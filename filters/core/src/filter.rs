@@ -6,7 +6,7 @@
 //! [`Filter::new`] (a refusal stops Envoy from loading the plugin, logging the field path),
 //! defines [`Filter::METRICS`], and calls [`Filter::on_request`] and [`Filter::on_response`].
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, FromJson};
 use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use crate::log::Log;
 use crate::metrics::{MetricDef, Metrics};
@@ -14,7 +14,6 @@ use crate::request::{RequestView, ResponseView};
 use crate::signature::NativeVerifier;
 use crate::store::SharedStore;
 use crate::time::Time;
-use serde::de::DeserializeOwned;
 
 /// What the host hands a filter besides the request: the time, the shared store, metrics, the
 /// host's native signature checks and its log.
@@ -48,8 +47,8 @@ pub trait Filter: Sized {
     /// The filter's name in logs, metric names and configuration errors, e.g. `rate_limit`.
     const NAME: &'static str;
 
-    /// The configuration as written (serde, `deny_unknown_fields`).
-    type Config: DeserializeOwned;
+    /// The configuration as written; unknown members are errors.
+    type Config: FromJson;
 
     /// Per-request state carried from the request callback to the response callback.
     type Stream: Default;

@@ -16,40 +16,63 @@
 //! Filters see the path after Envoy's own normalisation, so the example configurations turn on
 //! `normalize_path` and `merge_slashes` in the HTTP connection manager.
 
-use crate::config::{ConfigError, FieldPath};
+use crate::config::{ConfigError, FieldPath, FromJson, Members};
+use crate::json::Json;
 use crate::request::RequestView;
-use serde::Deserialize;
 
 /// The `match` block as written in configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteMatchConfig {
     /// Path prefix (query excluded). Must start with `/`.
-    #[serde(default)]
     pub prefix: Option<String>,
     /// Exact path (query excluded). Must start with `/`.
-    #[serde(default)]
     pub path: Option<String>,
     /// Allowed methods; absent means any method.
-    #[serde(default)]
     pub methods: Option<Vec<String>>,
     /// Required headers.
-    #[serde(default)]
     pub headers: Vec<HeaderMatchConfig>,
     /// The Envoy cluster the request is routed to.
-    #[serde(default)]
     pub cluster: Option<String>,
 }
 
 /// One header condition: present, or equal to `value`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct HeaderMatchConfig {
     /// Header name, matched case-insensitively.
     pub name: String,
     /// Exact value required; absent means the header only has to be present.
-    #[serde(default)]
     pub value: Option<String>,
+}
+
+impl FromJson for RouteMatchConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &["prefix", "path", "methods", "headers", "cluster"],
+        )?;
+        let config = Self {
+            prefix: m.field("prefix")?,
+            path: m.field("path")?,
+            methods: m.field("methods")?,
+            headers: m.or_default("headers")?,
+            cluster: m.field("cluster")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for HeaderMatchConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["name", "value"])?;
+        let config = Self {
+            name: m.required("name")?,
+            value: m.field("value")?,
+        };
+        m.finish();
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -105,11 +105,10 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
+    use crate::json::{Json, Object};
 
     fn verified(sub: &str) -> Rc<Verified> {
-        let mut claims = Map::new();
-        claims.insert("sub".into(), sub.into());
+        let claims = Object::from([("sub", Json::String(sub.into()))]);
         Rc::new(Verified {
             claims,
             payload_b64: String::new(),

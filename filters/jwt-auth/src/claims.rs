@@ -4,8 +4,8 @@
 //! where a lenient library would skip the check (jsonwebtoken's gap, J15).
 
 use crate::config::Provider;
+use crate::json::{Json, Object};
 use filter_core::time::Time;
-use serde_json::{Map, Value};
 use std::fmt;
 
 /// Why a token's claims were refused (logged, never sent to the client).
@@ -48,14 +48,11 @@ impl fmt::Display for ClaimError {
 const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
 
 /// A NumericDate claim: absent, or a finite number of seconds in `0..=9999-12-31`.
-fn numeric_date(
-    claims: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<f64>, ClaimError> {
+fn numeric_date(claims: &Object, name: &'static str) -> Result<Option<f64>, ClaimError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&v) => Ok(Some(v)),
+        Some(Json::Number(n)) => match n.as_f64() {
+            v if (0.0..=MAX_NUMERIC_DATE).contains(&v) => Ok(Some(v)),
             _ => Err(ClaimError::BadTime(name)),
         },
         Some(_) => Err(ClaimError::BadTime(name)),
@@ -73,20 +70,13 @@ pub struct TimeClaims {
 
 /// Checks `iss`, `exp`, `nbf`, `iat`, `aud` and `sub` of a token whose signature was verified
 /// with one of `provider`'s keys: [`check_static`] then [`check_times`].
-pub fn check(
-    provider: &Provider,
-    claims: &Map<String, Value>,
-    now: Time,
-) -> Result<(), ClaimError> {
+pub fn check(provider: &Provider, claims: &Object, now: Time) -> Result<(), ClaimError> {
     check_times(provider, &check_static(provider, claims)?, now)
 }
 
 /// Everything about the claims that does not depend on the time: `iss`, `aud`, `sub`, and that
 /// each time claim is a NumericDate. Gives the time claims for [`check_times`].
-pub fn check_static(
-    provider: &Provider,
-    claims: &Map<String, Value>,
-) -> Result<TimeClaims, ClaimError> {
+pub fn check_static(provider: &Provider, claims: &Object) -> Result<TimeClaims, ClaimError> {
     check_issuer(provider, claims)?;
     let times = TimeClaims {
         exp: numeric_date(claims, "exp")?,
@@ -98,7 +88,7 @@ pub fn check_static(
     }
     check_audience(provider, claims)?;
     match claims.get("sub") {
-        None | Some(Value::String(_)) => Ok(times),
+        None | Some(Json::String(_)) => Ok(times),
         Some(_) => Err(ClaimError::BadSubject),
     }
 }
@@ -129,25 +119,25 @@ pub fn check_times(provider: &Provider, times: &TimeClaims, now: Time) -> Result
 }
 
 /// `iss` must equal the provider's issuer byte for byte (no case or trailing-slash folding).
-pub fn check_issuer(provider: &Provider, claims: &Map<String, Value>) -> Result<(), ClaimError> {
+pub fn check_issuer(provider: &Provider, claims: &Object) -> Result<(), ClaimError> {
     match claims.get("iss") {
-        Some(Value::String(iss)) if *iss == provider.issuer => Ok(()),
+        Some(Json::String(iss)) if *iss == provider.issuer => Ok(()),
         _ => Err(ClaimError::Issuer),
     }
 }
 
-fn check_audience(provider: &Provider, claims: &Map<String, Value>) -> Result<(), ClaimError> {
+fn check_audience(provider: &Provider, claims: &Object) -> Result<(), ClaimError> {
     if provider.audiences.is_empty() {
         return Ok(());
     }
     let accepted = |aud: &str| provider.audiences.iter().any(|a| a == aud);
     match claims.get("aud") {
-        Some(Value::String(aud)) if accepted(aud) => Ok(()),
+        Some(Json::String(aud)) if accepted(aud) => Ok(()),
         // A non-string element makes the whole claim invalid (CVE-2020-26160's lesson).
-        Some(Value::Array(list))
+        Some(Json::Array(list))
             if !list.is_empty()
-                && list.iter().all(Value::is_string)
-                && list.iter().filter_map(Value::as_str).any(accepted) =>
+                && list.iter().all(Json::is_string)
+                && list.iter().filter_map(Json::as_str).any(accepted) =>
         {
             Ok(())
         }
@@ -157,21 +147,21 @@ fn check_audience(provider: &Provider, claims: &Map<String, Value>) -> Result<()
 
 /// The scopes a token grants: the space-separated `scope` claim (RFC 9068 §2.2.3), or an `scp`
 /// array (or string) as some issuers send.
-pub fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
+pub fn granted_scopes(claims: &Object) -> Vec<&str> {
     let mut scopes = Vec::new();
-    if let Some(Value::String(s)) = claims.get("scope") {
+    if let Some(Json::String(s)) = claims.get("scope") {
         scopes.extend(s.split(' ').filter(|s| !s.is_empty()));
     }
     match claims.get("scp") {
-        Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
-        Some(Value::Array(list)) => scopes.extend(list.iter().filter_map(Value::as_str)),
+        Some(Json::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
+        Some(Json::Array(list)) => scopes.extend(list.iter().filter_map(Json::as_str)),
         _ => {}
     }
     scopes
 }
 
 /// Whether the token grants every one of `required`.
-pub fn has_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
+pub fn has_scopes(claims: &Object, required: &[String]) -> bool {
     if required.is_empty() {
         return true;
     }
@@ -181,24 +171,22 @@ pub fn has_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
 
 /// Whether the claim equals one of `accepted`, or (for an array claim) contains one of them.
 /// Numbers and booleans compare by their JSON text (`1`, `true`).
-pub fn claim_matches(claims: &Map<String, Value>, claim: &str, accepted: &[String]) -> bool {
-    let fits = |v: &Value| match v {
-        Value::String(s) => accepted.iter().any(|a| a == s),
-        Value::Number(_) | Value::Bool(_) => {
-            let text = v.to_string();
-            accepted.contains(&text)
-        }
+pub fn claim_matches(claims: &Object, claim: &str, accepted: &[String]) -> bool {
+    let fits = |v: &Json| match v {
+        Json::String(s) => accepted.iter().any(|a| a == s),
+        Json::Number(n) => accepted.contains(&n.canonical()),
+        Json::Bool(b) => accepted.iter().any(|a| *a == b.to_string()),
         _ => false,
     };
     match lookup(claims, &claim.split('.').collect::<Vec<_>>()) {
-        Some(Value::Array(list)) => list.iter().any(fits),
+        Some(Json::Array(list)) => list.iter().any(fits),
         Some(v) => fits(v),
         None => false,
     }
 }
 
 /// The claim at a dotted path (`a.b.c` reaches into nested objects).
-pub fn lookup<'a, S: AsRef<str>>(claims: &'a Map<String, Value>, path: &[S]) -> Option<&'a Value> {
+pub fn lookup<'a, S: AsRef<str>>(claims: &'a Object, path: &[S]) -> Option<&'a Json> {
     let (first, rest) = path.split_first()?;
     let mut value = claims.get(first.as_ref())?;
     for part in rest {
@@ -210,20 +198,15 @@ pub fn lookup<'a, S: AsRef<str>>(claims: &'a Map<String, Value>, path: &[S]) -> 
 /// A claim as a header value: strings as they are, integers without decimals, booleans, and
 /// arrays of those joined with `,`. Objects, and anything a header cannot carry (control
 /// characters), give `None`: the header is then not set.
-pub fn header_value(value: &Value) -> Option<String> {
-    let scalar = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(
-            n.as_i64()
-                .map(|i| i.to_string())
-                .or_else(|| n.as_u64().map(|u| u.to_string()))
-                .unwrap_or_else(|| n.to_string()),
-        ),
-        Value::Bool(b) => Some(b.to_string()),
+pub fn header_value(value: &Json) -> Option<String> {
+    let scalar = |v: &Json| match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.canonical()),
+        Json::Bool(b) => Some(b.to_string()),
         _ => None,
     };
     let text = match value {
-        Value::Array(list) => {
+        Json::Array(list) => {
             let parts: Option<Vec<String>> = list.iter().map(scalar).collect();
             parts?.join(",")
         }

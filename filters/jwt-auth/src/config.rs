@@ -4,125 +4,94 @@
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
 use crate::jwks::{KeySet, parse_jwks};
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath};
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath, FromJson, Members};
+use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// The whole configuration as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct JwtAuthConfig {
     /// Token issuers, by name. Rules refer to them by name.
-    #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Tried in order; the first whose `match` fits decides.
-    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     /// The `realm` of `WWW-Authenticate` challenges. Default `api`.
-    #[serde(default)]
     pub realm: Option<String>,
     /// How many verified tokens each Envoy worker remembers (0 turns the cache off). Default 1000.
-    #[serde(default)]
     pub token_cache_size: Option<u64>,
 }
 
 /// One token issuer.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct ProviderConfig {
     /// Required. Compared byte for byte with the token's `iss`.
     pub issuer: String,
     /// Accepted `aud` values; when non-empty, a token without a matching `aud` is refused.
-    #[serde(default)]
     pub audiences: Vec<String>,
     /// Required allowlist of signature algorithms.
     pub algorithms: Vec<String>,
     /// Keys given in the configuration.
-    #[serde(default)]
     pub local_jwks: Option<LocalJwksConfig>,
     /// Keys fetched from a key server through an Envoy cluster.
-    #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
     /// Headers carrying the token. Default: `authorization` with `Bearer `.
-    #[serde(default)]
     pub from_headers: Option<Vec<HeaderSourceConfig>>,
     /// Query parameters carrying the token. Default: none.
-    #[serde(default)]
     pub from_params: Vec<String>,
     /// Cookies carrying the token. Default: none.
-    #[serde(default)]
     pub from_cookies: Vec<String>,
     /// Keep the token in the request sent upstream. Default false: it is removed.
-    #[serde(default)]
     pub forward: bool,
     /// A request header to receive the token's payload (base64url JSON).
-    #[serde(default)]
     pub forward_payload_header: Option<String>,
     /// Claims copied into request headers.
-    #[serde(default)]
     pub claim_to_headers: Vec<ClaimToHeaderConfig>,
     /// Leeway for `exp`, `nbf` and `iat`. Default 60s, at most 300s.
-    #[serde(default)]
     pub clock_skew: Option<ConfigDuration>,
     /// Refuse tokens without `exp`. Default true.
-    #[serde(default = "yes")]
     pub require_expiration: bool,
     /// Longest token accepted, in bytes. Default 8192.
-    #[serde(default)]
     pub max_token_bytes: Option<u64>,
     /// Required `typ` header, e.g. `at+jwt` (RFC 9068 access tokens). Default: none.
-    #[serde(default)]
     pub require_typ: Option<String>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// Keys in the configuration.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct LocalJwksConfig {
     /// A JWKS document (JSON text).
     pub inline: String,
 }
 
 /// A key server reached through an Envoy cluster.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RemoteJwksConfig {
     /// The Envoy cluster of the key server.
     pub cluster: String,
     /// The `:authority` of the fetch. Default: the cluster name.
-    #[serde(default)]
     pub authority: Option<String>,
     /// The path of the JWKS document.
     pub path: String,
     /// How long fetched keys are kept. Default 10m.
-    #[serde(default)]
     pub cache_duration: Option<ConfigDuration>,
     /// Fetch timeout. Default 2s.
-    #[serde(default)]
     pub timeout: Option<ConfigDuration>,
 }
 
 /// A header that carries the token after a prefix.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct HeaderSourceConfig {
     /// Header name.
     pub name: String,
     /// Text before the token, matched case-insensitively (`Bearer `). Default: none.
-    #[serde(default)]
     pub value_prefix: Option<String>,
 }
 
 /// Copy a claim into a request header.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct ClaimToHeaderConfig {
     /// Claim name; `a.b` reaches into nested objects.
     pub claim: String,
@@ -131,39 +100,185 @@ pub struct ClaimToHeaderConfig {
 }
 
 /// One rule.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RuleConfig {
     /// Which requests the rule is for.
-    #[serde(rename = "match")]
     pub route: RouteMatchConfig,
     /// What they need; absent: nothing (the request passes unauthenticated).
-    #[serde(default)]
     pub requires: Option<RequirementConfig>,
 }
 
 /// A requirement: one provider (with optional scopes and claims), or any/all of others.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RequirementConfig {
     /// A valid token from this provider.
-    #[serde(default)]
     pub provider: Option<String>,
     /// Scopes the token must grant (all of them).
-    #[serde(default)]
     pub scopes: Vec<String>,
     /// Claims the token must carry: `{"role": ["admin", "ops"]}`.
-    #[serde(default)]
     pub claims: BTreeMap<String, Vec<String>>,
     /// Let requests without a token through (a bad token is still refused).
-    #[serde(default)]
     pub allow_missing: bool,
     /// Any one of these requirements.
-    #[serde(default)]
     pub any: Option<Vec<RequirementConfig>>,
     /// All of these requirements.
-    #[serde(default)]
     pub all: Option<Vec<RequirementConfig>>,
+}
+
+impl FromJson for JwtAuthConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &["providers", "rules", "realm", "token_cache_size"],
+        )?;
+        let config = Self {
+            providers: m.or_default("providers")?,
+            rules: m.or_default("rules")?,
+            realm: m.field("realm")?,
+            token_cache_size: m.field("token_cache_size")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for ProviderConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &[
+                "issuer",
+                "audiences",
+                "algorithms",
+                "local_jwks",
+                "remote_jwks",
+                "from_headers",
+                "from_params",
+                "from_cookies",
+                "forward",
+                "forward_payload_header",
+                "claim_to_headers",
+                "clock_skew",
+                "require_expiration",
+                "max_token_bytes",
+                "require_typ",
+            ],
+        )?;
+        let config = Self {
+            issuer: m.required("issuer")?,
+            audiences: m.or_default("audiences")?,
+            algorithms: m.required("algorithms")?,
+            local_jwks: m.field("local_jwks")?,
+            remote_jwks: m.field("remote_jwks")?,
+            from_headers: m.field("from_headers")?,
+            from_params: m.or_default("from_params")?,
+            from_cookies: m.or_default("from_cookies")?,
+            forward: m.or_default("forward")?,
+            forward_payload_header: m.field("forward_payload_header")?,
+            claim_to_headers: m.or_default("claim_to_headers")?,
+            clock_skew: m.field("clock_skew")?,
+            require_expiration: m.field("require_expiration")?.unwrap_or(true),
+            max_token_bytes: m.field("max_token_bytes")?,
+            require_typ: m.field("require_typ")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for LocalJwksConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["inline"])?;
+        let config = Self {
+            inline: m.required("inline")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for RemoteJwksConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &["cluster", "authority", "path", "cache_duration", "timeout"],
+        )?;
+        let config = Self {
+            cluster: m.required("cluster")?,
+            authority: m.field("authority")?,
+            path: m.required("path")?,
+            cache_duration: m.field("cache_duration")?,
+            timeout: m.field("timeout")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for HeaderSourceConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["name", "value_prefix"])?;
+        let config = Self {
+            name: m.required("name")?,
+            value_prefix: m.field("value_prefix")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for ClaimToHeaderConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["claim", "header"])?;
+        let config = Self {
+            claim: m.required("claim")?,
+            header: m.required("header")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for RuleConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["match", "requires"])?;
+        let config = Self {
+            route: m.required("match")?,
+            requires: m.field("requires")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for RequirementConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &[
+                "provider",
+                "scopes",
+                "claims",
+                "allow_missing",
+                "any",
+                "all",
+            ],
+        )?;
+        let config = Self {
+            provider: m.field("provider")?,
+            scopes: m.or_default("scopes")?,
+            claims: m.or_default("claims")?,
+            allow_missing: m.or_default("allow_missing")?,
+            any: m.field("any")?,
+            all: m.field("all")?,
+        };
+        m.finish();
+        Ok(config)
+    }
 }
 
 // === compiled form ===

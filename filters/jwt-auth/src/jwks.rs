@@ -8,9 +8,10 @@
 
 use std::fmt;
 
+use crate::json::{Json, Object};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Map, Value};
+use filter_core::json::{self, Limits};
 
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
@@ -114,10 +115,11 @@ pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
     if doc.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge);
     }
-    let value: Value = serde_json::from_slice(doc).map_err(|_| JwksError::NotJson)?;
+    let value = json::parse(doc, Limits::TRUSTED).map_err(|_| JwksError::NotJson)?;
     let entries = value
-        .get("keys")
-        .and_then(Value::as_array)
+        .as_object()
+        .and_then(|doc| doc.get("keys"))
+        .and_then(Json::as_array)
         .ok_or(JwksError::NoKeysArray)?;
     if entries.len() > MAX_KEYS {
         return Err(JwksError::TooManyKeys);
@@ -128,28 +130,35 @@ pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
             Ok(jwk) => set.keys.push(jwk),
             Err(reason) => set.ignored.push(IgnoredKey {
                 index,
-                kid: entry.get("kid").and_then(Value::as_str).map(str::to_owned),
+                kid: member(entry, "kid")
+                    .and_then(Json::as_str)
+                    .map(str::to_owned),
                 reason,
-                is_secret: entry.get("kty").and_then(Value::as_str) == Some("oct"),
+                is_secret: member(entry, "kty").and_then(Json::as_str) == Some("oct"),
             }),
         }
     }
     Ok(set)
 }
 
+/// The member `name` of `entry`, if it is an object that has one.
+fn member<'a>(entry: &'a Json, name: &str) -> Option<&'a Json> {
+    entry.as_object().and_then(|obj| obj.get(name))
+}
+
 /// One JWKS entry, or the reason it is skipped.
-fn parse_jwk(entry: &Value) -> Result<Jwk, String> {
+fn parse_jwk(entry: &Json) -> Result<Jwk, String> {
     let Some(obj) = entry.as_object() else {
         return Err("not a JSON object".to_owned());
     };
     let kid = match obj.get("kid") {
         None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(Json::String(kid)) => Some(kid.clone()),
         Some(_) => return Err("\"kid\" is not a string".to_owned()),
     };
     let kty = match obj.get("kty") {
         None => return Err("\"kty\" is missing".to_owned()),
-        Some(Value::String(kty)) => kty.as_str(),
+        Some(Json::String(kty)) => kty.as_str(),
         Some(_) => return Err("\"kty\" is not a string".to_owned()),
     };
     if let Some(key_use) = obj.get("use")
@@ -167,14 +176,14 @@ fn parse_jwk(entry: &Value) -> Result<Jwk, String> {
     }
     let alg = match obj.get("alg") {
         None => None,
-        Some(Value::String(name)) => match Alg::from_name(name) {
+        Some(Json::String(name)) => match Alg::from_name(name) {
             Some(alg) => Some(alg),
             None => return Err(format!("unsupported \"alg\" {}", short_str(name))),
         },
         Some(_) => return Err("\"alg\" is not a string".to_owned()),
     };
     if kty != "oct"
-        && let Some(member) = PRIVATE_MEMBERS.iter().find(|m| obj.contains_key(**m))
+        && let Some(member) = PRIVATE_MEMBERS.iter().find(|m| obj.contains_key(m))
     {
         // A provider that publishes its private key has a compromised key: never trust it.
         return Err(format!("private key member \"{member}\" in a public key"));
@@ -194,7 +203,7 @@ fn parse_jwk(entry: &Value) -> Result<Jwk, String> {
     Ok(Jwk { kid, alg, key })
 }
 
-fn rsa_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
+fn rsa_key(obj: &Object) -> Result<PublicKey, String> {
     let n = b64_member(obj, "n")?;
     let e = b64_member(obj, "e")?;
     // An even modulus or exponent is not an RSA key; the last byte carries the parity.
@@ -224,7 +233,7 @@ fn rsa_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
         })
 }
 
-fn ec_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
+fn ec_key(obj: &Object) -> Result<PublicKey, String> {
     let crv = str_member(obj, "crv")?;
     let x = b64_member(obj, "x")?;
     let y = b64_member(obj, "y")?;
@@ -252,7 +261,7 @@ fn ec_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
         .ok_or_else(|| format!("point is not on {crv}"))
 }
 
-fn okp_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
+fn okp_key(obj: &Object) -> Result<PublicKey, String> {
     let crv = str_member(obj, "crv")?;
     if crv != "Ed25519" {
         return Err(format!("unsupported OKP \"crv\" {}", short_str(crv)));
@@ -270,7 +279,7 @@ fn okp_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
     Ok(PublicKey::Ed25519(key))
 }
 
-fn oct_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
+fn oct_key(obj: &Object) -> Result<PublicKey, String> {
     let k = b64_member(obj, "k")?;
     if k.is_empty() {
         return Err("\"k\" is empty".to_owned());
@@ -287,28 +296,30 @@ fn oct_key(obj: &Map<String, Value>) -> Result<PublicKey, String> {
     Ok(PublicKey::Hmac(k))
 }
 
-fn str_member<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
+fn str_member<'a>(obj: &'a Object, name: &str) -> Result<&'a str, String> {
     match obj.get(name) {
         None => Err(format!("\"{name}\" is missing")),
-        Some(Value::String(value)) => Ok(value),
+        Some(Json::String(value)) => Ok(value),
         Some(_) => Err(format!("\"{name}\" is not a string")),
     }
 }
 
 /// A base64url member, strictly: no padding, no standard-alphabet characters, no stray bits.
-fn b64_member(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+fn b64_member(obj: &Object, name: &str) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD
         .decode(str_member(obj, name)?)
         .map_err(|_| format!("\"{name}\" is not unpadded base64url"))
 }
 
 /// A JSON value for a log line, cut short: the reason must not carry a 200 KiB string.
-fn short(value: &Value) -> String {
+fn short(value: &Json) -> String {
     match value {
-        Value::String(text) => short_str(text),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
-        other => other.to_string(),
+        Json::String(text) => short_str(text),
+        Json::Array(_) => "an array".to_owned(),
+        Json::Object(_) => "an object".to_owned(),
+        Json::Number(n) => n.as_str().chars().take(32).collect(),
+        Json::Bool(b) => b.to_string(),
+        Json::Null => "null".to_owned(),
     }
 }
 
@@ -340,7 +351,7 @@ mod tests {
     use rsa::RsaPrivateKey;
     use rsa::signature::{SignatureEncoding, Signer};
     use rsa::traits::PublicKeyParts;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use sha2::Sha256;
 
     use test_keys::b64;

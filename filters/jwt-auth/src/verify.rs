@@ -8,11 +8,11 @@
 use crate::claims::{self, ClaimError, TimeClaims};
 use crate::config::Provider;
 use crate::crypto;
+use crate::json::Object;
 use crate::jwks::KeySet;
 use crate::token::{self, TokenError};
 use filter_core::signature::NativeVerifier;
 use filter_core::time::Time;
-use serde_json::{Map, Value};
 use std::fmt;
 
 /// How many keys a token without `kid` may be tried against (CPU bound for kid-less tokens).
@@ -22,7 +22,7 @@ const MAX_KEYS_TRIED: usize = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     /// The claims.
-    pub claims: Map<String, Value>,
+    pub claims: Object,
     /// The payload segment as it came (base64url JSON), for `forward_payload_header`.
     pub payload_b64: String,
     /// The outcome of the claim checks that do not depend on the time, made once with the

@@ -3,9 +3,12 @@
 use crate::gcra::{Limit, LimitError};
 use crate::key::KeyPart;
 use crate::table::Table;
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath, check_name};
+use filter_core::config::{
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, tagged, unknown_variant,
+    variant,
+};
+use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
-use serde::Deserialize;
 
 /// Default `max_keys`: distinct keys each rule tracks at once.
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
@@ -15,40 +18,30 @@ pub const MAX_MAX_KEYS: u64 = 10_000_000;
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// The whole configuration as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RateLimitConfig {
     /// Every rule whose `match` fits applies.
-    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     /// Proxies in front of Envoy that append to `x-forwarded-for`. Default 0: the peer address.
-    #[serde(default)]
     pub trusted_proxies: u32,
     /// Which header fields describe the limits: `draft` (default), `legacy` or `none`.
-    #[serde(default)]
     pub headers: Dialect,
     /// Count and log what would be refused, refuse nothing. Default false.
-    #[serde(default)]
     pub shadow: bool,
     /// Distinct keys each rule tracks at once. Default 100000.
-    #[serde(default)]
     pub max_keys: Option<u64>,
     /// The status of a refusal. Default 429.
-    #[serde(default)]
     pub status: Option<u16>,
     /// What happens when the shared store stays contended: `allow` (default) or `deny`.
-    #[serde(default)]
     pub on_contention: OnContention,
 }
 
 /// One rule as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RuleConfig {
     /// Names the rule in metrics, response headers and logs.
     pub name: String,
     /// Which requests it counts. Default: all.
-    #[serde(default, rename = "match")]
     pub route: RouteMatchConfig,
     /// What a bucket is per: parts combined.
     pub key: Vec<KeyPartConfig>,
@@ -57,8 +50,7 @@ pub struct RuleConfig {
 }
 
 /// One part of a key as written: `{"client_ip": {}}`, `{"header": "x-user-id"}`, ...
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug)]
 pub enum KeyPartConfig {
     /// The client's address.
     ClientIp(ClientIpConfig),
@@ -73,35 +65,29 @@ pub enum KeyPartConfig {
 }
 
 /// `{}`: a key part without options.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct Empty {}
 
 /// Options of `client_ip`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct ClientIpConfig {
     /// Leading bits of an IPv6 address that count (0 to 128). Default 64.
-    #[serde(default)]
     pub ipv6_prefix: Option<u8>,
 }
 
 /// A limit as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct LimitConfig {
     /// Requests per `per` (sustained rate). At least 1.
     pub requests: u32,
     /// The window, e.g. `"1s"`, `"1m"`.
     pub per: ConfigDuration,
     /// Requests that may arrive at once. Default: `requests`.
-    #[serde(default)]
     pub burst: Option<u32>,
 }
 
 /// Response header fields describing the limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Dialect {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
     #[default]
@@ -113,14 +99,127 @@ pub enum Dialect {
 }
 
 /// The outcome when shared data stays contended after every retry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnContention {
     /// Let the request through uncounted.
     #[default]
     Allow,
     /// Answer 503 with `Retry-After: 1`.
     Deny,
+}
+
+impl FromJson for RateLimitConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(
+            value,
+            at,
+            &[
+                "rules",
+                "trusted_proxies",
+                "headers",
+                "shadow",
+                "max_keys",
+                "status",
+                "on_contention",
+            ],
+        )?;
+        let config = Self {
+            rules: m.or_default("rules")?,
+            trusted_proxies: m.or_default("trusted_proxies")?,
+            headers: m.or_default("headers")?,
+            shadow: m.or_default("shadow")?,
+            max_keys: m.field("max_keys")?,
+            status: m.field("status")?,
+            on_contention: m.or_default("on_contention")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for RuleConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["name", "match", "key", "limit"])?;
+        let config = Self {
+            name: m.required("name")?,
+            route: m.or_default("match")?,
+            key: m.required("key")?,
+            limit: m.required("limit")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for KeyPartConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let (kind, options) = tagged(value, at)?;
+        let at = at.field(kind);
+        Ok(match kind {
+            "client_ip" => Self::ClientIp(ClientIpConfig::from_json(options, &at)?),
+            "header" => Self::Header(String::from_json(options, &at)?),
+            "path" => Self::Path(Empty::from_json(options, &at)?),
+            "method" => Self::Method(Empty::from_json(options, &at)?),
+            "rule" => Self::Rule(Empty::from_json(options, &at)?),
+            _ => {
+                return Err(at.error(unknown_variant(
+                    kind,
+                    &["client_ip", "header", "path", "method", "rule"],
+                )));
+            }
+        })
+    }
+}
+
+impl FromJson for Empty {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        Members::of(value, at, &[])?.finish();
+        Ok(Self {})
+    }
+}
+
+impl FromJson for ClientIpConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["ipv6_prefix"])?;
+        let config = Self {
+            ipv6_prefix: m.field("ipv6_prefix")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for LimitConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut m = Members::of(value, at, &["requests", "per", "burst"])?;
+        let config = Self {
+            requests: m.required("requests")?,
+            per: m.required("per")?,
+            burst: m.field("burst")?,
+        };
+        m.finish();
+        Ok(config)
+    }
+}
+
+impl FromJson for Dialect {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        variant(
+            value,
+            at,
+            &[
+                ("draft", Self::Draft),
+                ("legacy", Self::Legacy),
+                ("none", Self::None),
+            ],
+        )
+    }
+}
+
+impl FromJson for OnContention {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        variant(value, at, &[("allow", Self::Allow), ("deny", Self::Deny)])
+    }
 }
 
 /// A rule, compiled.
