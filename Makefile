@@ -16,7 +16,7 @@ MODULES       := jwt_auth rate_limit circuit_breaker retry_policy gateway passth
 WASM_FILES    := $(MODULES:%=target/$(WASM_TARGET)/release/%.wasm)
 WASM_OPT      := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
-FILTER_CRATES := -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p gateway -p passthrough
+FILTER_CRATES := -p filter-config -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p gateway -p passthrough
 # Every module but the gateway; the gateway is built alone, so that Cargo's feature unification
 # does not hand it the four libraries with their own entry points (`export`) switched on.
 SINGLE_CRATES := -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p passthrough

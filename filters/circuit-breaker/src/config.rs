@@ -3,7 +3,8 @@
 use crate::state::Policy;
 use crate::window::Shape;
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, unknown_variant, variant,
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, quoted, show_duration,
+    unknown_variant, variant,
 };
 use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
@@ -243,9 +244,10 @@ impl CircuitBreakerConfig {
             let at = FieldPath::root().field("breakers").index(i);
             let breaker = compile_breaker(b, &at)?;
             if breakers.iter().any(|other| other.name == breaker.name) {
-                return Err(at
-                    .field("name")
-                    .error(format!("{:?} names an earlier breaker too", breaker.name)));
+                return Err(at.field("name").error(format!(
+                    "{} names an earlier breaker too",
+                    quoted(&breaker.name)
+                )));
             }
             breakers.push(breaker);
         }
@@ -273,9 +275,10 @@ fn duration(
         Ok(d)
     } else {
         Err(at.error(format!(
-            "must be from {:?} to {:?}, got {d:?}",
-            range.start(),
-            range.end()
+            "must be from {} to {}, got {}",
+            show_duration(*range.start()),
+            show_duration(*range.end()),
+            show_duration(d)
         )))
     }
 }

@@ -18,10 +18,10 @@
 //!    the worker's Wasm VM.
 #![forbid(unsafe_code)]
 
-pub mod config;
+pub use filter_config::{config, json};
+
 pub mod decision;
 pub mod filter;
-pub mod json;
 pub mod log;
 pub mod matcher;
 pub mod metrics;

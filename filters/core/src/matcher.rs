@@ -16,7 +16,7 @@
 //! Filters see the path after Envoy's own normalisation, so the example configurations turn on
 //! `normalize_path` and `merge_slashes` in the HTTP connection manager.
 
-use crate::config::{ConfigError, FieldPath, FromJson, Members};
+use crate::config::{ConfigError, FieldPath, FromJson, Members, quoted};
 use crate::json::Json;
 use crate::request::RequestView;
 
@@ -127,7 +127,7 @@ impl RouteMatcher {
                     if !is_token(method) {
                         return Err(methods_at
                             .index(i)
-                            .error(format!("{method:?} is not an HTTP method token")));
+                            .error(format!("{} is not an HTTP method token", quoted(method))));
                     }
                 }
                 Some(methods.clone())
@@ -142,7 +142,7 @@ impl RouteMatcher {
                     .field("headers")
                     .index(i)
                     .field("name")
-                    .error(format!("{:?} is not a header name", header.name)));
+                    .error(format!("{} is not a header name", quoted(&header.name))));
             }
             headers.push((name, header.value.clone()));
         }
@@ -186,7 +186,7 @@ impl RouteMatcher {
 
 fn check_path(value: &str, at: &FieldPath) -> Result<String, ConfigError> {
     if !value.starts_with('/') {
-        return Err(at.error(format!("must start with '/', got {value:?}")));
+        return Err(at.error(format!("must start with '/', got {}", quoted(value))));
     }
     if value.contains(['?', '#']) {
         return Err(

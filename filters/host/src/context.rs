@@ -14,7 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Makes `F` this Wasm module's filter. Called once, from the module's `_initialize`.
@@ -58,8 +58,16 @@ impl<F> Configured<F> {
 /// [`HostMetrics`]); it is also the tick period of filters that ask for none.
 const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Requests held by [`Decision::Wait`], by HTTP context id, with their filter state.
-type Parked<S> = Rc<RefCell<BTreeMap<u32, Rc<RefCell<S>>>>>;
+/// Requests held by [`Decision::Wait`], in the order they were held: HTTP context id and
+/// filter state. A list rather than a map: it is short, and BTreeMap's code costs 7 KB.
+type Parked<S> = Rc<RefCell<Vec<(u32, Rc<RefCell<S>>)>>>;
+
+/// Forgets the held request of context `id`, if any.
+fn unpark<S>(parked: &mut Vec<(u32, S)>, id: u32) {
+    if let Some(at) = parked.iter().position(|(held, _)| *held == id) {
+        parked.remove(at);
+    }
+}
 
 struct Root<F: Filter> {
     state: Option<Rc<Configured<F>>>,
@@ -91,7 +99,7 @@ impl<F: Filter + 'static> Root<F> {
     /// Decides every held request again, under its own context.
     fn wake_parked(&self, configured: &Configured<F>, env: &Env<'_>) {
         let parked: Vec<(u32, Rc<RefCell<F::Stream>>)> = match self.parked.try_borrow() {
-            Ok(map) => map.iter().map(|(id, s)| (*id, s.clone())).collect(),
+            Ok(list) => list.clone(),
             Err(_) => return,
         };
         for (id, state) in parked {
@@ -127,8 +135,8 @@ impl<F: Filter + 'static> Root<F> {
                 }
                 None => true,
             };
-            if done && let Ok(mut map) = self.parked.try_borrow_mut() {
-                map.remove(&id);
+            if done && let Ok(mut list) = self.parked.try_borrow_mut() {
+                unpark(&mut list, id);
             }
         }
     }
@@ -295,8 +303,8 @@ impl<F: Filter> Drop for Stream<F> {
     fn drop(&mut self) {
         // A held request whose client left: forget it (if the map is busy, the next tick finds
         // the context gone and drops it then).
-        if let Ok(mut map) = self.parked.try_borrow_mut() {
-            map.remove(&self.id);
+        if let Ok(mut list) = self.parked.try_borrow_mut() {
+            unpark(&mut list, self.id);
         }
     }
 }
@@ -326,8 +334,8 @@ impl<F: Filter> HttpContext for Stream<F> {
             Decision::Continue(edits) => self.apply(&edits, &request),
             Decision::Respond(reply) => self.respond(&reply, &request),
             Decision::Wait => match self.parked.try_borrow_mut() {
-                Ok(mut map) => {
-                    map.insert(self.id, self.state.clone());
+                Ok(mut list) => {
+                    list.push((self.id, self.state.clone()));
                     Action::Pause
                 }
                 Err(_) => {

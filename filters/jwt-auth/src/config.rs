@@ -4,7 +4,7 @@
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
 use crate::jwks::{KeySet, parse_jwks};
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath, FromJson, Members};
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath, FromJson, Members, quoted};
 use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
 use std::collections::BTreeMap;
@@ -467,13 +467,13 @@ fn fits_quoted_string(b: u8) -> bool {
 fn header_name(name: &str, at: &FieldPath) -> Result<String, ConfigError> {
     let lower = name.to_ascii_lowercase();
     if !filter_core::matcher::is_token(&lower) {
-        return Err(at.error(format!("{name:?} is not a header name")));
+        return Err(at.error(format!("{} is not a header name", quoted(name))));
     }
     if matches!(
         lower.as_str(),
         "host" | "content-length" | "transfer-encoding" | "connection"
     ) {
-        return Err(at.error(format!("{name:?} cannot be used here")));
+        return Err(at.error(format!("{} cannot be used here", quoted(name))));
     }
     Ok(lower)
 }
@@ -496,7 +496,8 @@ fn compile_provider(
         let Some(parsed) = Alg::from_name(alg) else {
             let known: Vec<&str> = Alg::ALL.iter().map(|a| a.name()).collect();
             return Err(at.field("algorithms").index(i).error(format!(
-                "unknown algorithm {alg:?} (`none` is never allowed); use one of {}",
+                "unknown algorithm {} (`none` is never allowed); use one of {}",
+                quoted(alg),
                 known.join(", ")
             )));
         };
@@ -545,7 +546,7 @@ fn compile_provider(
         if path.iter().any(String::is_empty) {
             return Err(at
                 .field("claim")
-                .error(format!("{:?} is not a claim name", mapping.claim)));
+                .error(format!("{} is not a claim name", quoted(&mapping.claim))));
         }
         claim_headers.push((path, header_name(&mapping.header, &at.field("header"))?));
     }
@@ -636,7 +637,7 @@ fn compile_remote(r: &RemoteJwksConfig, at: &FieldPath) -> Result<Remote, Config
     if !r.path.starts_with('/') {
         return Err(at
             .field("path")
-            .error(format!("must start with '/', got {:?}", r.path)));
+            .error(format!("must start with '/', got {}", quoted(&r.path))));
     }
     let cache_duration = r
         .cache_duration
@@ -681,7 +682,7 @@ fn compile_sources(c: &ProviderConfig, at: &FieldPath) -> Result<Vec<Source>, Co
             return Err(at
                 .field("from_params")
                 .index(i)
-                .error(format!("{p:?} is not a parameter name")));
+                .error(format!("{} is not a parameter name", quoted(p))));
         }
         sources.push(Source::Param(p.clone()));
     }
@@ -690,7 +691,7 @@ fn compile_sources(c: &ProviderConfig, at: &FieldPath) -> Result<Vec<Source>, Co
             return Err(at
                 .field("from_cookies")
                 .index(i)
-                .error(format!("{name:?} is not a cookie name")));
+                .error(format!("{} is not a cookie name", quoted(name))));
         }
         sources.push(Source::Cookie(name.clone()));
     }
@@ -717,7 +718,8 @@ fn compile_requirement(
     if let Some(name) = &r.provider {
         let Some(index) = providers.iter().position(|p| p == name) else {
             return Err(at.field("provider").error(format!(
-                "no provider named {name:?} (providers: {})",
+                "no provider named {} (providers: {})",
+                quoted(name),
                 providers.join(", ")
             )));
         };
@@ -726,7 +728,7 @@ fn compile_requirement(
                 return Err(at
                     .field("scopes")
                     .index(i)
-                    .error(format!("{scope:?} is not a scope")));
+                    .error(format!("{} is not a scope", quoted(scope))));
             }
         }
         let mut claims = Vec::with_capacity(r.claims.len());

@@ -11,6 +11,7 @@ use std::fmt;
 use crate::json::{Json, Object};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use filter_core::config::quoted;
 use filter_core::json::{self, Limits};
 
 use crate::alg::Alg;
@@ -329,7 +330,7 @@ fn short_str(text: &str) -> String {
     if text.chars().nth(MAX_CHARS).is_some() {
         out.push_str("...");
     }
-    format!("{out:?}")
+    quoted(&out)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use crate::gcra::{Limit, LimitError};
 use crate::key::KeyPart;
 use crate::table::Table;
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, tagged, unknown_variant,
-    variant,
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, quoted, tagged,
+    unknown_variant, variant,
 };
 use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
@@ -275,9 +275,10 @@ impl RateLimitConfig {
             let at = root.field("rules").index(i);
             let compiled = compile_rule(rule, max_keys, &at)?;
             if rules.iter().any(|r| r.name == compiled.name) {
-                return Err(at
-                    .field("name")
-                    .error(format!("{:?} names an earlier rule too", compiled.name)));
+                return Err(at.field("name").error(format!(
+                    "{} names an earlier rule too",
+                    quoted(&compiled.name)
+                )));
             }
             rules.push(compiled);
         }
@@ -322,7 +323,7 @@ fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule,
                         .field("key")
                         .index(i)
                         .field("header")
-                        .error(format!("{name:?} is not a header name")));
+                        .error(format!("{} is not a header name", quoted(&name))));
                 }
                 KeyPart::Header(name)
             }

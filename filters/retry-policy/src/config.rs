@@ -1,6 +1,8 @@
 //! The `retry_policy` configuration, parsed strictly and compiled once.
 
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath, FromJson, Members, variant};
+use filter_core::config::{
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, quoted, show_duration, variant,
+};
 use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
 use std::time::Duration;
@@ -272,7 +274,8 @@ fn joined(
     for (i, v) in values.iter().enumerate() {
         if !known.contains(&v.as_str()) {
             return Err(at.index(i).error(format!(
-                "unknown value {v:?}; use one of {}",
+                "unknown value {}; use one of {}",
+                quoted(v),
                 known.join(", ")
             )));
         }
@@ -390,7 +393,7 @@ impl RetryPolicyConfig {
                 if default > max {
                     return Err(at
                         .field("default")
-                        .error(format!("is longer than max ({max:?})")));
+                        .error(format!("is longer than max ({})", show_duration(max))));
                 }
                 Some(RetryAfter {
                     statuses,
