@@ -3,12 +3,11 @@
 use crate::state::Policy;
 use crate::window::Shape;
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, quoted, show_duration,
-    unknown_variant, variant,
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, Named, check_name, quoted,
+    show_duration, unknown_variant, variant,
 };
 use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The most calls a count window may hold (each is 9 bytes of the shared record, rewritten on
@@ -92,7 +91,7 @@ pub struct FallbackConfig {
     /// Default 503.
     pub status: Option<u16>,
     /// Extra headers.
-    pub headers: BTreeMap<String, String>,
+    pub headers: Named<String>,
     /// The body.
     pub body: String,
 }

@@ -223,15 +223,52 @@ impl<T: FromJson> FromJson for Vec<T> {
     }
 }
 
-/// An object whose member names are free (header names, say), each value a `T`.
-impl<T: FromJson> FromJson for std::collections::BTreeMap<String, T> {
+/// An object whose member names are free (providers by name, header names), each value a
+/// `T`, in document order; the reader has already refused a name given twice. (A list, not a
+/// BTreeMap: the map's code and the sort that builds it cost 10 KB per module.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> Named<T> {
+    /// The members, in document order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.0.iter().map(|(name, value)| (name.as_str(), value))
+    }
+
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T> IntoIterator for Named<T> {
+    type Item = (String, T);
+    type IntoIter = std::vec::IntoIter<(String, T)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<T: FromJson> FromJson for Named<T> {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
         match value {
             Json::Object(object) => object
                 .members()
                 .iter()
                 .map(|(name, item)| Ok((name.clone(), T::from_json(item, &at.field(name))?)))
-                .collect(),
+                .collect::<Result<Vec<_>, _>>()
+                .map(Self),
             other => Err(expected("an object", other, at)),
         }
     }

@@ -4,10 +4,11 @@
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
 use crate::jwks::{KeySet, parse_jwks};
-use filter_core::config::{ConfigDuration, ConfigError, FieldPath, FromJson, Members, quoted};
+use filter_core::config::{
+    ConfigDuration, ConfigError, FieldPath, FromJson, Members, Named, quoted,
+};
 use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct JwtAuthConfig {
     /// Token issuers, by name. Rules refer to them by name.
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub providers: Named<ProviderConfig>,
     /// Tried in order; the first whose `match` fits decides.
     pub rules: Vec<RuleConfig>,
     /// The `realm` of `WWW-Authenticate` challenges. Default `api`.
@@ -116,7 +117,7 @@ pub struct RequirementConfig {
     /// Scopes the token must grant (all of them).
     pub scopes: Vec<String>,
     /// Claims the token must carry: `{"role": ["admin", "ops"]}`.
-    pub claims: BTreeMap<String, Vec<String>>,
+    pub claims: Named<Vec<String>>,
     /// Let requests without a token through (a bad token is still refused).
     pub allow_missing: bool,
     /// Any one of these requirements.
@@ -438,17 +439,15 @@ impl JwtAuthConfig {
             };
             rules.push(Rule { matcher, requires });
         }
-        let mut written_headers: Vec<String> = providers
-            .iter()
-            .flat_map(|p| {
-                p.claim_headers
-                    .iter()
-                    .map(|(_, h)| h.clone())
-                    .chain(p.payload_header.clone())
-            })
-            .collect();
-        written_headers.sort();
-        written_headers.dedup();
+        let mut written_headers: Vec<String> = Vec::new();
+        for provider in &providers {
+            let written = provider.claim_headers.iter().map(|(_, h)| h);
+            for header in written.chain(&provider.payload_header) {
+                if !written_headers.contains(header) {
+                    written_headers.push(header.clone());
+                }
+            }
+        }
         Ok(Compiled {
             providers,
             rules,
@@ -732,14 +731,14 @@ fn compile_requirement(
             }
         }
         let mut claims = Vec::with_capacity(r.claims.len());
-        for (claim, values) in &r.claims {
+        for (claim, values) in r.claims.iter() {
             if values.is_empty() {
                 return Err(at
                     .field("claims")
                     .field(claim)
                     .error("must list at least one accepted value"));
             }
-            claims.push((claim.clone(), values.clone()));
+            claims.push((claim.to_owned(), values.clone()));
         }
         return Ok(Requirement::Provider {
             provider: index,

@@ -535,7 +535,7 @@ fn j35_identity_headers_cannot_be_spoofed_even_on_public_routes() {
         .with_header("x-user-id", "admin")
         .with_header("x-jwt-payload", "e30");
     let edits = passed(&setup.run(&forged)).clone();
-    assert_eq!(edits.remove, ["x-jwt-payload", "x-user-id"]);
+    assert_eq!(edits.remove, ["x-user-id", "x-jwt-payload"]);
     assert!(edits.set.is_empty());
     let t = key.sign(&claims());
     let edits = passed(
