@@ -9,8 +9,6 @@
 use std::fmt;
 
 use crate::json::{Json, Object};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use filter_core::config::quoted;
 use filter_core::json::{self, Limits};
 
@@ -307,9 +305,8 @@ fn str_member<'a>(obj: &'a Object, name: &str) -> Result<&'a str, String> {
 
 /// A base64url member, strictly: no padding, no standard-alphabet characters, no stray bits.
 fn b64_member(obj: &Object, name: &str) -> Result<Vec<u8>, String> {
-    URL_SAFE_NO_PAD
-        .decode(str_member(obj, name)?)
-        .map_err(|_| format!("\"{name}\" is not unpadded base64url"))
+    crate::base64url::decode(str_member(obj, name)?)
+        .ok_or_else(|| format!("\"{name}\" is not unpadded base64url"))
 }
 
 /// A JSON value for a log line, cut short: the reason must not carry a 200 KiB string.
@@ -337,6 +334,8 @@ fn short_str(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::crypto::test_keys;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn verify(alg: Alg, key: &PublicKey, input: &[u8], signature: &[u8]) -> bool {
         crate::crypto::verify(

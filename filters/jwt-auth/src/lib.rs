@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod alg;
+pub mod base64url;
 pub mod cache;
 pub mod claims;
 pub mod config;

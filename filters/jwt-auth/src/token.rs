@@ -10,8 +10,6 @@
 use crate::alg::Alg;
 use crate::json::{self, JsonError};
 use crate::json::{Json, Object};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::fmt;
 
 /// The largest decoded header or claims set we accept, in bytes.
@@ -205,12 +203,10 @@ fn decode_json_segment(segment: &str, part: Part) -> Result<Vec<u8>, TokenError>
 }
 
 /// Strict base64url: the URL-safe alphabet only, no padding, and canonical trailing bits
-/// (`URL_SAFE_NO_PAD` refuses a last character whose unused bits are set), so each token
-/// has exactly one spelling.
+/// (a last character whose unused bits are set is refused), so each token has exactly one
+/// spelling.
 fn decode_segment(segment: &str, part: Part) -> Result<Vec<u8>, TokenError> {
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| TokenError::BadBase64(part))
+    crate::base64url::decode(segment).ok_or(TokenError::BadBase64(part))
 }
 
 fn check_header(header: &Object) -> Result<Header, TokenError> {
@@ -247,6 +243,8 @@ fn check_header(header: &Object) -> Result<Header, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use proptest::prelude::*;
     use serde_json::json;
 
