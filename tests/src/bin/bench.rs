@@ -781,10 +781,19 @@ fn main() {
             .enumerate()
             .map(|(i, v)| {
                 let delta = cpu[i] - none;
+                // A native filter can cost less than this VM's noise (local_ratelimit reads
+                // +0.0 on a fast day); a ratio over that would be a number from nothing.
                 let native = v
                     .native_peer
                     .and_then(index_of)
-                    .map(|n| format!("{:.1}", delta / (cpu[n] - none)))
+                    .map(|n| cpu[n] - none)
+                    .map(|native| {
+                        if native < 1.0 {
+                            format!("native {native:+.1}")
+                        } else {
+                            format!("{:.1}", delta / native)
+                        }
+                    })
                     .unwrap_or_default();
                 let delta = if i == 0 {
                     String::new()
