@@ -98,18 +98,17 @@ pub struct FallbackConfig {
 
 impl FromJson for CircuitBreakerConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["breakers"])?;
-        let config = Self {
-            breakers: m.or_default("breakers")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["breakers"], |m| {
+            Ok(Self {
+                breakers: m.or_default("breakers")?,
+            })
+        })
     }
 }
 
 impl FromJson for BreakerConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &[
@@ -127,24 +126,24 @@ impl FromJson for BreakerConfig {
                 "mode",
                 "fallback",
             ],
-        )?;
-        let config = Self {
-            name: m.required("name")?,
-            route: m.or_default("match")?,
-            window: m.field("window")?,
-            minimum_calls: m.field("minimum_calls")?,
-            failure_rate_threshold: m.field("failure_rate_threshold")?,
-            slow_call_duration: m.field("slow_call_duration")?,
-            slow_call_rate_threshold: m.field("slow_call_rate_threshold")?,
-            open_duration: m.field("open_duration")?,
-            half_open_calls: m.field("half_open_calls")?,
-            half_open_timeout: m.field("half_open_timeout")?,
-            failure_statuses: m.field("failure_statuses")?,
-            mode: m.or_default("mode")?,
-            fallback: m.field("fallback")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    name: m.required("name")?,
+                    route: m.or_default("match")?,
+                    window: m.field("window")?,
+                    minimum_calls: m.field("minimum_calls")?,
+                    failure_rate_threshold: m.field("failure_rate_threshold")?,
+                    slow_call_duration: m.field("slow_call_duration")?,
+                    slow_call_rate_threshold: m.field("slow_call_rate_threshold")?,
+                    open_duration: m.field("open_duration")?,
+                    half_open_calls: m.field("half_open_calls")?,
+                    half_open_timeout: m.field("half_open_timeout")?,
+                    failure_statuses: m.field("failure_statuses")?,
+                    mode: m.or_default("mode")?,
+                    fallback: m.field("fallback")?,
+                })
+            },
+        )
     }
 }
 
@@ -194,14 +193,13 @@ impl FromJson for Mode {
 
 impl FromJson for FallbackConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["status", "headers", "body"])?;
-        let config = Self {
-            status: m.field("status")?,
-            headers: m.or_default("headers")?,
-            body: m.or_default("body")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["status", "headers", "body"], |m| {
+            Ok(Self {
+                status: m.field("status")?,
+                headers: m.or_default("headers")?,
+                body: m.or_default("body")?,
+            })
+        })
     }
 }
 

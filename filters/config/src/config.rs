@@ -293,10 +293,9 @@ impl<T: FromJson> FromJson for Option<T> {
 /// struct Limit { requests: u32, burst: Option<u32> }
 /// impl FromJson for Limit {
 ///     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-///         let mut m = Members::of(value, at, &["requests", "burst"])?;
-///         let limit = Limit { requests: m.required("requests")?, burst: m.field("burst")? };
-///         m.finish();
-///         Ok(limit)
+///         Members::read(value, at, &["requests", "burst"], |m| {
+///             Ok(Limit { requests: m.required("requests")?, burst: m.field("burst")? })
+///         })
 ///     }
 /// }
 /// let err = parse_json::<Limit>(br#"{"requests": 1, "brust": 2}"#).err().unwrap();
@@ -336,6 +335,20 @@ impl<'a> Members<'a> {
             fields,
             read: Vec::new(),
         })
+    }
+
+    /// Reads an object: `read` takes its members (see [`Members::of`]), then they are
+    /// [`Members::finish`]ed.
+    pub fn read<T>(
+        value: &'a Json,
+        at: &'a FieldPath,
+        fields: &'static [&'static str],
+        read: impl FnOnce(&mut Members<'a>) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
+        let mut members = Self::of(value, at, fields)?;
+        let result = read(&mut members)?;
+        members.finish();
+        Ok(result)
     }
 
     /// Where this object is.
@@ -692,13 +705,12 @@ mod tests {
 
     impl FromJson for Limit {
         fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            let mut m = Members::of(value, at, &["requests", "per"])?;
-            let limit = Limit {
-                requests: m.required("requests")?,
-                per: m.required("per")?,
-            };
-            m.finish();
-            Ok(limit)
+            Members::read(value, at, &["requests", "per"], |m| {
+                Ok(Limit {
+                    requests: m.required("requests")?,
+                    per: m.required("per")?,
+                })
+            })
         }
     }
 
@@ -710,12 +722,11 @@ mod tests {
 
     impl FromJson for Rule {
         fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            let mut m = Members::of(value, at, &["limit"])?;
-            let rule = Rule {
-                limit: m.required("limit")?,
-            };
-            m.finish();
-            Ok(rule)
+            Members::read(value, at, &["limit"], |m| {
+                Ok(Rule {
+                    limit: m.required("limit")?,
+                })
+            })
         }
     }
 
@@ -726,12 +737,11 @@ mod tests {
 
     impl FromJson for Doc {
         fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            let mut m = Members::of(value, at, &["rules"])?;
-            let doc = Doc {
-                rules: m.or_default("rules")?,
-            };
-            m.finish();
-            Ok(doc)
+            Members::read(value, at, &["rules"], |m| {
+                Ok(Doc {
+                    rules: m.or_default("rules")?,
+                })
+            })
         }
     }
 

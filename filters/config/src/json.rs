@@ -111,7 +111,8 @@ impl Number {
 
     /// Its value as a float: exact (correctly rounded) for up to 15 significant digits and
     /// decimal exponents within ±22, which covers configuration and NumericDate values; within
-    /// a few units in the last place beyond that. (Core's exact parser costs 10 KB of code.)
+    /// a few units in the last place beyond that. (Our own conversion, so that float parsing
+    /// stays out of the modules.)
     pub fn as_f64(&self) -> f64 {
         decimal_to_f64(&self.0)
     }

@@ -46,32 +46,31 @@ pub struct HeaderMatchConfig {
 
 impl FromJson for RouteMatchConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &["prefix", "path", "methods", "headers", "cluster"],
-        )?;
-        let config = Self {
-            prefix: m.field("prefix")?,
-            path: m.field("path")?,
-            methods: m.field("methods")?,
-            headers: m.or_default("headers")?,
-            cluster: m.field("cluster")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    prefix: m.field("prefix")?,
+                    path: m.field("path")?,
+                    methods: m.field("methods")?,
+                    headers: m.or_default("headers")?,
+                    cluster: m.field("cluster")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for HeaderMatchConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["name", "value"])?;
-        let config = Self {
-            name: m.required("name")?,
-            value: m.field("value")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["name", "value"], |m| {
+            Ok(Self {
+                name: m.required("name")?,
+                value: m.field("value")?,
+            })
+        })
     }
 }
 

@@ -55,19 +55,19 @@ pub struct GatewayConfig {
 
 impl FromJson for GatewayConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &["jwt_auth", "rate_limit", "circuit_breaker", "retry_policy"],
-        )?;
-        let config = Self {
-            jwt_auth: m.field("jwt_auth")?,
-            rate_limit: m.field("rate_limit")?,
-            circuit_breaker: m.field("circuit_breaker")?,
-            retry_policy: m.field("retry_policy")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    jwt_auth: m.field("jwt_auth")?,
+                    rate_limit: m.field("rate_limit")?,
+                    circuit_breaker: m.field("circuit_breaker")?,
+                    retry_policy: m.field("retry_policy")?,
+                })
+            },
+        )
     }
 }
 

@@ -128,25 +128,25 @@ pub struct RequirementConfig {
 
 impl FromJson for JwtAuthConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &["providers", "rules", "realm", "token_cache_size"],
-        )?;
-        let config = Self {
-            providers: m.or_default("providers")?,
-            rules: m.or_default("rules")?,
-            realm: m.field("realm")?,
-            token_cache_size: m.field("token_cache_size")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    providers: m.or_default("providers")?,
+                    rules: m.or_default("rules")?,
+                    realm: m.field("realm")?,
+                    token_cache_size: m.field("token_cache_size")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for ProviderConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &[
@@ -166,98 +166,94 @@ impl FromJson for ProviderConfig {
                 "max_token_bytes",
                 "require_typ",
             ],
-        )?;
-        let config = Self {
-            issuer: m.required("issuer")?,
-            audiences: m.or_default("audiences")?,
-            algorithms: m.required("algorithms")?,
-            local_jwks: m.field("local_jwks")?,
-            remote_jwks: m.field("remote_jwks")?,
-            from_headers: m.field("from_headers")?,
-            from_params: m.or_default("from_params")?,
-            from_cookies: m.or_default("from_cookies")?,
-            forward: m.or_default("forward")?,
-            forward_payload_header: m.field("forward_payload_header")?,
-            claim_to_headers: m.or_default("claim_to_headers")?,
-            clock_skew: m.field("clock_skew")?,
-            require_expiration: m.field("require_expiration")?.unwrap_or(true),
-            max_token_bytes: m.field("max_token_bytes")?,
-            require_typ: m.field("require_typ")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    issuer: m.required("issuer")?,
+                    audiences: m.or_default("audiences")?,
+                    algorithms: m.required("algorithms")?,
+                    local_jwks: m.field("local_jwks")?,
+                    remote_jwks: m.field("remote_jwks")?,
+                    from_headers: m.field("from_headers")?,
+                    from_params: m.or_default("from_params")?,
+                    from_cookies: m.or_default("from_cookies")?,
+                    forward: m.or_default("forward")?,
+                    forward_payload_header: m.field("forward_payload_header")?,
+                    claim_to_headers: m.or_default("claim_to_headers")?,
+                    clock_skew: m.field("clock_skew")?,
+                    require_expiration: m.field("require_expiration")?.unwrap_or(true),
+                    max_token_bytes: m.field("max_token_bytes")?,
+                    require_typ: m.field("require_typ")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for LocalJwksConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["inline"])?;
-        let config = Self {
-            inline: m.required("inline")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["inline"], |m| {
+            Ok(Self {
+                inline: m.required("inline")?,
+            })
+        })
     }
 }
 
 impl FromJson for RemoteJwksConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &["cluster", "authority", "path", "cache_duration", "timeout"],
-        )?;
-        let config = Self {
-            cluster: m.required("cluster")?,
-            authority: m.field("authority")?,
-            path: m.required("path")?,
-            cache_duration: m.field("cache_duration")?,
-            timeout: m.field("timeout")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    cluster: m.required("cluster")?,
+                    authority: m.field("authority")?,
+                    path: m.required("path")?,
+                    cache_duration: m.field("cache_duration")?,
+                    timeout: m.field("timeout")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for HeaderSourceConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["name", "value_prefix"])?;
-        let config = Self {
-            name: m.required("name")?,
-            value_prefix: m.field("value_prefix")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["name", "value_prefix"], |m| {
+            Ok(Self {
+                name: m.required("name")?,
+                value_prefix: m.field("value_prefix")?,
+            })
+        })
     }
 }
 
 impl FromJson for ClaimToHeaderConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["claim", "header"])?;
-        let config = Self {
-            claim: m.required("claim")?,
-            header: m.required("header")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["claim", "header"], |m| {
+            Ok(Self {
+                claim: m.required("claim")?,
+                header: m.required("header")?,
+            })
+        })
     }
 }
 
 impl FromJson for RuleConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["match", "requires"])?;
-        let config = Self {
-            route: m.required("match")?,
-            requires: m.field("requires")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["match", "requires"], |m| {
+            Ok(Self {
+                route: m.required("match")?,
+                requires: m.field("requires")?,
+            })
+        })
     }
 }
 
 impl FromJson for RequirementConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &[
@@ -268,17 +264,17 @@ impl FromJson for RequirementConfig {
                 "any",
                 "all",
             ],
-        )?;
-        let config = Self {
-            provider: m.field("provider")?,
-            scopes: m.or_default("scopes")?,
-            claims: m.or_default("claims")?,
-            allow_missing: m.or_default("allow_missing")?,
-            any: m.field("any")?,
-            all: m.field("all")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    provider: m.field("provider")?,
+                    scopes: m.or_default("scopes")?,
+                    claims: m.or_default("claims")?,
+                    allow_missing: m.or_default("allow_missing")?,
+                    any: m.field("any")?,
+                    all: m.field("all")?,
+                })
+            },
+        )
     }
 }
 

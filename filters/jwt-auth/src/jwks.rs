@@ -599,7 +599,7 @@ mod tests {
         for doc in docs {
             assert_eq!(parse_jwks(doc).unwrap_err(), JwksError::NotJson, "{doc:?}");
         }
-        // Nesting beyond serde_json's recursion limit is an error, not a stack overflow.
+        // Nesting beyond the reader's depth limit is an error, not a stack overflow.
         let deep = format!(
             r#"{{"keys":[{}{}]}}"#,
             "[".repeat(10_000),

@@ -110,7 +110,7 @@ pub enum OnContention {
 
 impl FromJson for RateLimitConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &[
@@ -122,32 +122,31 @@ impl FromJson for RateLimitConfig {
                 "status",
                 "on_contention",
             ],
-        )?;
-        let config = Self {
-            rules: m.or_default("rules")?,
-            trusted_proxies: m.or_default("trusted_proxies")?,
-            headers: m.or_default("headers")?,
-            shadow: m.or_default("shadow")?,
-            max_keys: m.field("max_keys")?,
-            status: m.field("status")?,
-            on_contention: m.or_default("on_contention")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    rules: m.or_default("rules")?,
+                    trusted_proxies: m.or_default("trusted_proxies")?,
+                    headers: m.or_default("headers")?,
+                    shadow: m.or_default("shadow")?,
+                    max_keys: m.field("max_keys")?,
+                    status: m.field("status")?,
+                    on_contention: m.or_default("on_contention")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for RuleConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["name", "match", "key", "limit"])?;
-        let config = Self {
-            name: m.required("name")?,
-            route: m.or_default("match")?,
-            key: m.required("key")?,
-            limit: m.required("limit")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["name", "match", "key", "limit"], |m| {
+            Ok(Self {
+                name: m.required("name")?,
+                route: m.or_default("match")?,
+                key: m.required("key")?,
+                limit: m.required("limit")?,
+            })
+        })
     }
 }
 
@@ -180,25 +179,23 @@ impl FromJson for Empty {
 
 impl FromJson for ClientIpConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["ipv6_prefix"])?;
-        let config = Self {
-            ipv6_prefix: m.field("ipv6_prefix")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["ipv6_prefix"], |m| {
+            Ok(Self {
+                ipv6_prefix: m.field("ipv6_prefix")?,
+            })
+        })
     }
 }
 
 impl FromJson for LimitConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["requests", "per", "burst"])?;
-        let config = Self {
-            requests: m.required("requests")?,
-            per: m.required("per")?,
-            burst: m.field("burst")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["requests", "per", "burst"], |m| {
+            Ok(Self {
+                requests: m.required("requests")?,
+                per: m.required("per")?,
+                burst: m.field("burst")?,
+            })
+        })
     }
 }
 

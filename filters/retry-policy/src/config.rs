@@ -127,25 +127,25 @@ pub enum Jitter {
 
 impl FromJson for RetryPolicyConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &["rules", "idempotency_key_header", "budget", "retry_after"],
-        )?;
-        let config = Self {
-            rules: m.or_default("rules")?,
-            idempotency_key_header: m.field("idempotency_key_header")?,
-            budget: m.field("budget")?,
-            retry_after: m.field("retry_after")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    rules: m.or_default("rules")?,
+                    idempotency_key_header: m.field("idempotency_key_header")?,
+                    budget: m.field("budget")?,
+                    retry_after: m.field("retry_after")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for RuleConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(
+        Members::read(
             value,
             at,
             &[
@@ -156,43 +156,41 @@ impl FromJson for RuleConfig {
                 "num_retries",
                 "per_try_timeout",
             ],
-        )?;
-        let config = Self {
-            route: m.or_default("match")?,
-            retry_on: m.or_default("retry_on")?,
-            retriable_status_codes: m.or_default("retriable_status_codes")?,
-            grpc_retry_on: m.or_default("grpc_retry_on")?,
-            num_retries: m.field("num_retries")?,
-            per_try_timeout: m.field("per_try_timeout")?,
-        };
-        m.finish();
-        Ok(config)
+            |m| {
+                Ok(Self {
+                    route: m.or_default("match")?,
+                    retry_on: m.or_default("retry_on")?,
+                    retriable_status_codes: m.or_default("retriable_status_codes")?,
+                    grpc_retry_on: m.or_default("grpc_retry_on")?,
+                    num_retries: m.field("num_retries")?,
+                    per_try_timeout: m.field("per_try_timeout")?,
+                })
+            },
+        )
     }
 }
 
 impl FromJson for BudgetConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["retry_ratio", "min_retries_per_second"])?;
-        let config = Self {
-            retry_ratio: m.field("retry_ratio")?,
-            min_retries_per_second: m.field("min_retries_per_second")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["retry_ratio", "min_retries_per_second"], |m| {
+            Ok(Self {
+                retry_ratio: m.field("retry_ratio")?,
+                min_retries_per_second: m.field("min_retries_per_second")?,
+            })
+        })
     }
 }
 
 impl FromJson for RetryAfterConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut m = Members::of(value, at, &["statuses", "default", "max", "jitter"])?;
-        let config = Self {
-            statuses: m.field("statuses")?,
-            default: m.field("default")?,
-            max: m.field("max")?,
-            jitter: m.or_default("jitter")?,
-        };
-        m.finish();
-        Ok(config)
+        Members::read(value, at, &["statuses", "default", "max", "jitter"], |m| {
+            Ok(Self {
+                statuses: m.field("statuses")?,
+                default: m.field("default")?,
+                max: m.field("max")?,
+                jitter: m.or_default("jitter")?,
+            })
+        })
     }
 }
 
