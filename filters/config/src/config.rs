@@ -148,12 +148,6 @@ pub fn expected(what: &str, value: &Json, at: &FieldPath) -> ConfigError {
     at.error(format!("expected {what}, got {}", value.describe()))
 }
 
-impl FromJson for Json {
-    fn from_json(value: &Json, _: &FieldPath) -> Result<Self, ConfigError> {
-        Ok(value.clone())
-    }
-}
-
 impl FromJson for String {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
         match value {
@@ -351,13 +345,8 @@ impl<'a> Members<'a> {
         Ok(result)
     }
 
-    /// Where this object is.
-    pub fn at(&self) -> &FieldPath {
-        self.at
-    }
-
     /// The raw value of the member `name`, if present and not `null`.
-    pub fn raw(&mut self, name: &'static str) -> Option<&'a Json> {
+    fn raw(&mut self, name: &'static str) -> Option<&'a Json> {
         debug_assert!(self.fields.contains(&name), "{name} is not declared");
         self.read.push(name);
         self.members

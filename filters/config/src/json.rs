@@ -120,10 +120,12 @@ impl Number {
     /// Its value as the text a header or a comparison should use: an integer in plain decimal
     /// (`-0` becomes `0`), anything else as written.
     pub fn canonical(&self) -> String {
-        match (self.as_i64(), self.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(u)) => u.to_string(),
-            _ => self.0.clone(),
+        if let Some(i) = self.as_i64() {
+            i.to_string()
+        } else if let Some(u) = self.as_u64() {
+            u.to_string()
+        } else {
+            self.0.clone()
         }
     }
 }

@@ -170,15 +170,19 @@ pub fn has_scopes(claims: &Object, required: &[String]) -> bool {
 }
 
 /// Whether the claim equals one of `accepted`, or (for an array claim) contains one of them.
-/// Numbers and booleans compare by their JSON text (`1`, `true`).
+/// Numbers and booleans compare by their text: an integer in plain decimal (`1`), any other
+/// number as the token wrote it, `true` or `false`.
 pub fn claim_matches(claims: &Object, claim: &str, accepted: &[String]) -> bool {
     let fits = |v: &Json| match v {
         Json::String(s) => accepted.iter().any(|a| a == s),
         Json::Number(n) => accepted.contains(&n.canonical()),
-        Json::Bool(b) => accepted.iter().any(|a| *a == b.to_string()),
+        Json::Bool(b) => {
+            let text = if *b { "true" } else { "false" };
+            accepted.iter().any(|a| a == text)
+        }
         _ => false,
     };
-    match lookup(claims, &claim.split('.').collect::<Vec<_>>()) {
+    match lookup(claims, claim.split('.')) {
         Some(Json::Array(list)) => list.iter().any(fits),
         Some(v) => fits(v),
         None => false,
@@ -186,11 +190,14 @@ pub fn claim_matches(claims: &Object, claim: &str, accepted: &[String]) -> bool 
 }
 
 /// The claim at a dotted path (`a.b.c` reaches into nested objects).
-pub fn lookup<'a, S: AsRef<str>>(claims: &'a Object, path: &[S]) -> Option<&'a Json> {
-    let (first, rest) = path.split_first()?;
-    let mut value = claims.get(first.as_ref())?;
-    for part in rest {
-        value = value.as_object()?.get(part.as_ref())?;
+pub fn lookup<'a, 'p>(
+    claims: &'a Object,
+    path: impl IntoIterator<Item = &'p str>,
+) -> Option<&'a Json> {
+    let mut parts = path.into_iter();
+    let mut value = claims.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
     }
     Some(value)
 }

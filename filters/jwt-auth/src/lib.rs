@@ -180,7 +180,8 @@ impl JwtAuth {
             }
             for (path, header) in &provider.claim_headers {
                 if let Some(value) =
-                    claims::lookup(&p.verified.claims, path).and_then(claims::header_value)
+                    claims::lookup(&p.verified.claims, path.iter().map(String::as_str))
+                        .and_then(claims::header_value)
                 {
                     edits = edits.set(header.clone(), value);
                 }
