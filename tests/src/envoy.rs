@@ -274,7 +274,7 @@ impl std::fmt::Debug for Envoy {
 /// How long Envoy may take to become ready (V8 compiles every module for every worker).
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-fn fresh_dir() -> PathBuf {
+pub(crate) fn fresh_dir() -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let dir = crate::wasm::module_dir()
         .parent()

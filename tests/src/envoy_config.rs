@@ -26,12 +26,31 @@ pub fn as_gateway_module<R>(scenario: impl FnOnce() -> R) -> R {
     scenario()
 }
 
+/// Where Envoy gets a filter entry's module from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    /// The module built in this tree (`target/wasm32-wasip1/release/<name>.wasm`).
+    Built,
+    /// This file.
+    File(PathBuf),
+    /// Fetched over HTTP through a cluster, and checked against a sha256 (`vm_config.code.remote`).
+    Remote {
+        /// The URL Envoy fetches.
+        uri: String,
+        /// The cluster the fetch goes through.
+        cluster: String,
+        /// The sha256 Envoy checks, in hex.
+        sha256: String,
+    },
+}
+
 /// A test gateway: one listener named `gateway` on a free port, a chain of Wasm filters, and a
 /// route to a cluster named `upstream` (the test's in-process server).
 #[derive(Debug, Clone)]
 pub struct Gateway {
     upstream_port: u16,
     filters: Vec<(String, String)>,
+    code: Vec<Code>,
     route_timeout: String,
     clusters: Vec<(String, u16)>,
     direct_response: bool,
@@ -45,6 +64,7 @@ impl Gateway {
         Self {
             upstream_port,
             filters: Vec::new(),
+            code: Vec::new(),
             route_timeout: "15s".to_owned(),
             clusters: Vec::new(),
             direct_response: false,
@@ -76,8 +96,14 @@ impl Gateway {
     }
 
     /// Appends the module `name` (`rate_limit`, ...) with this JSON configuration.
-    pub fn filter(mut self, name: &str, config_json: &str) -> Self {
+    pub fn filter(self, name: &str, config_json: &str) -> Self {
+        self.filter_from(name, config_json, Code::Built)
+    }
+
+    /// Appends the module `name` with this JSON configuration, loaded from `code`.
+    pub fn filter_from(mut self, name: &str, config_json: &str, code: Code) -> Self {
         self.filters.push((name.to_owned(), config_json.to_owned()));
+        self.code.push(code);
         self
     }
 
@@ -95,10 +121,19 @@ impl Gateway {
 
     /// The filter entries: one per filter, or under [`as_gateway_module`] one `gateway` entry
     /// whose configuration holds each filter's as a member.
-    fn entries(&self) -> Vec<(String, String)> {
+    fn entries(&self) -> Vec<(String, String, Code)> {
         if !AS_GATEWAY_MODULE.with(std::cell::Cell::get) {
-            return self.filters.clone();
+            return self
+                .filters
+                .iter()
+                .zip(&self.code)
+                .map(|((name, config), code)| (name.clone(), config.clone(), code.clone()))
+                .collect();
         }
+        assert!(
+            self.code.iter().all(|c| *c == Code::Built),
+            "only built modules combine into gateway.wasm"
+        );
         let names: Vec<&str> = self.filters.iter().map(|(n, _)| n.as_str()).collect();
         let in_order: Vec<&str> = crate::wasm::FILTERS
             .into_iter()
@@ -113,14 +148,35 @@ impl Gateway {
             .iter()
             .map(|(name, config)| format!("{}: {config}", serde_json::Value::String(name.clone())))
             .collect();
-        vec![("gateway".to_owned(), format!("{{{}}}", members.join(", ")))]
+        vec![(
+            "gateway".to_owned(),
+            format!("{{{}}}", members.join(", ")),
+            Code::Built,
+        )]
     }
 
     /// The configuration as Envoy YAML.
     pub fn render(&self) -> String {
         let mut filters = String::new();
-        for (i, (name, config)) in self.entries().iter().enumerate() {
-            let module = crate::wasm::module(name);
+        for (i, (name, config, code)) in self.entries().iter().enumerate() {
+            let code = match code {
+                Code::Built => format!(
+                    "{{ local: {{ filename: {} }} }}",
+                    crate::wasm::module(name).display()
+                ),
+                Code::File(path) => format!("{{ local: {{ filename: {} }} }}", path.display()),
+                // The first fetch of a static listener's module runs before its cluster is
+                // up, so without retries it always fails.
+                Code::Remote {
+                    uri,
+                    cluster,
+                    sha256,
+                } => format!(
+                    "{{ remote: {{ http_uri: {{ uri: {uri:?}, cluster: {cluster:?}, timeout: 5s }}, \
+                     sha256: {sha256:?}, retry_policy: {{ num_retries: 3, \
+                     retry_back_off: {{ base_interval: 0.2s, max_interval: 1s }} }} }} }}"
+                ),
+            };
             // Each entry its own vm_id, so two entries of one module never share a VM.
             let _ = write!(
                 filters,
@@ -137,9 +193,8 @@ impl Gateway {
                 vm_config:
                   vm_id: {name}-{i}
                   runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {module} }} }}"#,
+                  code: {code}"#,
                 config = serde_json::Value::String(config.clone()),
-                module = module.display(),
             );
         }
         let mut clusters = String::new();

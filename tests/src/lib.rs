@@ -8,10 +8,14 @@
 //! - [`client`]: a small HTTP/1.1 client that shows exactly what came back.
 //! - [`tokens`]: keys generated at test time and real signed JWTs (RS256, ES256, EdDSA, HS256).
 //! - [`wasm`]: where the built modules are, and what they import.
+//! - [`oci`]: `dist/`, a local OCI registry and registry client, and Istio's image rules.
+//! - [`k8s_schema`]: Kubernetes resources checked against a CRD's schema (the Istio manifests).
 
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
+pub mod k8s_schema;
+pub mod oci;
 /// Keys generated per run and real signed JWTs (the `testkit` crate).
 pub use testkit as tokens;
 pub mod upstream;

@@ -31,6 +31,8 @@ pub enum Reply {
     },
     /// 200 with this JSON document (e.g. a JWKS).
     Json(String),
+    /// 200 with this content type and binary body (a Wasm module, say).
+    Bytes(&'static str, Vec<u8>),
     /// Wait, then answer as the inner reply.
     Delay(Duration, Box<Reply>),
     /// Never answer; hold the connection until the upstream is dropped.
@@ -181,7 +183,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
 /// Answers one request; false when the connection must end.
 fn answer(reply: &Reply, request: &Received, writer: &mut TcpStream, shared: &Shared) -> bool {
     match reply {
-        Reply::Status(status) => write_response(writer, *status, &[], ""),
+        Reply::Status(status) => write_response(writer, *status, &[], b""),
         Reply::Echo => {
             let headers: serde_json::Map<String, serde_json::Value> = request
                 .headers
@@ -198,18 +200,24 @@ fn answer(reply: &Reply, request: &Received, writer: &mut TcpStream, shared: &Sh
                 writer,
                 200,
                 &[("content-type".into(), "application/json".into())],
-                &body.to_string(),
+                body.to_string().as_bytes(),
             )
         }
         Reply::Full {
             status,
             headers,
             body,
-        } => write_response(writer, *status, headers, body),
+        } => write_response(writer, *status, headers, body.as_bytes()),
         Reply::Json(body) => write_response(
             writer,
             200,
             &[("content-type".into(), "application/json".into())],
+            body.as_bytes(),
+        ),
+        Reply::Bytes(content_type, body) => write_response(
+            writer,
+            200,
+            &[("content-type".into(), (*content_type).into())],
             body,
         ),
         Reply::Delay(wait, inner) => {
@@ -235,14 +243,14 @@ fn write_response(
     writer: &mut TcpStream,
     status: u16,
     headers: &[(String, String)],
-    body: &str,
+    body: &[u8],
 ) -> bool {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    writer.write_all(head.as_bytes()).is_ok() && writer.write_all(body.as_bytes()).is_ok()
+    writer.write_all(head.as_bytes()).is_ok() && writer.write_all(body).is_ok()
 }
 
 fn reason(status: u16) -> &'static str {
