@@ -29,6 +29,7 @@ macro_rules! both_modules {
 }
 
 mod circuit_breaker;
+mod dist;
 mod examples;
 mod harness;
 mod jwt_auth;

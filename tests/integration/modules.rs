@@ -9,7 +9,7 @@ use filter_tests::upstream::Upstream;
 use filter_tests::wasm::{self, FILTERS};
 
 /// The counter each module bumps for a request it lets through.
-fn pass_metric(name: &str) -> &'static str {
+pub(crate) fn pass_metric(name: &str) -> &'static str {
     match name {
         "jwt_auth" => "allowed",
         "rate_limit" => "all.allowed",
@@ -19,7 +19,7 @@ fn pass_metric(name: &str) -> &'static str {
 }
 
 /// A configuration that lets every request through and counts it.
-fn pass_config(name: &str) -> &'static str {
+pub(crate) fn pass_config(name: &str) -> &'static str {
     match name {
         "rate_limit" => {
             r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 1000000, "per": "1s"}}]}"#
@@ -194,6 +194,19 @@ fn modules_import_only_what_envoy_provides() {
             refused.is_empty(),
             "{name}.wasm imports what Envoy does not provide: {refused:?}"
         );
+    }
+}
+
+/// Envoy accepts exactly the ABI versions 0.1.0, 0.2.0 and 0.2.1 (proxy-wasm-cpp-host); each
+/// module declares 0.2.1, the one every Envoy from 1.36 to 1.40 (and Istio's) implements.
+#[test]
+fn modules_declare_proxy_wasm_abi_0_2_1() {
+    for name in FILTERS.into_iter().chain(["gateway"]) {
+        let declared: Vec<String> = wasm::exports(&wasm::module(name))
+            .into_iter()
+            .filter(|e| e.starts_with("proxy_abi_version_"))
+            .collect();
+        assert_eq!(declared, ["proxy_abi_version_0_2_1"], "{name}.wasm");
     }
 }
 

@@ -274,6 +274,12 @@ impl std::fmt::Debug for Envoy {
 /// How long Envoy may take to become ready (V8 compiles every module for every worker).
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// A new, empty folder for a test's files, under `target/filter-tests/` (which Envoy in
+/// Docker mode sees at the same path).
+pub fn scratch_dir() -> PathBuf {
+    fresh_dir()
+}
+
 pub(crate) fn fresh_dir() -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let dir = crate::wasm::module_dir()
@@ -384,9 +390,11 @@ impl Envoy {
                 cmd.current_dir(crate::repo_root());
                 cmd
             }
+            // The folder of every test's files (this Envoy's among them), so that files a
+            // test made elsewhere in it (modules pulled from a registry, say) load too.
             _ => mode.command(
                 &args,
-                &[(&modules, false), (&dir, true)],
+                &[(&modules, false), (dir.parent().unwrap_or(&dir), true)],
                 container.as_deref(),
                 None,
             ),

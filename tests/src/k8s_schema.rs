@@ -175,28 +175,24 @@ fn check(schema: &Value, value: &Value, at: &str, found: &mut Vec<String>) {
             ));
         }
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
-            found.push(format!(
-                "{here}: {value} is not one of {}",
-                Value::from(allowed.clone())
-            ));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        found.push(format!(
+            "{here}: {value} is not one of {}",
+            Value::from(allowed.clone())
+        ));
     }
     match schema["type"].as_str() {
         Some("object") => check_object(schema, value, at, found),
         Some("array") => check_array(schema, value, at, found),
         Some("string") => check_string(schema, value, here, found),
         Some("integer") => check_integer(schema, value, here, found),
-        Some("number") => {
-            if !value.is_number() {
-                found.push(format!("{here}: must be a number"));
-            }
+        Some("number") if !value.is_number() => {
+            found.push(format!("{here}: must be a number"));
         }
-        Some("boolean") => {
-            if !value.is_boolean() {
-                found.push(format!("{here}: must be a boolean"));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            found.push(format!("{here}: must be a boolean"));
         }
         Some(other) => found.push(format!("{here}: schema type {other} is not supported")),
         None => {}

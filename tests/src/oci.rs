@@ -234,10 +234,10 @@ impl PulledImage {
         if last_type == OCI_LAYER {
             return plugin_in_layer(&self.blob(last_digest)?);
         }
-        if layers.len() == 2 {
-            if let Some(wasm) = layers.iter().find(|l| l["mediaType"] == WASM_LAYER) {
-                return self.blob(wasm["digest"].as_str().unwrap_or_default());
-            }
+        if layers.len() == 2
+            && let Some(wasm) = layers.iter().find(|l| l["mediaType"] == WASM_LAYER)
+        {
+            return self.blob(wasm["digest"].as_str().unwrap_or_default());
         }
         Err(format!(
             "neither compat variant nor two-layer oci variant: layers {:?}",
@@ -277,4 +277,99 @@ pub fn layer_paths(gzipped: &[u8]) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// An image folder as `skopeo copy dir:` writes it, from (media type, blob) layers.
+    fn image(manifest_type: &str, layers: &[(&str, Vec<u8>)]) -> PulledImage {
+        let dir = crate::envoy::scratch_dir();
+        let mut listed = Vec::new();
+        for (media_type, blob) in layers {
+            let hex = sha256_hex(blob);
+            std::fs::write(dir.join(&hex), blob).unwrap();
+            listed.push(serde_json::json!({
+                "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": blob.len()
+            }));
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": manifest_type, "layers": listed
+        });
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+        PulledImage { dir }
+    }
+
+    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, path, *content).unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
+    #[test]
+    fn the_compat_layouts_yield_plugin_wasm_wherever_it_sits_in_the_layer() {
+        let layer = tar_gz(&[("etc/readme", b"x"), ("plugin.wasm", MODULE)]);
+        let docker = image(DOCKER_MANIFEST, &[(DOCKER_LAYER, layer.clone())]);
+        assert_eq!(docker.plugin_as_istio_finds_it().unwrap(), MODULE);
+        let nested = tar_gz(&[("some/dir/plugin.wasm", MODULE)]);
+        let oci = image(OCI_MANIFEST, &[(OCI_LAYER, nested)]);
+        assert_eq!(oci.plugin_as_istio_finds_it().unwrap(), MODULE);
+    }
+
+    #[test]
+    fn a_single_raw_wasm_layer_is_refused_as_istio_refuses_it() {
+        // The layout that broke Higress's users (higress#4528).
+        let raw = image(OCI_MANIFEST, &[(WASM_LAYER, MODULE.to_vec())]);
+        let why = raw.plugin_as_istio_finds_it().unwrap_err();
+        assert!(why.contains("neither compat"), "{why}");
+        // The two-layer "oci" variant is accepted.
+        let config = b"{}".to_vec();
+        let two = image(
+            OCI_MANIFEST,
+            &[
+                ("application/vnd.module.wasm.config.v1+json", config),
+                (WASM_LAYER, MODULE.to_vec()),
+            ],
+        );
+        assert_eq!(two.plugin_as_istio_finds_it().unwrap(), MODULE);
+    }
+
+    #[test]
+    fn wrong_layer_types_missing_modules_and_corrupt_blobs_are_refused() {
+        let layer = tar_gz(&[("plugin.wasm", MODULE)]);
+        let mixed = image(DOCKER_MANIFEST, &[(OCI_LAYER, layer.clone())]);
+        assert!(mixed.plugin_as_istio_finds_it().is_err());
+        let elsewhere = image(
+            DOCKER_MANIFEST,
+            &[(DOCKER_LAYER, tar_gz(&[("module.wasm", MODULE)]))],
+        );
+        assert!(
+            elsewhere
+                .plugin_as_istio_finds_it()
+                .unwrap_err()
+                .contains("not found")
+        );
+        let corrupt = image(DOCKER_MANIFEST, &[(DOCKER_LAYER, layer.clone())]);
+        std::fs::write(corrupt.dir.join(sha256_hex(&layer)), b"tampered").unwrap();
+        assert!(
+            corrupt
+                .plugin_as_istio_finds_it()
+                .unwrap_err()
+                .contains("has sha256")
+        );
+    }
 }

@@ -49,6 +49,25 @@ pub fn imports(path: &std::path::Path) -> Vec<(String, String)> {
     found
 }
 
+/// The names a module exports.
+pub fn exports(path: &std::path::Path) -> Vec<String> {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut found = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        let payload =
+            payload.unwrap_or_else(|e| panic!("{} is not valid wasm: {e}", path.display()));
+        if let wasmparser::Payload::ExportSection(reader) = payload {
+            for export in reader {
+                let export =
+                    export.unwrap_or_else(|e| panic!("bad export in {}: {e}", path.display()));
+                found.push(export.name.to_owned());
+            }
+        }
+    }
+    found
+}
+
 /// The WASI functions Envoy's proxy-wasm host registers (proxy-wasm-cpp-host,
 /// `FOR_ALL_WASI_FUNCTIONS`). A module importing anything else fails at load time, not at
 /// build time, so the import check refuses it first.
