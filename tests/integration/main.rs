@@ -32,6 +32,7 @@ mod circuit_breaker;
 mod dist;
 mod examples;
 mod harness;
+mod istio;
 mod jwt_auth;
 mod modules;
 mod rate_limit;

@@ -1,0 +1,353 @@
+//! The Istio manifests in `envoy/istio/`: valid for Istio's CRD schemas (vendored in
+//! `tests/vendor/istio/`), consistent with each other, and with plugin configurations that
+//! really run in Envoy, chained in the order Istio chains them.
+
+use filter_tests::client;
+use filter_tests::envoy::Envoy;
+use filter_tests::envoy_config::Gateway;
+use filter_tests::k8s_schema::{Crd, documents};
+use filter_tests::oci::DIST_MODULES;
+use filter_tests::tokens::{Alg, Key, jwks, now_secs};
+use filter_tests::upstream::{Reply, Upstream};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// Every document of every file in `envoy/istio/`, with its file name.
+fn manifests() -> Vec<(String, Value)> {
+    let dir = filter_tests::repo_root().join("envoy").join("istio");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            documents(path)
+                .into_iter()
+                .map(move |doc| (name.clone(), doc))
+        })
+        .collect()
+}
+
+fn of_kind(kind: &str) -> Vec<(String, Value)> {
+    manifests()
+        .into_iter()
+        .filter(|(_, doc)| doc["kind"] == kind)
+        .collect()
+}
+
+/// The WasmPlugin for a module (the one whose image is that module's).
+fn plugin_for(module: &str) -> Value {
+    let suffix = format!("/{module}:{}", env!("CARGO_PKG_VERSION"));
+    of_kind("WasmPlugin")
+        .into_iter()
+        .map(|(_, doc)| doc)
+        .find(|doc| {
+            doc["spec"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(&suffix))
+        })
+        .unwrap_or_else(|| panic!("no WasmPlugin in envoy/istio/ pulls {module} (…{suffix})"))
+}
+
+fn crds() -> Vec<Crd> {
+    let dir = filter_tests::repo_root().join("tests/vendor/istio");
+    ["wasmplugin-crd.yaml", "serviceentry-crd.yaml"]
+        .iter()
+        .map(|f| Crd::load(&dir.join(f)))
+        .collect()
+}
+
+#[test]
+fn every_istio_manifest_matches_istios_crd_schema() {
+    let crds = crds();
+    let all = manifests();
+    assert!(!all.is_empty(), "envoy/istio/ holds no manifest");
+    for (file, doc) in &all {
+        let (api_version, kind) = (
+            doc["apiVersion"].as_str().unwrap_or_default(),
+            doc["kind"].as_str().unwrap_or_default(),
+        );
+        if kind == "DestinationRule" {
+            // Its CRD is not vendored (over 100 KB); the consistency test checks its fields.
+            assert_eq!(api_version, "networking.istio.io/v1", "{file}");
+            continue;
+        }
+        let crd = crds
+            .iter()
+            .find(|c| c.serves(api_version, kind))
+            .unwrap_or_else(|| panic!("{file}: no vendored CRD serves {api_version} {kind}"));
+        let violations = crd.violations(doc);
+        assert!(violations.is_empty(), "{file}: {violations:#?}");
+    }
+}
+
+/// The CEL rules of the CRDs that concern our manifests, which the schema check does not
+/// evaluate.
+#[test]
+fn the_crds_cel_rules_hold_for_every_manifest() {
+    for (file, doc) in of_kind("WasmPlugin") {
+        let spec = &doc["spec"];
+        let url = spec["url"].as_str().unwrap_or_default();
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        assert!(
+            ["", "oci", "http", "https", "file"].contains(&scheme),
+            "{file}: url scheme {scheme}"
+        );
+        let selectors = ["selector", "targetRef", "targetRefs"]
+            .iter()
+            .filter(|k| !spec[**k].is_null())
+            .count();
+        assert!(selectors <= 1, "{file}: only one of targetRefs or selector");
+        for (key, value) in spec["selector"]["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                !key.is_empty() && !key.contains('*'),
+                "{file}: label key {key}"
+            );
+            assert!(
+                !value.as_str().unwrap_or("*").contains('*'),
+                "{file}: label {key}"
+            );
+        }
+    }
+    for (file, doc) in of_kind("ServiceEntry") {
+        let spec = &doc["spec"];
+        for host in spec["hosts"].as_array().into_iter().flatten() {
+            assert_ne!(host, "*", "{file}: hostname cannot be wildcard");
+        }
+        let mut numbers: Vec<u64> = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["number"].as_u64())
+            .collect();
+        let count = numbers.len();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(
+            numbers.len(),
+            count,
+            "{file}: port number cannot be duplicated"
+        );
+        assert!(
+            spec["workloadSelector"].is_null() || spec["endpoints"].is_null(),
+            "{file}: only one of WorkloadSelector or Endpoints"
+        );
+    }
+}
+
+fn phase_rank(plugin: &Value) -> usize {
+    match plugin["spec"]["phase"].as_str() {
+        Some("AUTHN") => 0,
+        Some("AUTHZ") => 1,
+        Some("STATS") => 2,
+        // UNSPECIFIED_PHASE: at the end of the chain, before the router.
+        _ => 3,
+    }
+}
+
+#[test]
+fn each_module_has_a_plugin_in_the_phase_and_failure_mode_that_fits_it() {
+    let phase = |m: &str| plugin_for(m)["spec"]["phase"].clone();
+    let fail = |m: &str| plugin_for(m)["spec"]["failStrategy"].clone();
+    let priority = |m: &str| plugin_for(m)["spec"]["priority"].as_i64().unwrap_or(0);
+    for module in DIST_MODULES {
+        let plugin = plugin_for(module);
+        assert!(
+            plugin["spec"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("oci://")),
+            "{module}: pulled as an OCI image"
+        );
+    }
+    // Authentication first, and never bypassed.
+    assert_eq!(phase("jwt_auth"), "AUTHN");
+    assert_eq!(fail("jwt_auth"), "FAIL_CLOSE");
+    assert_eq!(phase("gateway"), "AUTHN");
+    assert_eq!(fail("gateway"), "FAIL_CLOSE");
+    // Limits after authentication (they key on its x-user-id), before authorization.
+    assert_eq!(phase("rate_limit"), "AUTHZ");
+    // The breaker and then the retry policy, after both.
+    assert_eq!(phase("circuit_breaker"), "STATS");
+    assert_eq!(phase("retry_policy"), "STATS");
+    assert!(
+        priority("circuit_breaker") > priority("retry_policy"),
+        "the breaker must run first (higher priority) so a half-open probe is never retried"
+    );
+}
+
+/// The ServiceEntry port (and its host) the cluster name `outbound|<port>||<host>` refers to.
+fn service_entry_port(cluster: &str) -> (Value, Value) {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    let [direction, port, subset, host] = parts[..] else {
+        panic!("{cluster} is not an Istio cluster name");
+    };
+    assert_eq!((direction, subset), ("outbound", ""), "{cluster}");
+    let (file, entry) = of_kind("ServiceEntry")
+        .into_iter()
+        .find(|(_, doc)| {
+            doc["spec"]["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x == host))
+        })
+        .unwrap_or_else(|| panic!("no ServiceEntry registers {host}, which {cluster} names"));
+    let port_entry = entry["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["number"].as_u64().map(|n| n.to_string()).as_deref() == Some(port))
+        .cloned()
+        .unwrap_or_else(|| panic!("{file}: {host} has no port {port}, which {cluster} names"));
+    (port_entry, Value::from(host))
+}
+
+#[test]
+fn the_key_server_the_plugins_call_is_registered_and_reached_over_tls() {
+    let jwks_clusters: Vec<String> = [
+        plugin_for("jwt_auth")["spec"]["pluginConfig"].clone(),
+        plugin_for("gateway")["spec"]["pluginConfig"]["jwt_auth"].clone(),
+    ]
+    .iter()
+    .flat_map(|config| {
+        config["providers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, p)| p["remote_jwks"]["cluster"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    assert_eq!(
+        jwks_clusters.len(),
+        2,
+        "both plugins fetch their keys remotely"
+    );
+    for cluster in jwks_clusters {
+        let (port, host) = service_entry_port(&cluster);
+        // Plain HTTP from the module to the sidecar ...
+        assert_eq!(port["protocol"], "HTTP", "{cluster}");
+        assert_eq!(
+            port["targetPort"], 443,
+            "{cluster}: the key server listens on 443"
+        );
+        // ... and TLS from the sidecar to the key server, checking its name.
+        let (_, rule) = of_kind("DestinationRule")
+            .into_iter()
+            .find(|(_, doc)| doc["spec"]["host"] == host)
+            .unwrap_or_else(|| panic!("no DestinationRule originates TLS to {host}"));
+        let setting = rule["spec"]["trafficPolicy"]["portLevelSettings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["port"]["number"] == port["number"])
+            .unwrap_or_else(|| panic!("the DestinationRule for {host} has no setting for {port}"));
+        assert_eq!(setting["tls"]["mode"], "SIMPLE");
+        assert_eq!(setting["tls"]["sni"], host);
+    }
+}
+
+/// A key server standing in for the one the manifests name, and a token it vouches for.
+struct Issuer {
+    key: Key,
+    server: Upstream,
+}
+
+impl Issuer {
+    fn start() -> Issuer {
+        let key = Key::generate(Alg::RS256, "istio-test");
+        let server = Upstream::start(vec![Reply::Json(jwks(&[&key]))]);
+        Issuer { key, server }
+    }
+
+    fn token(&self, config: &Value, sub: &str, scope: &str) -> String {
+        let provider = &config["providers"]["example"];
+        self.key.sign(&json!({
+            "iss": provider["issuer"], "aud": provider["audiences"][0], "sub": sub,
+            "scope": scope, "exp": now_secs() + 600,
+        }))
+    }
+}
+
+/// Checks a chain built from the manifests: open paths open, the rest behind a token from
+/// the key server reached through the manifests' cluster, limits announced.
+fn exercise(envoy: &Envoy, issuer: &Issuer, jwt_config: &Value, upstream: &Upstream) {
+    let port = envoy.port("gateway");
+    let open = client::get("/healthz").send(port);
+    assert_eq!(open.status, 200, "{}", open.text());
+    let anonymous = client::get("/api/orders").send(port);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let token = issuer.token(jwt_config, "alice", "read");
+    let signed_in = client::get("/api/orders")
+        .header("authorization", &format!("Bearer {token}"))
+        .send(port);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.text());
+    assert!(
+        signed_in.header("ratelimit-policy").is_some(),
+        "the rate limit ran: {:?}",
+        signed_in.headers
+    );
+    let seen = upstream.received();
+    let last = seen.last().expect("the upstream saw the request");
+    assert_eq!(last.header("x-user-id"), Some("alice"));
+    assert!(
+        issuer.server.count() >= 1,
+        "the keys came from the key server"
+    );
+}
+
+/// A gateway whose routes go to `upstream` and whose key-server cluster, named as Istio names
+/// it, reaches `issuer`.
+fn istio_like_gateway(upstream: &Upstream, issuer: &Issuer, jwt_config: &Value) -> Gateway {
+    let cluster = jwt_config["providers"]["example"]["remote_jwks"]["cluster"]
+        .as_str()
+        .expect("the example provider fetches its keys");
+    Gateway::new(upstream.port()).cluster(cluster, issuer.server.port())
+}
+
+#[test]
+fn the_four_plugins_run_in_envoy_chained_as_istio_chains_them() {
+    let mut plugins: Vec<(String, Value)> =
+        ["jwt_auth", "rate_limit", "circuit_breaker", "retry_policy"]
+            .iter()
+            .map(|m| ((*m).to_owned(), plugin_for(m)))
+            .collect();
+    // Istio's order: by phase, then by priority, highest first.
+    plugins.sort_by_key(|(_, p)| (phase_rank(p), -p["spec"]["priority"].as_i64().unwrap_or(0)));
+    let order: Vec<&str> = plugins.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(
+        order,
+        ["jwt_auth", "rate_limit", "circuit_breaker", "retry_policy"]
+    );
+
+    let jwt_config = plugin_for("jwt_auth")["spec"]["pluginConfig"].clone();
+    let issuer = Issuer::start();
+    let upstream = Upstream::echo();
+    let mut gateway = istio_like_gateway(&upstream, &issuer, &jwt_config);
+    for (module, plugin) in &plugins {
+        // Istio hands pluginConfig to the module as JSON text.
+        gateway = gateway.filter(module, &plugin["spec"]["pluginConfig"].to_string());
+    }
+    let envoy = Envoy::start(&gateway.render());
+    exercise(&envoy, &issuer, &jwt_config, &upstream);
+}
+
+#[test]
+fn the_gateway_plugin_runs_in_envoy() {
+    let config = plugin_for("gateway")["spec"]["pluginConfig"].clone();
+    let issuer = Issuer::start();
+    let upstream = Upstream::echo();
+    let gateway = istio_like_gateway(&upstream, &issuer, &config["jwt_auth"])
+        .filter("gateway", &config.to_string());
+    let envoy = Envoy::start(&gateway.render());
+    exercise(&envoy, &issuer, &config["jwt_auth"], &upstream);
+}
