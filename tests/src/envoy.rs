@@ -589,7 +589,19 @@ impl Drop for Envoy {
         }
         self.stop();
         if !failing {
+            // Every Envoy we test with reports the stream properties the filters rely on; a
+            // filter that says otherwise has a false alarm (or Envoy changed).
+            let log = self.log();
             let _ = std::fs::remove_dir_all(&self.dir);
+            if let Some(line) = log
+                .lines()
+                .find(|l| l.contains("this host does not report"))
+            {
+                panic!(
+                    "a filter reported a host gap on a supported Envoy ({}):\n{line}",
+                    self.mode
+                );
+            }
         }
     }
 }

@@ -167,6 +167,7 @@ fn property(path: &[&str]) -> Option<String> {
 pub(crate) struct HostResponse {
     headers: LazyHeaders,
     code_details: OnceCell<Option<String>>,
+    attempts: OnceCell<Option<u64>>,
 }
 
 impl Default for HostResponse {
@@ -174,7 +175,78 @@ impl Default for HostResponse {
         Self {
             headers: LazyHeaders::new(MapType::HttpResponseHeaders),
             code_details: OnceCell::new(),
+            attempts: OnceCell::new(),
         }
+    }
+}
+
+/// A stream property that every Envoy this project is tested with (1.36 to 1.40) reports, but
+/// an older Envoy or another host might not. Without it a filter keeps working, less
+/// precisely; the host layer says so once per VM (see [`HostGap::consequence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostGap {
+    /// `response.code_details`, which tells Envoy's own replies (connect failure, timeout,
+    /// reset) from the upstream's.
+    CodeDetails,
+    /// `upstream.request_attempt_count`, which counts the router's retries.
+    AttemptCount,
+}
+
+impl HostGap {
+    /// A bit of its own, to remember which gaps were reported.
+    pub(crate) fn bit(self) -> u8 {
+        match self {
+            HostGap::CodeDetails => 1,
+            HostGap::AttemptCount => 2,
+        }
+    }
+
+    /// What a filter does without the property.
+    pub(crate) fn consequence(self) -> &'static str {
+        match self {
+            HostGap::CodeDetails => {
+                "this host does not report response.code_details (Envoy 1.36 to 1.40 do): \
+                 Envoy's own replies (connect failures, timeouts, resets) are told from the \
+                 upstream's by status alone"
+            }
+            HostGap::AttemptCount => {
+                "this host does not report upstream.request_attempt_count (Envoy 1.36 to 1.40 \
+                 do): the router's retries are not counted, so the retry budget cannot limit \
+                 them"
+            }
+        }
+    }
+}
+
+/// The gaps a response shows, from what a filter read of it: a response without details,
+/// or an upstream response without an attempt count, means the host does not report them.
+/// (Properties nobody read show nothing; Envoy's own replies may rightly have no attempts.)
+fn gaps(
+    status: Option<u16>,
+    details: Option<Option<&str>>,
+    attempts: Option<Option<u64>>,
+) -> impl Iterator<Item = HostGap> {
+    let no_details = status.is_some() && details == Some(None);
+    let no_attempts = details == Some(Some("via_upstream")) && attempts == Some(None);
+    [
+        no_details.then_some(HostGap::CodeDetails),
+        no_attempts.then_some(HostGap::AttemptCount),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+impl HostResponse {
+    /// The properties this response showed the host lacks (see [`gaps`]).
+    pub(crate) fn gaps(&self) -> impl Iterator<Item = HostGap> {
+        let attempts = self.attempts.get().copied();
+        // Whether attempts were due depends on the details: read them if the filter did not.
+        let details = if attempts.is_some() {
+            Some(self.code_details())
+        } else {
+            self.code_details.get().map(Option::as_deref)
+        };
+        gaps(self.status(), details, attempts)
     }
 }
 
@@ -194,10 +266,51 @@ impl ResponseView for HostResponse {
     }
 
     fn attempts(&self) -> Option<u64> {
-        // Integers come as 8 bytes, little-endian.
-        let bytes = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
-            .ok()
-            .flatten()?;
-        Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+        *self.attempts.get_or_init(|| {
+            // Integers come as 8 bytes, little-endian.
+            let bytes = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
+                .ok()
+                .flatten()?;
+            Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(
+        status: Option<u16>,
+        details: Option<Option<&str>>,
+        attempts: Option<Option<u64>>,
+    ) -> Vec<HostGap> {
+        gaps(status, details, attempts).collect()
+    }
+
+    #[test]
+    fn a_response_without_details_shows_the_host_lacks_them() {
+        assert_eq!(found(Some(503), Some(None), None), [HostGap::CodeDetails]);
+        assert_eq!(found(Some(200), Some(Some("via_upstream")), None), []);
+        // Not read, not judged.
+        assert_eq!(found(Some(200), None, None), []);
+    }
+
+    #[test]
+    fn only_an_upstream_response_without_attempts_shows_the_host_lacks_them() {
+        assert_eq!(
+            found(Some(200), Some(Some("via_upstream")), Some(None)),
+            [HostGap::AttemptCount]
+        );
+        assert_eq!(
+            found(Some(200), Some(Some("via_upstream")), Some(Some(1))),
+            []
+        );
+        // Envoy's own replies (a filter's 429, a failed connection) may have no attempt.
+        assert_eq!(found(Some(429), Some(Some("wasm")), Some(None)), []);
+        assert_eq!(
+            found(Some(503), Some(None), Some(None)),
+            [HostGap::CodeDetails]
+        );
     }
 }

@@ -1,0 +1,158 @@
+//! `make test-compat`: the integration suite on each Envoy given, natively, one after the
+//! other, then a table of the results (also written as Markdown, default `target/compat.md`).
+//!
+//! Usage: `compat [--out FILE] VERSION=ENVOY_BIN ...`. Exits non-zero if any Envoy fails a
+//! test or is not the version it claims to be.
+
+use filter_tests::envoy::Mode;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+struct Row {
+    version: String,
+    outcome: String,
+    failed: Vec<String>,
+    seconds: f64,
+    passed: bool,
+}
+
+fn main() {
+    let mut out = filter_tests::repo_root().join("target").join("compat.md");
+    let mut envoys: Vec<(String, PathBuf)> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--out" {
+            out = PathBuf::from(args.next().unwrap_or_else(|| usage("--out needs a file")));
+        } else if let Some((version, bin)) = arg.split_once('=') {
+            envoys.push((version.to_owned(), PathBuf::from(bin)));
+        } else {
+            usage(&format!("unexpected argument {arg:?}"));
+        }
+    }
+    if envoys.is_empty() {
+        usage("no Envoy given");
+    }
+    let rows: Vec<Row> = envoys.iter().map(|(v, bin)| run_suite(v, bin)).collect();
+    let table = render(&rows);
+    println!("\n{table}");
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&out, &table) {
+        eprintln!("cannot write {}: {e}", out.display());
+    }
+    if rows.iter().any(|r| !r.passed) {
+        eprintln!("compatibility: some Envoy failed (logs in target/compat/)");
+        std::process::exit(1);
+    }
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("compat: {why}\nusage: compat [--out FILE] VERSION=ENVOY_BIN ...");
+    std::process::exit(2)
+}
+
+fn run_suite(version: &str, bin: &PathBuf) -> Row {
+    let started = Instant::now();
+    let row = |outcome: String, failed: Vec<String>, passed: bool| Row {
+        version: version.to_owned(),
+        outcome,
+        failed,
+        seconds: started.elapsed().as_secs_f64(),
+        passed,
+    };
+    if !bin.is_file() {
+        return row(
+            format!("not installed at {}", bin.display()),
+            Vec::new(),
+            false,
+        );
+    }
+    let claimed = std::panic::catch_unwind(|| Mode::Native { bin: bin.clone() }.version())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    if claimed != version {
+        return row(
+            format!("{} is Envoy {claimed}", bin.display()),
+            Vec::new(),
+            false,
+        );
+    }
+    eprintln!(
+        "== Envoy {version}: the integration suite, natively ({})",
+        bin.display()
+    );
+    let log_dir = filter_tests::repo_root().join("target").join("compat");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let log_path = log_dir.join(format!("{version}.log"));
+    let output = Command::new("cargo")
+        .args([
+            "nextest",
+            "run",
+            "--locked",
+            "--no-fail-fast",
+            "-p",
+            "filter-tests",
+            "--test",
+            "integration",
+        ])
+        .env("ENVOY_MODE", "native")
+        .env("ENVOY_BIN", bin)
+        .env("ENVOY_VERSION", version)
+        .stdin(Stdio::null())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => return row(format!("cannot run cargo nextest: {e}"), Vec::new(), false),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::write(&log_path, &text);
+    let summary = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_once("] ")
+                .map(|(_, s)| s)
+                .filter(|s| s.contains("tests run:"))
+        })
+        .unwrap_or("no test summary")
+        .to_owned();
+    let failed: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l
+                .strip_prefix("FAIL [")
+                .or_else(|| l.strip_prefix("TIMEOUT ["))?;
+            Some(rest.split_once("integration ")?.1.to_owned())
+        })
+        .collect();
+    let passed = output.status.success();
+    eprintln!("   Envoy {version}: {summary}");
+    for name in &failed {
+        eprintln!("   failed: {name}");
+    }
+    row(summary, failed, passed)
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut table = String::from(
+        "| Envoy | Result | Integration suite (native, 2 workers) | Time |\n|---|---|---|---|\n",
+    );
+    for row in rows {
+        let result = if row.passed { "pass" } else { "**FAIL**" };
+        let mut outcome = row.outcome.clone();
+        if !row.failed.is_empty() {
+            outcome.push_str(&format!("; failed: {}", row.failed.join(", ")));
+        }
+        table.push_str(&format!(
+            "| {} | {result} | {outcome} | {:.0} s |\n",
+            row.version, row.seconds
+        ));
+    }
+    table
+}
