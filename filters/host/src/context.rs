@@ -76,26 +76,6 @@ struct Root<F: Filter> {
     callouts: HashMap<u32, u64>,
 }
 
-thread_local! {
-    /// The host gaps this VM has reported (a bit each): each is logged once, not per request.
-    static REPORTED_GAPS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
-}
-
-/// Logs, once per VM, each stream property this response showed the host does not report, and
-/// what the filter does without it: it degrades, it does not fail.
-fn report_gaps<F: Filter>(response: &HostResponse) {
-    for gap in response.gaps() {
-        let reported = REPORTED_GAPS.with(std::cell::Cell::get);
-        if reported & gap.bit() == 0 {
-            REPORTED_GAPS.with(|r| r.set(reported | gap.bit()));
-            host::log(
-                LogLevel::Warn,
-                &format!("{}: {}", F::NAME, gap.consequence()),
-            );
-        }
-    }
-}
-
 fn log_error<F: Filter>(what: &str) {
     host::log(LogLevel::Error, &format!("{}: {what}", F::NAME));
 }
@@ -397,9 +377,8 @@ impl<F: Filter> HttpContext for Stream<F> {
             return Action::Continue;
         };
         let env = configured.env(now);
-        let response = HostResponse::default();
+        let response = HostResponse::new(F::NAME);
         let edits = configured.filter.on_response(&mut state, &response, &env);
-        report_gaps::<F>(&response);
         if let Err(status) = host::apply_edits(MapType::HttpResponseHeaders, &edits) {
             host::log(
                 LogLevel::Warn,

@@ -168,23 +168,28 @@ pub(crate) struct HostResponse {
     headers: LazyHeaders,
     code_details: OnceCell<Option<String>>,
     attempts: OnceCell<Option<u64>>,
+    /// The filter reading it, for the host-gap log line.
+    filter: &'static str,
 }
 
-impl Default for HostResponse {
-    fn default() -> Self {
+impl HostResponse {
+    /// The response of the current stream, as the filter `filter` reads it.
+    pub(crate) fn new(filter: &'static str) -> Self {
         Self {
             headers: LazyHeaders::new(MapType::HttpResponseHeaders),
             code_details: OnceCell::new(),
             attempts: OnceCell::new(),
+            filter,
         }
     }
 }
 
 /// A stream property that every Envoy this project is tested with (1.36 to 1.40) reports, but
 /// an older Envoy or another host might not. Without it a filter keeps working, less
-/// precisely; the host layer says so once per VM (see [`HostGap::consequence`]).
+/// precisely, and says so once per VM. (The check sits where the property is read, so a
+/// module whose filters never read it carries none of this.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HostGap {
+enum HostGap {
     /// `response.code_details`, which tells Envoy's own replies (connect failure, timeout,
     /// reset) from the upstream's.
     CodeDetails,
@@ -193,8 +198,7 @@ pub(crate) enum HostGap {
 }
 
 impl HostGap {
-    /// A bit of its own, to remember which gaps were reported.
-    pub(crate) fn bit(self) -> u8 {
+    fn bit(self) -> u8 {
         match self {
             HostGap::CodeDetails => 1,
             HostGap::AttemptCount => 2,
@@ -202,7 +206,7 @@ impl HostGap {
     }
 
     /// What a filter does without the property.
-    pub(crate) fn consequence(self) -> &'static str {
+    fn consequence(self) -> &'static str {
         match self {
             HostGap::CodeDetails => {
                 "this host does not report response.code_details (Envoy 1.36 to 1.40 do): \
@@ -218,35 +222,31 @@ impl HostGap {
     }
 }
 
-/// The gaps a response shows, from what a filter read of it: a response without details,
-/// or an upstream response without an attempt count, means the host does not report them.
-/// (Properties nobody read show nothing; Envoy's own replies may rightly have no attempts.)
-fn gaps(
-    status: Option<u16>,
-    details: Option<Option<&str>>,
-    attempts: Option<Option<u64>>,
-) -> impl Iterator<Item = HostGap> {
-    let no_details = status.is_some() && details == Some(None);
-    let no_attempts = details == Some(Some("via_upstream")) && attempts == Some(None);
-    [
-        no_details.then_some(HostGap::CodeDetails),
-        no_attempts.then_some(HostGap::AttemptCount),
-    ]
-    .into_iter()
-    .flatten()
+/// A response with a status but no details: the host does not report them.
+fn lacks_details(status: Option<u16>, details: Option<&str>) -> bool {
+    status.is_some() && details.is_none()
 }
 
-impl HostResponse {
-    /// The properties this response showed the host lacks (see [`gaps`]).
-    pub(crate) fn gaps(&self) -> impl Iterator<Item = HostGap> {
-        let attempts = self.attempts.get().copied();
-        // Whether attempts were due depends on the details: read them if the filter did not.
-        let details = if attempts.is_some() {
-            Some(self.code_details())
-        } else {
-            self.code_details.get().map(Option::as_deref)
-        };
-        gaps(self.status(), details, attempts)
+/// An upstream's response without an attempt count: the host does not report it. (Envoy's
+/// own replies may rightly have none: no attempt was made.)
+fn lacks_attempts(details: Option<&str>, attempts: Option<u64>) -> bool {
+    details == Some("via_upstream") && attempts.is_none()
+}
+
+thread_local! {
+    /// The gaps this VM has reported (a bit each).
+    static REPORTED_GAPS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Logs a gap, the first time this VM meets it.
+fn report_gap(filter: &str, gap: HostGap) {
+    let reported = REPORTED_GAPS.with(std::cell::Cell::get);
+    if reported & gap.bit() == 0 {
+        REPORTED_GAPS.with(|r| r.set(reported | gap.bit()));
+        crate::host::log(
+            proxy_wasm::types::LogLevel::Warn,
+            &format!("{filter}: {}", gap.consequence()),
+        );
     }
 }
 
@@ -261,17 +261,27 @@ impl ResponseView for HostResponse {
 
     fn code_details(&self) -> Option<&str> {
         self.code_details
-            .get_or_init(|| property(&["response", "code_details"]))
+            .get_or_init(|| {
+                let details = property(&["response", "code_details"]);
+                if lacks_details(self.status(), details.as_deref()) {
+                    report_gap(self.filter, HostGap::CodeDetails);
+                }
+                details
+            })
             .as_deref()
     }
 
     fn attempts(&self) -> Option<u64> {
         *self.attempts.get_or_init(|| {
             // Integers come as 8 bytes, little-endian.
-            let bytes = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
+            let attempts = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
                 .ok()
-                .flatten()?;
-            Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+                .flatten()
+                .and_then(|bytes| Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)));
+            if attempts.is_none() && lacks_attempts(self.code_details(), attempts) {
+                report_gap(self.filter, HostGap::AttemptCount);
+            }
+            attempts
         })
     }
 }
@@ -280,37 +290,19 @@ impl ResponseView for HostResponse {
 mod tests {
     use super::*;
 
-    fn found(
-        status: Option<u16>,
-        details: Option<Option<&str>>,
-        attempts: Option<Option<u64>>,
-    ) -> Vec<HostGap> {
-        gaps(status, details, attempts).collect()
-    }
-
     #[test]
     fn a_response_without_details_shows_the_host_lacks_them() {
-        assert_eq!(found(Some(503), Some(None), None), [HostGap::CodeDetails]);
-        assert_eq!(found(Some(200), Some(Some("via_upstream")), None), []);
-        // Not read, not judged.
-        assert_eq!(found(Some(200), None, None), []);
+        assert!(lacks_details(Some(503), None));
+        assert!(!lacks_details(Some(200), Some("via_upstream")));
+        assert!(!lacks_details(None, None));
     }
 
     #[test]
     fn only_an_upstream_response_without_attempts_shows_the_host_lacks_them() {
-        assert_eq!(
-            found(Some(200), Some(Some("via_upstream")), Some(None)),
-            [HostGap::AttemptCount]
-        );
-        assert_eq!(
-            found(Some(200), Some(Some("via_upstream")), Some(Some(1))),
-            []
-        );
+        assert!(lacks_attempts(Some("via_upstream"), None));
+        assert!(!lacks_attempts(Some("via_upstream"), Some(1)));
         // Envoy's own replies (a filter's 429, a failed connection) may have no attempt.
-        assert_eq!(found(Some(429), Some(Some("wasm")), Some(None)), []);
-        assert_eq!(
-            found(Some(503), Some(None), Some(None)),
-            [HostGap::CodeDetails]
-        );
+        assert!(!lacks_attempts(Some("wasm"), None));
+        assert!(!lacks_attempts(None, None));
     }
 }

