@@ -4,24 +4,16 @@
 
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::Gateway;
+use filter_tests::envoy_config::{Gateway, yaml_files};
 use filter_tests::k8s_schema::{Crd, documents};
 use filter_tests::oci::DIST_MODULES;
 use filter_tests::tokens::{Alg, Key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
 /// Every document of every file in `envoy/istio/`, with its file name.
 fn manifests() -> Vec<(String, Value)> {
-    let dir = filter_tests::repo_root().join("envoy").join("istio");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
+    yaml_files(&filter_tests::repo_root().join("envoy").join("istio"))
         .iter()
         .flat_map(|path| {
             let name = path

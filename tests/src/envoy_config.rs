@@ -289,8 +289,12 @@ static_resources:
 
 /// Every example configuration shipped in `envoy/`.
 pub fn examples() -> Vec<PathBuf> {
-    let dir = crate::repo_root().join("envoy");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    yaml_files(&crate::repo_root().join("envoy"))
+}
+
+/// The `.yaml` files of a folder (not below it), sorted.
+pub fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))

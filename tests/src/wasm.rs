@@ -32,12 +32,8 @@ pub fn module(name: &str) -> PathBuf {
 
 /// The `(module, name)` pairs a module imports.
 pub fn imports(path: &std::path::Path) -> Vec<(String, String)> {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut found = Vec::new();
-    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-        let payload =
-            payload.unwrap_or_else(|e| panic!("{} is not valid wasm: {e}", path.display()));
+    for_each_section(path, |payload| {
         if let wasmparser::Payload::ImportSection(reader) = payload {
             for import in reader.into_imports() {
                 let import =
@@ -45,18 +41,14 @@ pub fn imports(path: &std::path::Path) -> Vec<(String, String)> {
                 found.push((import.module.to_owned(), import.name.to_owned()));
             }
         }
-    }
+    });
     found
 }
 
 /// The names a module exports.
 pub fn exports(path: &std::path::Path) -> Vec<String> {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut found = Vec::new();
-    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-        let payload =
-            payload.unwrap_or_else(|e| panic!("{} is not valid wasm: {e}", path.display()));
+    for_each_section(path, |payload| {
         if let wasmparser::Payload::ExportSection(reader) = payload {
             for export in reader {
                 let export =
@@ -64,8 +56,17 @@ pub fn exports(path: &std::path::Path) -> Vec<String> {
                 found.push(export.name.to_owned());
             }
         }
-    }
+    });
     found
+}
+
+/// Reads a module and hands each of its sections to `visit`; fails the test on bad wasm.
+fn for_each_section(path: &std::path::Path, mut visit: impl FnMut(wasmparser::Payload<'_>)) {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        visit(payload.unwrap_or_else(|e| panic!("{} is not valid wasm: {e}", path.display())));
+    }
 }
 
 /// The WASI functions Envoy's proxy-wasm host registers (proxy-wasm-cpp-host,
