@@ -38,7 +38,7 @@ envoy_stamp = $(if $(filter $(1),$(ENVOY_VERSION)),$(ENVOY_STAMP),$(VENV)/envoy-
 # docker | native. Unset: docker when a daemon answers, else native.
 ENVOY_MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 
-export ENVOY_VERSION ENVOY_MODE
+export ENVOY_VERSION ENVOY_MODE IMAGE_REPO
 export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 
 .DEFAULT_GOAL := help

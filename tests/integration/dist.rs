@@ -122,9 +122,10 @@ fn docker_load_gives_back_each_image_with_plugin_wasm_at_its_root() {
             .unwrap_or_else(|| panic!("docker load named no image:\n{loaded}"))
             .trim()
             .to_owned();
+        let repo = std::env::var("IMAGE_REPO").unwrap_or_else(|_| "proxy-wasm-filters".into());
         assert_eq!(
             image,
-            format!("proxy-wasm-filters/{module}:{}", env!("CARGO_PKG_VERSION"))
+            format!("{repo}/{module}:{}", env!("CARGO_PKG_VERSION"))
         );
         let layers = oci::run(Command::new("docker").args([
             "image",
