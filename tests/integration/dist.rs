@@ -41,9 +41,9 @@ fn dist_holds_the_built_modules_and_their_checksums() {
     }
 }
 
-/// Starts Envoy on modules taken from files (the four filters as separate entries, and
-/// `gateway.wasm` on its own listener's worth of filters), sends requests, and checks each
-/// module counted them: they load and run, not merely parse.
+/// Starts Envoy on modules taken from files (the four filters as four entries, then
+/// `gateway.wasm` as one), sends requests, and checks each filter counted them: the modules
+/// load and run, not merely parse.
 fn run_in_envoy(modules: &BTreeMap<&str, PathBuf>) {
     let upstream = Upstream::echo();
     let mut separate = Gateway::new(upstream.port());
@@ -105,6 +105,7 @@ fn images_round_trip_through_a_registry_in_both_formats_istio_accepts() {
         }
     }
     run_in_envoy(&pulled_modules);
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 #[test]
@@ -156,6 +157,7 @@ fn docker_load_gives_back_each_image_with_plugin_wasm_at_its_root() {
             "{image}: /plugin.wasm"
         );
     }
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// A module server, and a gateway whose rate_limit module Envoy fetches from it.

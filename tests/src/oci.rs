@@ -266,19 +266,6 @@ fn plugin_in_layer(gzipped: &[u8]) -> Result<Vec<u8>, String> {
     Err("plugin.wasm not found in the layer".to_owned())
 }
 
-/// The paths in a gzipped tar layer, for messages.
-pub fn layer_paths(gzipped: &[u8]) -> Vec<String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
-    archive
-        .entries()
-        .map(|entries| {
-            entries
-                .filter_map(|e| Some(e.ok()?.path().ok()?.display().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
