@@ -118,8 +118,9 @@ dist: build ## dist/: the five .wasm, SHA256SUMS, and an OCI image tarball per m
 	@for m in $(DIST_MODULES); do \
 	  cp target/$(WASM_TARGET)/release/$$m.wasm dist/$$m.wasm; \
 	  mkdir -p target/dist/$$m && cp dist/$$m.wasm target/dist/$$m/plugin.wasm; \
-	  printf 'FROM scratch\nLABEL %s %s %s %s\nCOPY plugin.wasm ./\n' \
+	  printf 'FROM scratch\nLABEL %s %s %s %s %s\nCOPY plugin.wasm ./\n' \
 	    "org.opencontainers.image.title=$$m" 'org.opencontainers.image.version=$(VERSION)' \
+	    "org.opencontainers.image.revision=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)" \
 	    'org.opencontainers.image.description="Proxy-Wasm filter for Envoy, compat layout: /plugin.wasm"' \
 	    'org.opencontainers.image.licenses=Apache-2.0' > target/dist/$$m/Dockerfile; \
 	  docker build --quiet --tag $(IMAGE_REPO)/$$m:$(VERSION) target/dist/$$m >target/dist/$$m/build.log 2>&1 \

@@ -132,10 +132,17 @@ fn docker_load_gives_back_each_image_with_plugin_wasm_at_its_root() {
             "image",
             "inspect",
             "--format",
-            "{{len .RootFS.Layers}} {{index .Config.Labels \"org.opencontainers.image.title\"}}",
+            "{{len .RootFS.Layers}} {{index .Config.Labels \"org.opencontainers.image.title\"}} \
+             {{index .Config.Labels \"org.opencontainers.image.revision\"}}",
             &image,
         ]));
-        assert_eq!(layers.trim(), format!("1 {module}"), "{image}");
+        let described: Vec<&str> = layers.split_whitespace().collect();
+        assert_eq!(described.len(), 3, "{image}: {layers}");
+        assert_eq!(
+            described[..2],
+            ["1", module],
+            "{image}: one layer, its title"
+        );
         // A FROM scratch image has no command; `docker create` needs one, never run.
         let container = oci::run(Command::new("docker").args(["create", &image, "/plugin.wasm"]));
         let container = container.trim().to_owned();
