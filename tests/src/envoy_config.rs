@@ -44,13 +44,20 @@ pub enum Code {
     },
 }
 
+/// One Wasm filter entry: the module's name, its JSON configuration, where its code comes from.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    config: String,
+    code: Code,
+}
+
 /// A test gateway: one listener named `gateway` on a free port, a chain of Wasm filters, and a
 /// route to a cluster named `upstream` (the test's in-process server).
 #[derive(Debug, Clone)]
 pub struct Gateway {
     upstream_port: u16,
-    filters: Vec<(String, String)>,
-    code: Vec<Code>,
+    filters: Vec<Entry>,
     route_timeout: String,
     clusters: Vec<(String, u16)>,
     direct_response: bool,
@@ -64,7 +71,6 @@ impl Gateway {
         Self {
             upstream_port,
             filters: Vec::new(),
-            code: Vec::new(),
             route_timeout: "15s".to_owned(),
             clusters: Vec::new(),
             direct_response: false,
@@ -102,8 +108,11 @@ impl Gateway {
 
     /// Appends the module `name` with this JSON configuration, loaded from `code`.
     pub fn filter_from(mut self, name: &str, config_json: &str, code: Code) -> Self {
-        self.filters.push((name.to_owned(), config_json.to_owned()));
-        self.code.push(code);
+        self.filters.push(Entry {
+            name: name.to_owned(),
+            config: config_json.to_owned(),
+            code,
+        });
         self
     }
 
@@ -121,20 +130,15 @@ impl Gateway {
 
     /// The filter entries: one per filter, or under [`as_gateway_module`] one `gateway` entry
     /// whose configuration holds each filter's as a member.
-    fn entries(&self) -> Vec<(String, String, Code)> {
+    fn entries(&self) -> Vec<Entry> {
         if !AS_GATEWAY_MODULE.with(std::cell::Cell::get) {
-            return self
-                .filters
-                .iter()
-                .zip(&self.code)
-                .map(|((name, config), code)| (name.clone(), config.clone(), code.clone()))
-                .collect();
+            return self.filters.clone();
         }
         assert!(
-            self.code.iter().all(|c| *c == Code::Built),
+            self.filters.iter().all(|f| f.code == Code::Built),
             "only built modules combine into gateway.wasm"
         );
-        let names: Vec<&str> = self.filters.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = self.filters.iter().map(|f| f.name.as_str()).collect();
         let in_order: Vec<&str> = crate::wasm::FILTERS
             .into_iter()
             .filter(|f| names.contains(f))
@@ -146,19 +150,19 @@ impl Gateway {
         let members: Vec<String> = self
             .filters
             .iter()
-            .map(|(name, config)| format!("{}: {config}", serde_json::Value::String(name.clone())))
+            .map(|f| format!("{}: {}", quoted(&f.name), f.config))
             .collect();
-        vec![(
-            "gateway".to_owned(),
-            format!("{{{}}}", members.join(", ")),
-            Code::Built,
-        )]
+        vec![Entry {
+            name: "gateway".to_owned(),
+            config: format!("{{{}}}", members.join(", ")),
+            code: Code::Built,
+        }]
     }
 
     /// The configuration as Envoy YAML.
     pub fn render(&self) -> String {
         let mut filters = String::new();
-        for (i, (name, config, code)) in self.entries().iter().enumerate() {
+        for (i, Entry { name, config, code }) in self.entries().iter().enumerate() {
             let code = match code {
                 Code::Built => format!(
                     "{{ local: {{ filename: {} }} }}",
@@ -172,9 +176,12 @@ impl Gateway {
                     cluster,
                     sha256,
                 } => format!(
-                    "{{ remote: {{ http_uri: {{ uri: {uri:?}, cluster: {cluster:?}, timeout: 5s }}, \
-                     sha256: {sha256:?}, retry_policy: {{ num_retries: 3, \
-                     retry_back_off: {{ base_interval: 0.2s, max_interval: 1s }} }} }} }}"
+                    "{{ remote: {{ http_uri: {{ uri: {}, cluster: {}, timeout: 5s }}, \
+                     sha256: {}, retry_policy: {{ num_retries: 3, \
+                     retry_back_off: {{ base_interval: 0.2s, max_interval: 1s }} }} }} }}",
+                    quoted(uri),
+                    quoted(cluster),
+                    quoted(sha256)
                 ),
             };
             // Each entry its own vm_id, so two entries of one module never share a VM.
@@ -194,7 +201,7 @@ impl Gateway {
                   vm_id: {name}-{i}
                   runtime: envoy.wasm.runtime.v8
                   code: {code}"#,
-                config = serde_json::Value::String(config.clone()),
+                config = quoted(config),
             );
         }
         let mut clusters = String::new();
@@ -272,8 +279,8 @@ static_resources:
                     .map(|(n, v)| {
                         format!(
                             "{{ header: {{ key: {}, value: {} }} }}",
-                            serde_json::Value::String(n.clone()),
-                            serde_json::Value::String(v.clone())
+                            quoted(n),
+                            quoted(v)
                         )
                     })
                     .collect();
@@ -285,6 +292,11 @@ static_resources:
             port = self.upstream_port,
         )
     }
+}
+
+/// A string as a JSON string literal, which YAML reads as the same string.
+fn quoted(text: &str) -> serde_json::Value {
+    serde_json::Value::String(text.to_owned())
 }
 
 /// Every example configuration shipped in `envoy/`.

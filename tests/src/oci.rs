@@ -145,6 +145,16 @@ pub enum Format {
     Oci,
 }
 
+impl Format {
+    /// The media type of the layer holding `plugin.wasm` in this format (gzipped tar both).
+    pub fn layer_type(self) -> &'static str {
+        match self {
+            Format::Docker => DOCKER_LAYER,
+            Format::Oci => OCI_LAYER,
+        }
+    }
+}
+
 /// Pushes the `docker save` tarball at `archive` to `reference` (`host/repo:tag`) with skopeo.
 pub fn push(archive: &Path, reference: &str, format: Format) {
     let mut cmd = Command::new("skopeo");
