@@ -381,7 +381,7 @@ both_modules! {
 }
 
 both_modules! {
-    /// The J1 to J39 checklist (`../shared/reference/semantics.md` §4.c), each case a real request
+    /// The J1 to J39 checklist (the attack checklist of the project's design notes), each case a real request
     /// through one Envoy: what a client sees. (J8, J32, J33 and J34 have their own tests above and
     /// below; J9 is a configuration refusal, J37 is out of scope, J38 is constant-time by
     /// construction and unit-tested.)

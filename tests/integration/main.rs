@@ -37,3 +37,4 @@ mod jwt_auth;
 mod modules;
 mod rate_limit;
 mod retry_policy;
+mod self_contained;

@@ -771,14 +771,13 @@ fn configuration_errors_name_the_field() {
 
 #[test]
 fn envoy_jwt_authn_vectors_get_the_same_answer() {
-    let dir = std::env::var("VECTORS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
-        });
-    let path = dir.join("envoy-jwt-authn.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/vectors/envoy-jwt-authn/envoy-jwt-authn.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("peer test vectors not found at {} ({e}): check out shared/ beside the repository or set VECTORS_DIR", path.display())
+        panic!(
+            "Envoy's jwt_authn vectors are missing at {}: {e}",
+            path.display()
+        )
     });
     let vectors: Value = serde_json::from_str(&text).unwrap();
     let p = &vectors["provider"];
