@@ -8,7 +8,8 @@
 
 use crate::config::{Jitter, RetryAfter};
 use filter_core::random::Random;
-use std::time::Duration;
+use std::borrow::Cow;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A parsed `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +20,7 @@ pub enum Value {
     Date(i64),
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+/// The weekday names of RFC 850 dates; httpdate's IMF-fixdate wants their first three letters.
 const LONG_DAYS: [&str; 7] = [
     "Monday",
     "Tuesday",
@@ -34,122 +32,47 @@ const LONG_DAYS: [&str; 7] = [
 ];
 
 /// Parses a field value; `None` for anything that is not one of the forms (negative, fractional,
-/// signed, empty, a list, an impossible date).
+/// signed, empty, a list, an impossible date, a weekday that does not match its date). httpdate
+/// also refuses a leap second (`:60`), which RFC 9110's grammar allows: such a `Retry-After` is
+/// replaced like any unreadable one, and such a `Date` leaves the wait counted from our clock.
 pub fn parse(value: &str, now_year: i64) -> Option<Value> {
     let value = value.trim_matches([' ', '\t']);
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Longer than any sane delay: refuse rather than overflow.
         return value.parse().ok().map(Value::Seconds);
     }
-    imf_fixdate(value)
-        .or_else(|| rfc850(value, now_year))
-        .or_else(|| asctime(value))
-        .map(Value::Date)
-}
-
-fn digits<const N: usize>(s: &str) -> Option<i64> {
-    (s.len() == N && s.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| s.parse().ok())
-        .flatten()
-}
-
-fn month(s: &str) -> Option<i64> {
-    MONTHS
-        .iter()
-        .position(|m| *m == s)
-        .and_then(|i| i64::try_from(i + 1).ok())
-}
-
-/// `HH:MM:SS` as seconds of the day.
-fn time_of_day(s: &str) -> Option<i64> {
-    let mut parts = s.split(':');
-    let h = digits::<2>(parts.next()?)?;
-    let m = digits::<2>(parts.next()?)?;
-    let sec = digits::<2>(parts.next()?)?;
-    if parts.next().is_some() || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    Some(h * 3600 + m * 60 + sec.min(59))
-}
-
-/// Seconds since the epoch of a civil date and time (UTC), if the date exists.
-fn epoch(year: i64, month: i64, day: i64, seconds_of_day: i64) -> Option<i64> {
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
+    let text = match value.split_once(", ") {
+        Some((day_name, rest)) if LONG_DAYS.contains(&day_name) => {
+            Cow::Owned(rfc850_as_imf_fixdate(day_name, rest, now_year)?)
+        }
+        _ => Cow::Borrowed(value),
     };
-    if !(1..=days_in_month).contains(&day) {
-        return None;
-    }
-    // Days from 1970-01-01 (H. Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + seconds_of_day)
+    let at = httpdate::parse_http_date(&text).ok()?;
+    let secs = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok().map(Value::Date)
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT`
-fn imf_fixdate(s: &str) -> Option<i64> {
-    let (day_name, rest) = s.split_once(", ")?;
-    if !DAYS.contains(&day_name) {
+/// `Sunday, 06-Nov-94 08:49:37 GMT` rewritten as `Sun, 06 Nov 1994 08:49:37 GMT`, with the
+/// century RFC 9110 asks for, for httpdate to read and check. httpdate reads RFC 850 dates
+/// itself, but with a fixed pivot (a two-digit year below 70 is 20yy, any other 19yy), where
+/// RFC 9110 §5.6.7 takes the most recent past year only for a date more than 50 years ahead:
+/// seen from 2026, `71` is 2071, and httpdate would read 1971 and then refuse the weekday of a
+/// correct 2071 date. So only the century is ours; every other check is httpdate's.
+fn rfc850_as_imf_fixdate(day_name: &str, rest: &str, now_year: i64) -> Option<String> {
+    let (date, time_and_zone) = rest.split_once(' ')?;
+    let mut parts = date.split('-');
+    let (day, month, yy) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || yy.len() != 2 || !yy.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, mon, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    epoch(
-        digits::<4>(year)?,
-        month(mon)?,
-        digits::<2>(day)?,
-        time_of_day(time)?,
-    )
-}
-
-/// `Sunday, 06-Nov-94 08:49:37 GMT`
-fn rfc850(s: &str, now_year: i64) -> Option<i64> {
-    let (day_name, rest) = s.split_once(", ")?;
-    if !LONG_DAYS.contains(&day_name) {
-        return None;
-    }
-    let parts: Vec<&str> = rest.split(' ').collect();
-    let [date, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let mut d = date.split('-');
-    let (day, mon, yy) = (d.next()?, d.next()?, d.next()?);
-    if d.next().is_some() {
-        return None;
-    }
-    let yy = digits::<2>(yy)?;
-    let mut year = now_year - now_year.rem_euclid(100) + yy;
+    let mut year = now_year - now_year.rem_euclid(100) + yy.parse::<i64>().ok()?;
     if year > now_year + 50 {
         year -= 100;
     }
-    epoch(year, month(mon)?, digits::<2>(day)?, time_of_day(time)?)
-}
-
-/// `Sun Nov  6 08:49:37 1994`
-fn asctime(s: &str) -> Option<i64> {
-    let (day_name, rest) = s.split_once(' ')?;
-    if !DAYS.contains(&day_name) {
-        return None;
-    }
-    let (mon, rest) = rest.split_once(' ')?;
-    // The day is two characters: a space-padded or two-digit number.
-    let day_text = rest.get(..2)?;
-    let rest = rest.get(2..)?.strip_prefix(' ')?;
-    let day = digits::<1>(day_text.trim_start_matches(' ')).or_else(|| digits::<2>(day_text))?;
-    let (time, year) = rest.split_once(' ')?;
-    epoch(digits::<4>(year)?, month(mon)?, day, time_of_day(time)?)
+    let short_day = day_name.get(..3)?;
+    Some(format!(
+        "{short_day}, {day} {month} {year:04} {time_and_zone}"
+    ))
 }
 
 /// The calendar year of a moment (seconds since the epoch), for two-digit years.
@@ -259,6 +182,34 @@ mod tests {
     }
 
     #[test]
+    fn two_digit_years_follow_rfc_9110_not_a_fixed_pivot() {
+        // Seen from 2026, 71 is 2071 (45 years ahead); a fixed pivot at 70 would say 1971.
+        assert_eq!(
+            parse("Thursday, 01-Jan-71 00:00:00 GMT", 2026),
+            Some(Value::Date(3_187_296_000))
+        );
+        // 1971's weekday for that date is refused rather than read as 1971.
+        assert_eq!(parse("Friday, 01-Jan-71 00:00:00 GMT", 2026), None);
+        // Seen from 2021, 71 is 50 years ahead exactly, still the future.
+        assert_eq!(
+            parse("Thursday, 01-Jan-71 00:00:00 GMT", 2021),
+            Some(Value::Date(3_187_296_000))
+        );
+        // Seen from 2020, it is 51 years ahead: the past century.
+        assert_eq!(
+            parse("Friday, 01-Jan-71 00:00:00 GMT", 2020),
+            Some(Value::Date(31_536_000))
+        );
+    }
+
+    #[test]
+    fn a_weekday_must_match_its_date() {
+        assert_eq!(parse("Mon, 06 Nov 1994 08:49:37 GMT", 2026), None);
+        assert_eq!(parse("Monday, 06-Nov-94 08:49:37 GMT", 2026), None);
+        assert_eq!(parse("Mon Nov  6 08:49:37 1994", 2026), None);
+    }
+
+    #[test]
     fn years_of_moments() {
         assert_eq!(year_of(NOV_6_1994), 1994);
         assert_eq!(year_of(1_795_478_400), 2026);
@@ -284,6 +235,11 @@ mod tests {
             "Sun, 6 Nov 1994 08:49:37 GMT",
             "Sun, 06 Nov 1994 25:49:37 GMT",
             "Sun Nov 6 08:49:37 1994",
+            "Sunday, 06-Nov-1994 08:49:37 GMT",
+            "Sunday, 6-Nov-94 08:49:37 GMT",
+            "Sun, 06-Nov-94 08:49:37 GMT",
+            "Sunday, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 UTC",
         ] {
             assert_eq!(parse(junk, 2026), None, "{junk:?}");
         }
@@ -348,6 +304,14 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn hostile_values_never_panic(value in ".{0,40}", year in -5000i64..5000) {
+            let _ = parse(&value, year);
+        }
+
+        #[test]
+        fn date_shaped_values_never_panic(
+            value in "(Sun|Sunday|Mon)[, ]{0,2}[0-9A-Za-z -]{0,12} [0-9:]{0,9}( GMT| [0-9]{0,5})?",
+            year in -5000i64..15000,
+        ) {
             let _ = parse(&value, year);
         }
     }
