@@ -17,7 +17,7 @@
 
 use crate::verify::Verified;
 use foldhash::fast::FixedState;
-use std::collections::HashMap;
+use hashlink::LruCache;
 use std::rc::Rc;
 
 /// Longer tokens are verified every time rather than cached (as Envoy's `jwt_authn` does).
@@ -27,27 +27,22 @@ pub const MAX_CACHED_TOKEN: usize = 4096;
 struct Entry {
     verified: Rc<Verified>,
     generation: u64,
-    last_used: u64,
 }
 
 /// One provider's verified tokens: a bounded least-recently-used map from the token to what
-/// its verification gave.
+/// its verification gave. Lookups, insertions and evictions each cost one hash of the token.
 #[derive(Debug)]
 pub struct TokenCache {
-    capacity: usize,
     /// Hashed with an unkeyed fast hash: SipHash over a 700-byte token was a large part of a
     /// cache hit. Collisions cannot be forced to matter: only verified tokens are inserted.
-    entries: HashMap<Box<str>, Entry, FixedState>,
-    clock: u64,
+    entries: LruCache<Box<str>, Entry, FixedState>,
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            entries: HashMap::with_capacity_and_hasher(capacity.min(1024), FixedState::default()),
-            clock: 0,
+            entries: LruCache::with_hasher(capacity, FixedState::default()),
         }
     }
 
@@ -63,40 +58,25 @@ impl TokenCache {
 
     /// The verification remembered for `token`, if it was made under key-set `generation`.
     pub fn get(&mut self, token: &str, generation: u64) -> Option<Rc<Verified>> {
-        self.clock += 1;
-        let clock = self.clock;
-        let entry = self.entries.get_mut(token)?;
-        if entry.generation != generation {
-            return None;
+        let entry = self.entries.get(token)?;
+        if entry.generation == generation {
+            return Some(entry.verified.clone());
         }
-        entry.last_used = clock;
-        Some(entry.verified.clone())
+        // Made under keys since replaced: it can never hit again, so its place is freed.
+        self.entries.remove(token);
+        None
     }
 
-    /// Remembers a successful verification.
+    /// Remembers a successful verification, evicting the least recently used token when full.
     pub fn put(&mut self, token: &str, verified: Rc<Verified>, generation: u64) {
-        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
+        if self.entries.capacity() == 0 || token.len() > MAX_CACHED_TOKEN {
             return;
-        }
-        self.clock += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(token) {
-            // Evicting scans the map: it happens only after a cache miss, which has just paid
-            // for a signature check costing far more than this scan.
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
-            {
-                self.entries.remove(&oldest);
-            }
         }
         self.entries.insert(
             token.into(),
             Entry {
                 verified,
                 generation,
-                last_used: self.clock,
             },
         );
     }
@@ -150,6 +130,42 @@ mod tests {
             cache.put(&format!("t{i}"), verified("x"), 0);
         }
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_replaced_key_set_frees_the_entry() {
+        let mut cache = TokenCache::new(4);
+        cache.put("t1", verified("a"), 1);
+        assert_eq!(cache.get("t1", 2), None);
+        assert!(cache.is_empty());
+        cache.put("t1", verified("b"), 2);
+        assert_eq!(cache.get("t1", 2), Some(verified("b")));
+    }
+
+    #[test]
+    fn a_full_large_cache_evicts_in_order_of_last_use() {
+        const CAPACITY: usize = 100_000;
+        let token = |i: usize| format!("eyJ.{i:08}.sig");
+        let mut cache = TokenCache::new(CAPACITY);
+        for i in 0..CAPACITY {
+            cache.put(&token(i), verified("x"), 0);
+        }
+        assert_eq!(cache.len(), CAPACITY);
+        // Touch the first thousand: the next thousand become the least recently used.
+        for i in 0..1000 {
+            assert!(cache.get(&token(i), 0).is_some(), "{i}");
+        }
+        for i in CAPACITY..CAPACITY + 1500 {
+            cache.put(&token(i), verified("x"), 0);
+        }
+        assert_eq!(cache.len(), CAPACITY);
+        assert!((0..1000).all(|i| cache.get(&token(i), 0).is_some()));
+        assert!((1000..2500).all(|i| cache.get(&token(i), 0).is_none()));
+        assert!((2500..CAPACITY + 1500).all(|i| cache.get(&token(i), 0).is_some()));
+        // Putting a token already cached replaces it without evicting another.
+        cache.put(&token(5000), verified("y"), 0);
+        assert_eq!(cache.len(), CAPACITY);
+        assert_eq!(cache.get(&token(5000), 0), Some(verified("y")));
     }
 
     #[test]
