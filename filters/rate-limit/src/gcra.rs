@@ -50,19 +50,73 @@ pub struct Tat {
     pub scale: u32,
 }
 
-/// What a limit says about one request.
+/// What a limit says about one request: it conforms (and the key's state moves on), or it
+/// may not pass until some time has gone by (and nothing changes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
-    /// Whether the request conforms.
-    pub allowed: bool,
-    /// The state to store if the request is let through (`None` when refused: nothing changes).
-    pub next: Option<Tat>,
-    /// Requests that would pass right after this decision (0 when refused).
+pub enum Verdict {
+    /// The request conforms.
+    Conforms(Conforming),
+    /// The request is refused.
+    NotUntil(NotUntil),
+}
+
+/// A conforming request: what to store, and what the client may still do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conforming {
+    /// The key's state once the request is let through.
+    pub next: Tat,
+    /// Requests that would pass right after this one.
     pub remaining: u32,
     /// Until the bucket is full again, from now, rounded up to whole nanoseconds.
     pub reset: Duration,
-    /// For a refused request: until the next request would pass, rounded up to whole ns.
-    pub retry_after: Option<Duration>,
+}
+
+/// A refused request: when the next one would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUntil {
+    /// Until the next request would pass, rounded up to whole nanoseconds.
+    pub retry_after: Duration,
+    /// Until the bucket is full again, from now, rounded up to whole nanoseconds.
+    pub reset: Duration,
+}
+
+impl Verdict {
+    /// The conforming verdict, if the request conforms.
+    pub fn conforming(self) -> Option<Conforming> {
+        match self {
+            Verdict::Conforms(c) => Some(c),
+            Verdict::NotUntil(_) => None,
+        }
+    }
+
+    /// Whether the request conforms.
+    pub fn conforms(&self) -> bool {
+        matches!(self, Verdict::Conforms(_))
+    }
+
+    /// Requests that would pass right after this decision (0 when refused).
+    pub fn remaining(&self) -> u32 {
+        match self {
+            Verdict::Conforms(c) => c.remaining,
+            Verdict::NotUntil(_) => 0,
+        }
+    }
+
+    /// Until the bucket is full again.
+    pub fn reset(&self) -> Duration {
+        match self {
+            Verdict::Conforms(c) => c.reset,
+            Verdict::NotUntil(n) => n.reset,
+        }
+    }
+
+    /// For a refused request, until the next request would pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Verdict::Conforms(_) => None,
+            Verdict::NotUntil(n) => Some(n.retry_after),
+        }
+    }
 }
 
 impl Limit {
@@ -146,27 +200,22 @@ impl Limit {
         let interval = self.interval();
         // Conforms when now >= tat - tolerance (written without subtraction).
         if now + tolerance < tat {
-            return Verdict {
-                allowed: false,
-                next: None,
-                remaining: 0,
+            return Verdict::NotUntil(NotUntil {
+                retry_after: self.duration(tat - tolerance - now),
                 reset: self.duration(tat - now),
-                retry_after: Some(self.duration(tat - tolerance - now)),
-            };
+            });
         }
         let next = tat + interval;
         // Cells free after this one: floor((now + τ + T − next) / T), never negative here.
         let remaining = (now + tolerance + interval - next) / interval;
-        Verdict {
-            allowed: true,
-            next: Some(Tat {
+        Verdict::Conforms(Conforming {
+            next: Tat {
                 units: next,
                 scale: self.requests,
-            }),
+            },
             remaining: u32::try_from(remaining.min(u128::from(self.burst))).unwrap_or(0),
             reset: self.duration(next - now),
-            retry_after: None,
-        }
+        })
     }
 
     /// The state after taking back one request admitted under `tat` (its commit was undone
@@ -206,8 +255,8 @@ mod tests {
     /// Runs `decide` and stores the result, as the filter does.
     fn hit(l: &Limit, state: &mut Option<Tat>, now: u64) -> Verdict {
         let v = l.decide(*state, now);
-        if let Some(next) = v.next {
-            *state = Some(next);
+        if let Verdict::Conforms(c) = v {
+            *state = Some(c.next);
         }
         v
     }
@@ -219,17 +268,21 @@ mod tests {
         let mut s = None;
         for expected in [4, 3, 2, 1, 0] {
             let v = hit(&l, &mut s, T0);
-            assert!(v.allowed);
-            assert_eq!(v.remaining, expected);
+            assert!(v.conforms());
+            assert_eq!(v.remaining(), expected);
         }
         let sixth = hit(&l, &mut s, T0);
-        assert!(!sixth.allowed);
-        assert_eq!(sixth.retry_after, Some(Duration::from_secs(1)));
-        assert_eq!(sixth.remaining, 0);
-        assert_eq!(sixth.reset, Duration::from_secs(5));
+        assert_eq!(
+            sixth,
+            Verdict::NotUntil(NotUntil {
+                retry_after: Duration::from_secs(1),
+                reset: Duration::from_secs(5),
+            })
+        );
+        assert_eq!(sixth.remaining(), 0);
         let at3 = hit(&l, &mut s, T0 + 3 * SEC);
-        assert!(at3.allowed);
-        assert_eq!(at3.remaining, 2);
+        assert!(at3.conforms());
+        assert_eq!(at3.remaining(), 2);
     }
 
     #[test]
@@ -238,13 +291,13 @@ mod tests {
         let l = limit(5, Duration::from_secs(60), 5);
         let mut s = None;
         for _ in 0..5 {
-            assert!(hit(&l, &mut s, T0).allowed);
+            assert!(hit(&l, &mut s, T0).conforms());
         }
         let refused = hit(&l, &mut s, T0);
-        assert_eq!(refused.retry_after, Some(Duration::from_secs(12)));
-        assert!(!hit(&l, &mut s, T0 + 12 * SEC - 1).allowed);
-        assert!(hit(&l, &mut s, T0 + 12 * SEC).allowed);
-        assert!(!hit(&l, &mut s, T0 + 12 * SEC).allowed);
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(12)));
+        assert!(!hit(&l, &mut s, T0 + 12 * SEC - 1).conforms());
+        assert!(hit(&l, &mut s, T0 + 12 * SEC).conforms());
+        assert!(!hit(&l, &mut s, T0 + 12 * SEC).conforms());
     }
 
     #[test]
@@ -254,29 +307,29 @@ mod tests {
         let l = limit(3, Duration::from_secs(1), 3);
         let mut s = None;
         for _ in 0..3 {
-            assert!(hit(&l, &mut s, T0).allowed);
+            assert!(hit(&l, &mut s, T0).conforms());
         }
         let early = hit(&l, &mut s, T0 + 333_333_333);
-        assert!(!early.allowed);
+        assert!(!early.conforms());
         // A third of a nanosecond to go, reported rounded up.
-        assert_eq!(early.retry_after, Some(Duration::from_nanos(1)));
-        assert!(hit(&l, &mut s, T0 + 333_333_334).allowed);
+        assert_eq!(early.retry_after(), Some(Duration::from_nanos(1)));
+        assert!(hit(&l, &mut s, T0 + 333_333_334).conforms());
         // Three seconds later the bucket is full again, to the nanosecond.
         let mut s = None;
         for _ in 0..3 {
-            assert!(hit(&l, &mut s, T0).allowed);
+            assert!(hit(&l, &mut s, T0).conforms());
         }
-        assert_eq!(l.decide(s, T0).reset, Duration::from_secs(1));
+        assert_eq!(l.decide(s, T0).reset(), Duration::from_secs(1));
     }
 
     #[test]
     fn a_clock_that_steps_back_means_debt_not_a_negative_wait() {
         let l = limit(1, Duration::from_secs(1), 1);
         let mut s = None;
-        assert!(hit(&l, &mut s, T0).allowed);
+        assert!(hit(&l, &mut s, T0).conforms());
         let back = hit(&l, &mut s, T0 - 5 * SEC);
-        assert!(!back.allowed);
-        assert_eq!(back.retry_after, Some(Duration::from_secs(6)));
+        assert!(!back.conforms());
+        assert_eq!(back.retry_after(), Some(Duration::from_secs(6)));
     }
 
     #[test]
@@ -301,19 +354,19 @@ mod tests {
     fn a_reload_with_another_rate_keeps_the_debt() {
         let old = limit(1, Duration::from_secs(10), 1);
         let mut s = None;
-        assert!(hit(&old, &mut s, T0).allowed);
+        assert!(hit(&old, &mut s, T0).conforms());
         // Now 10 per 100 s: the same interval, written in other units.
         let new = limit(10, Duration::from_secs(100), 1);
         let v = hit(&new, &mut s, T0 + SEC);
-        assert!(!v.allowed);
-        assert_eq!(v.retry_after, Some(Duration::from_secs(9)));
+        assert!(!v.conforms());
+        assert_eq!(v.retry_after(), Some(Duration::from_secs(9)));
     }
 
     #[test]
     fn refund_undoes_an_admission() {
         let l = limit(2, Duration::from_secs(1), 2);
-        let before = Some(l.decide(None, T0).next.unwrap());
-        let after = l.decide(before, T0).next.unwrap();
+        let before = l.decide(None, T0).conforming().map(|c| c.next);
+        let after = l.decide(before, T0).conforming().unwrap().next;
         assert_eq!(Some(l.refund(after)), before);
     }
 
@@ -342,16 +395,16 @@ mod tests {
             for gap in gaps {
                 now += gap;
                 let v = hit(&l, &mut s, now);
-                if v.allowed {
-                    admitted.push(now);
-                } else {
+                if let Verdict::NotUntil(refused) = v {
                     // Retry-After is exactly when the next request passes: not a ns before.
-                    let wait = u64::try_from(v.retry_after.unwrap().as_nanos()).unwrap();
+                    let wait = u64::try_from(refused.retry_after.as_nanos()).unwrap();
                     prop_assert!(wait > 0);
-                    prop_assert!(!l.decide(s, now + wait - 1).allowed);
-                    prop_assert!(l.decide(s, now + wait).allowed);
+                    prop_assert!(!l.decide(s, now + wait - 1).conforms());
+                    prop_assert!(l.decide(s, now + wait).conforms());
+                } else {
+                    admitted.push(now);
                 }
-                prop_assert!(v.remaining <= burst);
+                prop_assert!(v.remaining() <= burst);
             }
             // In any window [a, b], admitted ≤ burst + (b − a) · requests / per.
             for (i, &a) in admitted.iter().enumerate() {
@@ -372,7 +425,7 @@ mod tests {
             let gap = u64::try_from((u128::from(per_ms) * 1_000_000).div_ceil(u128::from(requests))).unwrap();
             let mut s = None;
             for i in 0..n {
-                prop_assert!(hit(&l, &mut s, T0 + gap * i as u64).allowed, "request {i}");
+                prop_assert!(hit(&l, &mut s, T0 + gap * i as u64).conforms(), "request {i}");
             }
         }
     }

@@ -143,7 +143,7 @@ fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome 
             .zip(&read)
             .map(|(t, (bucket, _))| t.rule.limit.decide(bucket.get(t.key), now))
             .collect();
-        if verdicts.iter().any(|v| !v.allowed) {
+        if verdicts.iter().any(|v| !v.conforms()) {
             return Outcome::Refused(verdicts);
         }
         let mut evicted = Vec::with_capacity(targets.len());
@@ -152,8 +152,9 @@ fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome 
             targets.iter().zip(read).zip(&verdicts).enumerate()
         {
             let mut bucket = bucket;
-            if let Some(next) = verdict.next {
-                evicted.push(bucket.put(t.key, next, &t.rule.limit, now) == Placement::Evicted);
+            if let Verdict::Conforms(conforming) = verdict {
+                let placed = bucket.put(t.key, conforming.next, &t.rule.limit, now);
+                evicted.push(placed == Placement::Evicted);
             }
             match store.set(&t.bucket, &bucket.encode(), Some(cas)) {
                 Ok(Written::Yes) => {}
@@ -239,7 +240,7 @@ impl Filter for RateLimit {
                 let violated: Vec<&Target<'_>> = targets
                     .iter()
                     .zip(&verdicts)
-                    .filter(|(_, v)| !v.allowed)
+                    .filter(|(_, v)| !v.conforms())
                     .map(|(t, _)| t)
                     .collect();
                 if self.config.shadow {

@@ -39,9 +39,9 @@ pub struct RuleStatus<'a> {
 impl RuleStatus<'_> {
     /// The `t` of `RateLimit`.
     fn t(&self) -> u64 {
-        match self.verdict.retry_after {
-            Some(wait) => whole_seconds_at_least_one(wait),
-            None => whole_seconds(self.verdict.reset),
+        match self.verdict {
+            Verdict::NotUntil(refused) => whole_seconds_at_least_one(refused.retry_after),
+            Verdict::Conforms(conforming) => whole_seconds(conforming.reset),
         }
     }
 }
@@ -70,7 +70,7 @@ pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, St
                 .collect();
             let state: Vec<String> = statuses
                 .iter()
-                .map(|s| format!("\"{}\";r={};t={}", s.name, s.verdict.remaining, s.t()))
+                .map(|s| format!("\"{}\";r={};t={}", s.name, s.verdict.remaining(), s.t()))
                 .collect();
             vec![
                 ("ratelimit-policy".to_owned(), policy.join(", ")),
@@ -80,13 +80,13 @@ pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, St
         Dialect::Legacy => {
             let closest = statuses
                 .iter()
-                .min_by_key(|s| (s.verdict.remaining, std::cmp::Reverse(s.t())));
+                .min_by_key(|s| (s.verdict.remaining(), std::cmp::Reverse(s.t())));
             match closest {
                 Some(s) => vec![
                     ("x-ratelimit-limit".to_owned(), s.limit.burst().to_string()),
                     (
                         "x-ratelimit-remaining".to_owned(),
-                        s.verdict.remaining.to_string(),
+                        s.verdict.remaining().to_string(),
                     ),
                     ("x-ratelimit-reset".to_owned(), s.t().to_string()),
                 ],
@@ -100,12 +100,12 @@ pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, St
 pub fn refused(status: u16, dialect: Dialect, statuses: &[RuleStatus<'_>]) -> LocalResponse {
     let violated: Vec<&RuleStatus<'_>> = statuses
         .iter()
-        .filter(|s| s.verdict.retry_after.is_some())
+        .filter(|s| !s.verdict.conforms())
         .collect();
     // The request passes only once every refusing rule would let it through.
     let retry_after = violated
         .iter()
-        .filter_map(|s| s.verdict.retry_after)
+        .filter_map(|s| s.verdict.retry_after())
         .max()
         .map_or(1, whole_seconds_at_least_one);
     let names: Vec<String> = violated.iter().map(|s| format!("\"{}\"", s.name)).collect();
@@ -182,8 +182,8 @@ mod tests {
     #[test]
     fn a_refusal_carries_retry_after_and_t_not_later() {
         let l = Limit::new(1, Duration::from_secs(10), 2).unwrap();
-        let first = l.decide(None, NOW).next;
-        let second = l.decide(first, NOW).next;
+        let first = l.decide(None, NOW).conforming().map(|c| c.next);
+        let second = l.decide(first, NOW).conforming().map(|c| c.next);
         let refused_verdict = l.decide(second, NOW);
         let statuses = [status("r", &l, refused_verdict)];
         let reply = refused(429, Dialect::Draft, &statuses);

@@ -260,7 +260,7 @@ mod tests {
     }
 
     fn admitted(at: u64) -> Tat {
-        limit().decide(None, at).next.unwrap()
+        limit().decide(None, at).conforming().unwrap().next
     }
 
     #[test]
