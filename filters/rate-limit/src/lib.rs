@@ -16,7 +16,7 @@ pub mod reply;
 pub mod table;
 
 use crate::config::{Compiled, OnContention, RateLimitConfig, Rule};
-use crate::gcra::Verdict;
+use crate::gcra::{Conforming, Verdict};
 use crate::reply::RuleStatus;
 use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
@@ -77,11 +77,20 @@ struct Target<'a> {
     bucket: String,
 }
 
-/// What charging the applying rules came to.
+/// One applying rule, charged for the request.
+#[derive(Debug)]
+struct Charged {
+    /// What its limit said.
+    verdict: Conforming,
+    /// Whether storing the key pushed a busy key out of its bucket.
+    evicted_busy_key: bool,
+}
+
+/// What charging the applying rules came to, one entry per target in the targets' order.
 #[derive(Debug)]
 enum Outcome {
-    /// Every rule allowed and was charged; how many busy keys were pushed out, per target.
-    Allowed(Vec<Verdict>, Vec<bool>),
+    /// Every rule allowed and was charged.
+    Allowed(Vec<Charged>),
     /// Some rule refused; nothing was charged.
     Refused(Vec<Verdict>),
     /// The store stayed contended, or failed.
@@ -143,19 +152,23 @@ fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome 
             .zip(&read)
             .map(|(t, (bucket, _))| t.rule.limit.decide(bucket.get(t.key), now))
             .collect();
-        if verdicts.iter().any(|v| !v.conforms()) {
+        let Some(conforming) = verdicts
+            .iter()
+            .map(|v| v.conforming())
+            .collect::<Option<Vec<Conforming>>>()
+        else {
             return Outcome::Refused(verdicts);
-        }
-        let mut evicted = Vec::with_capacity(targets.len());
+        };
+        let mut charged = Vec::with_capacity(targets.len());
         let mut lost_race = false;
-        for (i, ((t, (bucket, cas)), verdict)) in
-            targets.iter().zip(read).zip(&verdicts).enumerate()
+        for (i, ((t, (mut bucket, cas)), verdict)) in
+            targets.iter().zip(read).zip(conforming).enumerate()
         {
-            let mut bucket = bucket;
-            if let Verdict::Conforms(conforming) = verdict {
-                let placed = bucket.put(t.key, conforming.next, &t.rule.limit, now);
-                evicted.push(placed == Placement::Evicted);
-            }
+            let placed = bucket.put(t.key, verdict.next, &t.rule.limit, now);
+            charged.push(Charged {
+                verdict,
+                evicted_busy_key: placed == Placement::Evicted,
+            });
             match store.set(&t.bucket, &bucket.encode(), Some(cas)) {
                 Ok(Written::Yes) => {}
                 Ok(Written::CasMismatch) => {
@@ -170,7 +183,7 @@ fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome 
             }
         }
         if !lost_race {
-            return Outcome::Allowed(verdicts, evicted);
+            return Outcome::Allowed(charged);
         }
     }
     Outcome::Unavailable(StoreError::Contention {
@@ -226,13 +239,15 @@ impl Filter for RateLimit {
             reply::headers(self.config.dialect, &rule_statuses(&targets, verdicts))
         };
         match charge(&targets, now.as_nanos(), env.store) {
-            Outcome::Allowed(verdicts, evicted) => {
-                for (t, pushed_out) in targets.iter().zip(evicted) {
+            Outcome::Allowed(charged) => {
+                for (t, c) in targets.iter().zip(&charged) {
                     env.metrics.add(metric(t.index, ALLOWED), 1);
-                    if pushed_out {
+                    if c.evicted_busy_key {
                         env.metrics.add(metric(t.index, EVICTED), 1);
                     }
                 }
+                let verdicts: Vec<Verdict> =
+                    charged.iter().map(|c| Verdict::Conforms(c.verdict)).collect();
                 stream.response_headers = headers(&verdicts);
                 Decision::pass()
             }
