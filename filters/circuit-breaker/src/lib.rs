@@ -15,7 +15,7 @@ pub mod window;
 use crate::config::{Breaker, CircuitBreakerConfig, Mode};
 use crate::state::{Admission, Outcome, Record, State, Transition};
 use filter_core::config::ConfigError;
-use filter_core::decision::{Decision, HeaderEdits};
+use filter_core::decision::{Decision, HeaderEdits, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricId, MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
@@ -233,7 +233,7 @@ impl Filter for CircuitBreaker {
                     probe,
                     started: now,
                 });
-                let mut edits = HeaderEdits::default();
+                let mut edits = RequestEdits::default();
                 if state != State::Closed {
                     edits = edits.filter_state(FILTER_STATE, state.name());
                 }
@@ -243,7 +243,7 @@ impl Filter for CircuitBreaker {
                 if breaker.mode == Mode::Shadow {
                     env.metrics.add(metric(index, SHADOW_REJECTED), 1);
                     return Decision::Continue(
-                        HeaderEdits::default().filter_state(FILTER_STATE, state.name()),
+                        RequestEdits::default().filter_state(FILTER_STATE, state.name()),
                     );
                 }
                 env.metrics.add(metric(index, REJECTED), 1);

@@ -131,7 +131,7 @@ fn a_probe_whose_client_left_hands_its_permit_back() {
     assert_eq!(
         d,
         Decision::Continue(
-            filter_core::decision::HeaderEdits::default().filter_state(FILTER_STATE, "half_open")
+            filter_core::decision::RequestEdits::default().filter_state(FILTER_STATE, "half_open")
         )
     );
     assert!(
@@ -176,7 +176,7 @@ fn shadow_mode_lets_refusals_through_and_says_so_to_later_filters() {
     assert_eq!(
         d,
         Decision::Continue(
-            filter_core::decision::HeaderEdits::default().filter_state(FILTER_STATE, "open")
+            filter_core::decision::RequestEdits::default().filter_state(FILTER_STATE, "open")
         )
     );
     // The passed request was not recorded: enforce mode would never have sent it.

@@ -8,8 +8,8 @@
 /// What to do with a request whose headers have arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Let the request go on upstream, after applying these header edits.
-    Continue(HeaderEdits),
+    /// Let the request go on upstream, after applying these edits.
+    Continue(RequestEdits),
     /// Answer the request here; it never reaches the upstream.
     Respond(LocalResponse),
     /// Hold the request and decide again on the filter's next tick (for example, until keys
@@ -21,7 +21,66 @@ pub enum Decision {
 impl Decision {
     /// Continue with no edits.
     pub fn pass() -> Self {
-        Decision::Continue(HeaderEdits::default())
+        Decision::Continue(RequestEdits::default())
+    }
+
+    /// Continue after these header edits, leaving no filter state.
+    pub fn forward(headers: HeaderEdits) -> Self {
+        Decision::Continue(RequestEdits {
+            headers,
+            filter_state: Vec::new(),
+        })
+    }
+}
+
+/// What a request that goes on carries from a filter: its header edits, and values for later
+/// filters of the same request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestEdits {
+    /// Changes to the request headers.
+    pub headers: HeaderEdits,
+    /// Envoy filter state, set with `set_property` (readable as `wasm.<name>`, e.g.
+    /// `%FILTER_STATE(wasm.<name>:PLAIN)%`), as `(name, value)`.
+    pub filter_state: Vec<(String, String)>,
+}
+
+impl RequestEdits {
+    /// No change.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.filter_state.is_empty()
+    }
+
+    /// Adds a value for later filters.
+    pub fn filter_state(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.filter_state.push((name.into(), value.into()));
+        self
+    }
+
+    /// Appends `later`'s edits with the effect of applying these and then `later`'s (see
+    /// [`HeaderEdits::then`]); a filter state value set twice keeps the later one.
+    pub fn then(&mut self, later: RequestEdits) {
+        self.headers.then(later.headers);
+        for (name, value) in later.filter_state {
+            self.filter_state.retain(|(n, _)| *n != name);
+            self.filter_state.push((name, value));
+        }
+    }
+
+    /// The value these edits leave in filter state `name`, if any.
+    pub fn filter_state_value(&self, name: &str) -> Option<&str> {
+        self.filter_state
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl From<HeaderEdits> for RequestEdits {
+    fn from(headers: HeaderEdits) -> Self {
+        Self {
+            headers,
+            filter_state: Vec::new(),
+        }
     }
 }
 
@@ -64,21 +123,12 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
     /// Headers to set, replacing existing values.
     pub set: Vec<(String, String)>,
-    /// Values for later filters of the same request: Envoy filter state, set with
-    /// `set_property` (readable as `wasm.<name>`, e.g. `%FILTER_STATE(wasm.<name>:PLAIN)%`).
-    pub filter_state: Vec<(String, String)>,
 }
 
 impl HeaderEdits {
     /// No change.
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.filter_state.is_empty()
-    }
-
-    /// Adds a value for later filters.
-    pub fn filter_state(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.filter_state.push((name.into(), value.into()));
-        self
+        self.remove.is_empty() && self.set.is_empty()
     }
 
     /// Adds a removal.
@@ -106,10 +156,6 @@ impl HeaderEdits {
         for (name, value) in later.set {
             self.set.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
             self.set.push((name, value));
-        }
-        for (name, value) in later.filter_state {
-            self.filter_state.retain(|(n, _)| *n != name);
-            self.filter_state.push((name, value));
         }
     }
 
@@ -297,9 +343,18 @@ mod tests {
         assert_eq!(edits.header("x-user-id"), Some(Some("u")));
         assert_eq!(edits.header("x-a"), Some(None));
         assert_eq!(edits.header("x-b"), None);
-        edits.then(HeaderEdits::default().filter_state("s", "1"));
-        edits.then(HeaderEdits::default().filter_state("s", "2"));
+    }
+
+    #[test]
+    fn merged_request_edits_keep_the_later_filter_state() {
+        let mut edits = RequestEdits::from(HeaderEdits::default().set("x-a", "1"));
+        edits.then(RequestEdits::default().filter_state("s", "1"));
+        edits.then(RequestEdits::from(HeaderEdits::default().remove("x-a")).filter_state("s", "2"));
         assert_eq!(edits.filter_state, [("s".to_owned(), "2".to_owned())]);
+        assert_eq!(edits.filter_state_value("s"), Some("2"));
+        assert_eq!(edits.headers.header("x-a"), Some(None));
+        assert!(!edits.is_empty());
+        assert!(RequestEdits::default().is_empty());
     }
 
     #[test]

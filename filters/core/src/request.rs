@@ -1,6 +1,6 @@
 //! What policy code may see of a request (and of its response).
 
-use crate::decision::HeaderEdits;
+use crate::decision::{HeaderEdits, RequestEdits};
 
 /// A read-only view of the request, as the filter saw it when its request headers arrived.
 ///
@@ -26,7 +26,7 @@ pub trait RequestView {
         None
     }
 
-    /// A value an earlier filter left for later ones ([`crate::decision::HeaderEdits::filter_state`]).
+    /// A value an earlier filter left for later ones ([`crate::decision::RequestEdits::filter_state`]).
     fn filter_state(&self, _name: &str) -> Option<&str> {
         None
     }
@@ -244,17 +244,17 @@ impl ResponseView for Response {
     }
 }
 
-/// A request as a later policy sees it after earlier ones' header edits, before the host
-/// applies any of them: policies combined in one module see what separate filters would.
+/// A request as a later policy sees it after earlier ones' edits, before the host applies any
+/// of them: policies combined in one module see what separate filters would.
 #[derive(Clone, Copy)]
 pub struct EditedRequest<'a> {
     request: &'a dyn RequestView,
-    edits: &'a HeaderEdits,
+    edits: &'a RequestEdits,
 }
 
 impl<'a> EditedRequest<'a> {
     /// `request` with `edits` applied.
-    pub fn new(request: &'a dyn RequestView, edits: &'a HeaderEdits) -> Self {
+    pub fn new(request: &'a dyn RequestView, edits: &'a RequestEdits) -> Self {
         Self { request, edits }
     }
 }
@@ -269,28 +269,28 @@ impl std::fmt::Debug for EditedRequest<'_> {
 
 impl RequestView for EditedRequest<'_> {
     fn method(&self) -> &str {
-        match self.edits.header(":method") {
+        match self.edits.headers.header(":method") {
             Some(Some(method)) => method,
             _ => self.request.method(),
         }
     }
 
     fn path(&self) -> &str {
-        match self.edits.header(":path") {
+        match self.edits.headers.header(":path") {
             Some(Some(path)) => path,
             _ => self.request.path(),
         }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        match self.edits.header(name) {
+        match self.edits.headers.header(name) {
             Some(edited) => edited,
             None => self.request.header(name),
         }
     }
 
     fn header_values(&self, name: &str) -> Vec<&str> {
-        match self.edits.header(name) {
+        match self.edits.headers.header(name) {
             Some(edited) => edited.into_iter().collect(),
             None => self.request.header_values(name),
         }
@@ -305,10 +305,9 @@ impl RequestView for EditedRequest<'_> {
     }
 
     fn filter_state(&self, name: &str) -> Option<&str> {
-        match self.edits.filter_state.iter().find(|(n, _)| n == name) {
-            Some((_, value)) => Some(value),
-            None => self.request.filter_state(name),
-        }
+        self.edits
+            .filter_state_value(name)
+            .or_else(|| self.request.filter_state(name))
     }
 }
 
@@ -371,11 +370,13 @@ mod tests {
             .with_header("x-keep", "2")
             .with_filter_state("s", "old")
             .with_cluster("c");
-        let edits = HeaderEdits::default()
-            .remove("x-user-id")
-            .remove("x-gone")
-            .set("x-user-id", "alice")
-            .filter_state("s", "new");
+        let edits = RequestEdits::from(
+            HeaderEdits::default()
+                .remove("x-user-id")
+                .remove("x-gone")
+                .set("x-user-id", "alice"),
+        )
+        .filter_state("s", "new");
         let view = EditedRequest::new(&request, &edits);
         assert_eq!(view.header("x-user-id"), Some("alice"));
         assert_eq!(view.header_values("x-user-id"), ["alice"]);
@@ -386,7 +387,7 @@ mod tests {
             (view.method(), view.path(), view.cluster()),
             ("GET", "/a", Some("c"))
         );
-        let removed = HeaderEdits::default().remove("x-keep");
+        let removed = RequestEdits::from(HeaderEdits::default().remove("x-keep"));
         assert!(
             EditedRequest::new(&request, &removed)
                 .header_values("x-keep")

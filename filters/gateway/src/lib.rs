@@ -10,7 +10,7 @@
 //! - Requests go through the policies in order. Each sees the request as the policies before
 //!   it left it ([`EditedRequest`]): rate_limit keys on the `x-user-id` jwt_auth set, and
 //!   retry_policy sees the circuit breaker's `circuit_breaker.state`. The edits reach Envoy
-//!   once, merged ([`HeaderEdits::then`]), instead of one batch of host calls per filter.
+//!   once, merged ([`RequestEdits::then`]), instead of one batch of host calls per filter.
 //! - The first policy to answer a request ends it there, as a local reply ends a filter chain.
 //! - A policy that holds a request ([`Decision::Wait`]) is asked again on the next tick, and
 //!   the chain goes on from it with the edits made before it.
@@ -29,7 +29,7 @@ pub mod stage;
 use crate::stage::{Slot, Stage, Step};
 use circuit_breaker::CircuitBreaker;
 use filter_core::config::{ConfigError, FieldPath, FromJson, Members};
-use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
+use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::json::Json;
 use filter_core::metrics::MetricKind;
@@ -104,7 +104,7 @@ pub struct GatewayStream {
     /// The stage a held request resumes at.
     resume_at: usize,
     /// The edits of the stages before `resume_at`, not yet handed to Envoy.
-    pending: HeaderEdits,
+    pending: RequestEdits,
 }
 
 /// Callout tags carry the stage's position in their top byte, so each answer finds its stage.

@@ -12,7 +12,7 @@
 
 use circuit_breaker::CircuitBreaker;
 use filter_core::config::parse_json;
-use filter_core::decision::{Decision, HeaderEdits, LocalResponse};
+use filter_core::decision::{Decision, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::RecordedLog;
 use filter_core::metrics::{MetricId, RecordedMetrics};
@@ -115,13 +115,18 @@ impl Exchange {
             .with_code_details("via_upstream")
     }
 
-    /// Applies edits as the host does: removals, then sets, then filter state.
+    /// Applies header edits as the host does: removals, then sets.
     fn apply(&mut self, edits: &HeaderEdits) {
         self.headers.retain(|(n, _)| !edits.remove.contains(n));
         for (name, value) in &edits.set {
             self.headers.retain(|(n, _)| n != name);
             self.headers.push((name.clone(), value.clone()));
         }
+    }
+
+    /// Applies a passed request's edits as the host does: headers, then filter state.
+    fn apply_request(&mut self, edits: &RequestEdits) {
+        self.apply(&edits.headers);
         for (name, value) in &edits.filter_state {
             self.filter_state.retain(|(n, _)| n != name);
             self.filter_state.push((name.clone(), value.clone()));
@@ -220,7 +225,7 @@ fn decode<F: Filter>(
         .on_request(stream, &exchange.request(), &alone.env(now))
     {
         Decision::Continue(edits) => {
-            exchange.apply(&edits);
+            exchange.apply_request(&edits);
             None
         }
         other => Some(other),

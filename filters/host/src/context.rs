@@ -7,7 +7,7 @@
 use crate::host::{self, HostLog, HostMetrics, HostStore, HostVerifier};
 use crate::request::{HostRequest, HostResponse};
 use filter_core::config::parse_json;
-use filter_core::decision::{CalloutResult, Decision, HeaderEdits, LocalResponse};
+use filter_core::decision::{CalloutResult, Decision, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::request::{RequestView, Response, ResponseView};
 use proxy_wasm::hostcalls;
@@ -120,7 +120,7 @@ impl<F: Filter + 'static> Root<F> {
             let done = match decision {
                 Some((Decision::Wait, _)) => false,
                 Some((Decision::Continue(edits), _)) => {
-                    let resumed = host::apply_edits(MapType::HttpRequestHeaders, &edits)
+                    let resumed = host::apply_request_edits(&edits)
                         .and_then(|()| hostcalls::resume_http_request());
                     if let Err(status) = resumed {
                         log_error::<F>(&format!("cannot resume a held request: {status:?}"));
@@ -284,11 +284,11 @@ impl<F: Filter> Stream<F> {
         Action::Pause
     }
 
-    fn apply(&self, edits: &HeaderEdits, request: &dyn RequestView) -> Action {
+    fn apply(&self, edits: &RequestEdits, request: &dyn RequestView) -> Action {
         if edits.is_empty() {
             return Action::Continue;
         }
-        match host::apply_edits(MapType::HttpRequestHeaders, edits) {
+        match host::apply_request_edits(edits) {
             Ok(()) => Action::Continue,
             Err(status) => {
                 log_error::<F>(&format!("cannot edit request headers: {status:?}"));

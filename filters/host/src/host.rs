@@ -1,6 +1,6 @@
 //! Host calls, each wrapped so that its failure is a value rather than a trap.
 
-use filter_core::decision::{Callout, HeaderEdits, LocalResponse};
+use filter_core::decision::{Callout, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::log::Log;
 use filter_core::metrics::{MetricId, MetricKind, Metrics};
 use filter_core::signature::{Digest, NativeVerifier};
@@ -75,6 +75,12 @@ pub(crate) fn apply_edits(map: MapType, edits: &HeaderEdits) -> Result<(), Statu
     for (name, value) in &edits.set {
         hostcalls::set_map_value(map, name, Some(value))?;
     }
+    Ok(())
+}
+
+/// Applies a passed request's edits: its headers, then the filter state it leaves.
+pub(crate) fn apply_request_edits(edits: &RequestEdits) -> Result<(), Status> {
+    apply_edits(MapType::HttpRequestHeaders, &edits.headers)?;
     for (name, value) in &edits.filter_state {
         hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes()))?;
     }

@@ -269,7 +269,7 @@ impl Filter for JwtAuth {
         match decided {
             Ok(passed) => {
                 env.metrics.add(ALLOWED, 1);
-                Decision::Continue(self.pass(request, &passed))
+                Decision::forward(self.pass(request, &passed))
             }
             Err(denial) => {
                 if self.should_wait(stream, &denial, &notes, keys, env) {

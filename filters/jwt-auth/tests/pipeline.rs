@@ -96,7 +96,7 @@ fn get(path: &str) -> Request {
 
 fn passed(d: &Decision) -> &HeaderEdits {
     match d {
-        Decision::Continue(edits) => edits,
+        Decision::Continue(edits) => &edits.headers,
         Decision::Respond(r) => panic!("refused with {} ({}): {:?}", r.status, r.detail, r.headers),
         Decision::Wait => panic!("held, not let through"),
     }

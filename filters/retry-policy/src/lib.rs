@@ -221,7 +221,7 @@ impl Filter for RetryPolicy {
             .find(|r| r.matcher.matches(request))
         else {
             // No rule: the route's own policy applies, never a client's headers.
-            return Decision::Continue(write(&[], internal(request)));
+            return Decision::forward(write(&[], internal(request)));
         };
         let refused = self.refusal(request).or_else(|| {
             let allows = self.budget_allows(env);
@@ -235,7 +235,7 @@ impl Filter for RetryPolicy {
             None => {
                 env.metrics.add(GIVEN_RETRIES, 1);
                 stream.granted = rule.num_retries > 0;
-                Decision::Continue(write(&rule.headers, internal(request)))
+                Decision::forward(write(&rule.headers, internal(request)))
             }
             Some(reason) => {
                 env.metrics.add(
@@ -247,7 +247,7 @@ impl Filter for RetryPolicy {
                     1,
                 );
                 // Also shuts off a route-level retry policy.
-                Decision::Continue(write(&self.no_retries, internal(request)))
+                Decision::forward(write(&self.no_retries, internal(request)))
             }
         }
     }

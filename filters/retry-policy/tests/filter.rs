@@ -60,7 +60,7 @@ impl World {
         } else {
             HeaderEdits::default()
         };
-        (edits, after)
+        (edits.headers, after)
     }
 
     fn metric(&self, id: usize) -> i64 {
