@@ -17,7 +17,7 @@ use crate::state::{Admission, Outcome, Record, State, Transition};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits, RequestEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricId, MetricKind, PerItem};
+use filter_core::metrics::{MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, StoreError};
 use filter_core::time::WorkerClock;
@@ -53,36 +53,74 @@ pub struct Stream {
     admitted: Option<Admitted>,
 }
 
-/// Metrics each breaker has, in this order, named `<breaker>.<name>`.
-const BREAKER_METRICS: PerItem = PerItem(&[
-    ("state", MetricKind::Gauge),
-    ("to_open", MetricKind::Counter),
-    ("to_half_open", MetricKind::Counter),
-    ("to_closed", MetricKind::Counter),
-    ("calls_success", MetricKind::Counter),
-    ("calls_failure", MetricKind::Counter),
-    ("calls_slow", MetricKind::Counter),
-    ("calls_ignored", MetricKind::Counter),
-    ("rejected", MetricKind::Counter),
-    ("shadow_rejected", MetricKind::Counter),
-    ("discarded", MetricKind::Counter),
-    ("contention", MetricKind::Counter),
-]);
-const STATE: usize = 0;
-const TO_OPEN: usize = 1;
-const TO_HALF_OPEN: usize = 2;
-const TO_CLOSED: usize = 3;
-const SUCCESS: usize = 4;
-const FAILURE: usize = 5;
-const SLOW: usize = 6;
-const IGNORED: usize = 7;
-const REJECTED: usize = 8;
-const SHADOW_REJECTED: usize = 9;
-const DISCARDED: usize = 10;
-const CONTENTION: usize = 11;
+/// The metrics each breaker has, named `<breaker>.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerMetric {
+    /// The state as a gauge: 0 closed, 1 open, 2 half-open.
+    State,
+    /// Changes to open.
+    ToOpen,
+    /// Changes to half-open.
+    ToHalfOpen,
+    /// Changes to closed.
+    ToClosed,
+    /// Calls recorded as successes.
+    Success,
+    /// Calls recorded as failures.
+    Failure,
+    /// Calls recorded as slow (also counted as a success or a failure).
+    Slow,
+    /// Calls the breaker does not count.
+    Ignored,
+    /// Requests refused while open.
+    Rejected,
+    /// Requests that would have been refused, in shadow mode.
+    ShadowRejected,
+    /// Outcomes dropped because the breaker changed state since the call began.
+    Discarded,
+    /// Decisions or outcomes the shared store could not take.
+    Contention,
+}
 
-fn metric(breaker: usize, which: usize) -> MetricId {
-    BREAKER_METRICS.id(breaker, which)
+impl PerItem for BreakerMetric {
+    const ALL: &'static [Self] = &[
+        BreakerMetric::State,
+        BreakerMetric::ToOpen,
+        BreakerMetric::ToHalfOpen,
+        BreakerMetric::ToClosed,
+        BreakerMetric::Success,
+        BreakerMetric::Failure,
+        BreakerMetric::Slow,
+        BreakerMetric::Ignored,
+        BreakerMetric::Rejected,
+        BreakerMetric::ShadowRejected,
+        BreakerMetric::Discarded,
+        BreakerMetric::Contention,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            BreakerMetric::State => "state",
+            BreakerMetric::ToOpen => "to_open",
+            BreakerMetric::ToHalfOpen => "to_half_open",
+            BreakerMetric::ToClosed => "to_closed",
+            BreakerMetric::Success => "calls_success",
+            BreakerMetric::Failure => "calls_failure",
+            BreakerMetric::Slow => "calls_slow",
+            BreakerMetric::Ignored => "calls_ignored",
+            BreakerMetric::Rejected => "rejected",
+            BreakerMetric::ShadowRejected => "shadow_rejected",
+            BreakerMetric::Discarded => "discarded",
+            BreakerMetric::Contention => "contention",
+        }
+    }
+
+    fn kind(self) -> MetricKind {
+        match self {
+            BreakerMetric::State => MetricKind::Gauge,
+            _ => MetricKind::Counter,
+        }
+    }
 }
 
 /// Whether a local reply's `response.code_details` says the upstream failed (connect failure,
@@ -102,11 +140,11 @@ impl CircuitBreaker {
     fn report(&self, index: usize, breaker: &Breaker, transitions: &[Transition], env: &Env<'_>) {
         for t in transitions {
             let which = match t.to {
-                State::Open { .. } => TO_OPEN,
-                State::HalfOpen { .. } => TO_HALF_OPEN,
-                State::Closed => TO_CLOSED,
+                State::Open { .. } => BreakerMetric::ToOpen,
+                State::HalfOpen { .. } => BreakerMetric::ToHalfOpen,
+                State::Closed => BreakerMetric::ToClosed,
             };
-            env.metrics.add(metric(index, which), 1);
+            env.metrics.add(which.id(index), 1);
             env.log.info(&format!(
                 "breaker {}: {} -> {}",
                 breaker.name,
@@ -115,7 +153,8 @@ impl CircuitBreaker {
             ));
         }
         if let Some(last) = transitions.last() {
-            env.metrics.record(metric(index, STATE), last.to.gauge());
+            env.metrics
+                .record(BreakerMetric::State.id(index), last.to.gauge());
         }
     }
 
@@ -143,18 +182,18 @@ impl CircuitBreaker {
         match result {
             Ok((counted, transitions)) => {
                 let which = match (counted, outcome) {
-                    (false, _) => DISCARDED,
-                    (true, Outcome::Ignored) => IGNORED,
-                    (true, Outcome::Call { failed: true, .. }) => FAILURE,
-                    (true, Outcome::Call { .. }) => SUCCESS,
+                    (false, _) => BreakerMetric::Discarded,
+                    (true, Outcome::Ignored) => BreakerMetric::Ignored,
+                    (true, Outcome::Call { failed: true, .. }) => BreakerMetric::Failure,
+                    (true, Outcome::Call { .. }) => BreakerMetric::Success,
                 };
-                env.metrics.add(metric(index, which), 1);
+                env.metrics.add(which.id(index), 1);
                 if let (true, Outcome::Call { slow: true, .. }) = (counted, outcome) {
-                    env.metrics.add(metric(index, SLOW), 1);
+                    env.metrics.add(BreakerMetric::Slow.id(index), 1);
                 }
                 self.report(index, breaker, &transitions, env);
             }
-            Err(_) => env.metrics.add(metric(index, CONTENTION), 1),
+            Err(_) => env.metrics.add(BreakerMetric::Contention.id(index), 1),
         }
     }
 }
@@ -172,7 +211,7 @@ impl Filter for CircuitBreaker {
     type Stream = Stream;
 
     fn config_metrics(&self) -> Vec<(String, MetricKind)> {
-        BREAKER_METRICS.defs(self.breakers.iter().map(|b| b.name.as_str()))
+        BreakerMetric::defs(self.breakers.iter().map(|b| b.name.as_str()))
     }
 
     fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
@@ -199,7 +238,7 @@ impl Filter for CircuitBreaker {
         match breaker.mode {
             Mode::Disabled => return Decision::pass(),
             Mode::ForcedOpen => {
-                env.metrics.add(metric(index, REJECTED), 1);
+                env.metrics.add(BreakerMetric::Rejected.id(index), 1);
                 return Decision::Respond(reply::refused(breaker, "forced_open", None));
             }
             Mode::Enforce | Mode::Shadow => {}
@@ -220,7 +259,7 @@ impl Filter for CircuitBreaker {
             Ok(done) => done,
             Err(StoreError::Contention { .. } | StoreError::Host(_)) => {
                 // Never fail closed because workers collided: let it through, uncounted.
-                env.metrics.add(metric(index, CONTENTION), 1);
+                env.metrics.add(BreakerMetric::Contention.id(index), 1);
                 return Decision::pass();
             }
         };
@@ -241,12 +280,12 @@ impl Filter for CircuitBreaker {
             }
             Admission::Reject { retry_after } => {
                 if breaker.mode == Mode::Shadow {
-                    env.metrics.add(metric(index, SHADOW_REJECTED), 1);
+                    env.metrics.add(BreakerMetric::ShadowRejected.id(index), 1);
                     return Decision::Continue(
                         RequestEdits::default().filter_state(FILTER_STATE, state.name()),
                     );
                 }
-                env.metrics.add(metric(index, REJECTED), 1);
+                env.metrics.add(BreakerMetric::Rejected.id(index), 1);
                 Decision::Respond(reply::refused(breaker, state.name(), Some(retry_after)))
             }
         }

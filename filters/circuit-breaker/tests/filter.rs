@@ -9,12 +9,12 @@
     reason = "test code: a panic is how a test fails"
 )]
 
-use circuit_breaker::{CircuitBreaker, FILTER_STATE, Stream};
+use circuit_breaker::{BreakerMetric, CircuitBreaker, FILTER_STATE, Stream};
 use filter_core::config::parse_json;
 use filter_core::decision::{Decision, LocalResponse};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::RecordedLog;
-use filter_core::metrics::{MetricId, RecordedMetrics};
+use filter_core::metrics::{PerItem, RecordedMetrics};
 use filter_core::request::{Request, Response};
 use filter_core::signature::NoNativeVerifier;
 use filter_core::store::MemStore;
@@ -72,9 +72,9 @@ impl World {
         d
     }
 
-    /// Metric `which` of breaker 0 (see BREAKER_METRICS).
-    fn metric(&self, which: usize) -> i64 {
-        self.metrics.value(MetricId(which))
+    /// Metric `which` of breaker 0.
+    fn metric(&self, which: BreakerMetric) -> i64 {
+        self.metrics.value(which.id(0))
     }
 }
 
@@ -92,12 +92,6 @@ fn header<'a>(r: &'a LocalResponse, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-const TO_OPEN: usize = 1;
-const SUCCESS: usize = 4;
-const FAILURE: usize = 5;
-const IGNORED: usize = 7;
-const REJECTED: usize = 8;
-
 #[test]
 fn upstream_failures_trip_it_but_other_filters_replies_do_not() {
     let w = World::new("");
@@ -105,14 +99,24 @@ fn upstream_failures_trip_it_but_other_filters_replies_do_not() {
     for _ in 0..3 {
         w.call(T0, Response::new(503).with_code_details("direct_response"));
     }
-    assert_eq!(w.metric(IGNORED), 3);
+    assert_eq!(w.metric(BreakerMetric::Ignored), 3);
     assert!(refusal(&w.call(T0, Response::new(200))).is_none());
     // Envoy's reply for a refused connection is the upstream failing.
     let refused_connection = Response::new(503)
         .with_code_details("upstream_reset_before_response_started{connection_failure}");
     w.call(T0, refused_connection);
-    assert_eq!((w.metric(SUCCESS), w.metric(FAILURE)), (1, 1));
-    assert_eq!(w.metric(TO_OPEN), 1, "1 failure of 2 calls is 50%");
+    assert_eq!(
+        (
+            w.metric(BreakerMetric::Success),
+            w.metric(BreakerMetric::Failure)
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        w.metric(BreakerMetric::ToOpen),
+        1,
+        "1 failure of 2 calls is 50%"
+    );
     let d = w.call(T0 + 3, Response::new(200));
     let r = refusal(&d).expect("open");
     assert_eq!(header(r, "retry-after"), Some("7"));
@@ -156,13 +160,13 @@ fn forced_open_refuses_without_retry_after_and_disabled_records_nothing() {
     let r = refusal(&d).unwrap();
     assert_eq!(header(r, "x-circuit-breaker-state"), Some("forced_open"));
     assert_eq!(header(r, "retry-after"), None);
-    assert_eq!(w.metric(REJECTED), 1);
+    assert_eq!(w.metric(BreakerMetric::Rejected), 1);
 
     let w = World::new(r#", "mode": "disabled""#);
     for _ in 0..5 {
         assert_eq!(w.call(T0, Response::new(500)), Decision::pass());
     }
-    assert_eq!(w.metric(FAILURE), 0);
+    assert_eq!(w.metric(BreakerMetric::Failure), 0);
     assert_eq!(w.store.key_count(), 0);
 }
 
@@ -180,6 +184,6 @@ fn shadow_mode_lets_refusals_through_and_says_so_to_later_filters() {
         )
     );
     // The passed request was not recorded: enforce mode would never have sent it.
-    assert_eq!(w.metric(FAILURE), 2);
-    assert_eq!(w.metric(9), 1, "shadow_rejected");
+    assert_eq!(w.metric(BreakerMetric::Failure), 2);
+    assert_eq!(w.metric(BreakerMetric::ShadowRejected), 1);
 }

@@ -42,27 +42,39 @@ impl MetricDef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetricId(pub usize);
 
-/// The same metrics for each item of a configuration (each rule, each breaker), named
-/// `<item>.<name>` and numbered item by item: for use in [`crate::filter::Filter::config_metrics`]
-/// (so the ids start at 0: such a filter declares no `METRICS`).
-#[derive(Debug, Clone, Copy)]
-pub struct PerItem(pub &'static [(&'static str, MetricKind)]);
+/// One metric of a family that every item of a configuration has (each rule, each breaker),
+/// named `<item>.<name>` and numbered item by item. Implemented by a fieldless enum; its ids are
+/// for use in [`crate::filter::Filter::config_metrics`] (so they start at 0: such a filter
+/// declares no `METRICS`).
+pub trait PerItem: Copy + PartialEq + 'static {
+    /// Every metric of the family, in the order they are numbered.
+    const ALL: &'static [Self];
 
-impl PerItem {
-    /// The definitions for items named `items`, in order.
-    pub fn defs<'a>(self, items: impl Iterator<Item = &'a str>) -> Vec<(String, MetricKind)> {
-        items
-            .flat_map(|item| {
-                self.0
-                    .iter()
-                    .map(move |(name, kind)| (format!("{item}.{name}"), *kind))
-            })
-            .collect()
+    /// The name below the item's, e.g. `limited`.
+    fn name(self) -> &'static str;
+
+    /// What kind of stat it is.
+    fn kind(self) -> MetricKind;
+
+    /// The id of this metric of the `item`-th item.
+    fn id(self, item: usize) -> MetricId {
+        match Self::ALL.iter().position(|m| *m == self) {
+            Some(place) => MetricId(item.saturating_mul(Self::ALL.len()).saturating_add(place)),
+            // Left out of ALL, so never declared: an id no metric has (the host ignores it),
+            // rather than another metric's.
+            None => MetricId(usize::MAX),
+        }
     }
 
-    /// The id of the `which`-th metric of the `item`-th item.
-    pub fn id(self, item: usize, which: usize) -> MetricId {
-        MetricId(item * self.0.len() + which)
+    /// The definitions for items named `items`, in order.
+    fn defs<'a>(items: impl Iterator<Item = &'a str>) -> Vec<(String, MetricKind)> {
+        items
+            .flat_map(|item| {
+                Self::ALL
+                    .iter()
+                    .map(move |m| (format!("{item}.{}", m.name()), m.kind()))
+            })
+            .collect()
     }
 }
 
@@ -102,14 +114,36 @@ impl Metrics for RecordedMetrics {
 mod tests {
     use super::*;
 
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Family {
+        A,
+        B,
+    }
+
+    impl PerItem for Family {
+        const ALL: &'static [Self] = &[Family::A, Family::B];
+        fn name(self) -> &'static str {
+            match self {
+                Family::A => "a",
+                Family::B => "b",
+            }
+        }
+        fn kind(self) -> MetricKind {
+            match self {
+                Family::A => MetricKind::Counter,
+                Family::B => MetricKind::Gauge,
+            }
+        }
+    }
+
     #[test]
     fn per_item_metrics_are_named_and_numbered_item_by_item() {
-        const FAMILY: PerItem = PerItem(&[("a", MetricKind::Counter), ("b", MetricKind::Gauge)]);
-        let defs = FAMILY.defs(["x", "y"].into_iter());
+        let defs = Family::defs(["x", "y"].into_iter());
         let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x.a", "x.b", "y.a", "y.b"]);
         assert_eq!(defs[3].1, MetricKind::Gauge);
-        assert_eq!(FAMILY.id(1, 1), MetricId(3));
-        assert_eq!(FAMILY.id(0, 1), MetricId(1));
+        assert_eq!(Family::B.id(1), MetricId(3));
+        assert_eq!(Family::B.id(0), MetricId(1));
+        assert_eq!(Family::A.id(1), MetricId(2));
     }
 }

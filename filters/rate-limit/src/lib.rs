@@ -22,7 +22,7 @@ use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricId, MetricKind, PerItem};
+use filter_core::metrics::{MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
 use filter_core::time::WorkerClock;
@@ -50,22 +50,43 @@ pub struct Stream {
     response_headers: Vec<(String, String)>,
 }
 
-/// Metrics each rule has, in this order, named `<rule>.<name>`.
-const RULE_METRICS: PerItem = PerItem(&[
-    ("allowed", MetricKind::Counter),
-    ("limited", MetricKind::Counter),
-    ("shadow_limited", MetricKind::Counter),
-    ("contention", MetricKind::Counter),
-    ("evicted", MetricKind::Counter),
-]);
-const ALLOWED: usize = 0;
-const LIMITED: usize = 1;
-const SHADOW_LIMITED: usize = 2;
-const CONTENTION: usize = 3;
-const EVICTED: usize = 4;
+/// The metrics each rule has, named `<rule>.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleMetric {
+    /// Requests the rule let through.
+    Allowed,
+    /// Requests it refused.
+    Limited,
+    /// Requests it would have refused, in shadow mode.
+    ShadowLimited,
+    /// Requests judged without it: the shared store stayed contended or failed.
+    Contention,
+    /// Busy keys pushed out of a full bucket to make room.
+    Evicted,
+}
 
-fn metric(rule: usize, which: usize) -> MetricId {
-    RULE_METRICS.id(rule, which)
+impl PerItem for RuleMetric {
+    const ALL: &'static [Self] = &[
+        RuleMetric::Allowed,
+        RuleMetric::Limited,
+        RuleMetric::ShadowLimited,
+        RuleMetric::Contention,
+        RuleMetric::Evicted,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            RuleMetric::Allowed => "allowed",
+            RuleMetric::Limited => "limited",
+            RuleMetric::ShadowLimited => "shadow_limited",
+            RuleMetric::Contention => "contention",
+            RuleMetric::Evicted => "evicted",
+        }
+    }
+
+    fn kind(self) -> MetricKind {
+        MetricKind::Counter
+    }
 }
 
 /// A rule that applies to the request, with the bucket its key falls in.
@@ -213,7 +234,7 @@ impl Filter for RateLimit {
     type Stream = Stream;
 
     fn config_metrics(&self) -> Vec<(String, MetricKind)> {
-        RULE_METRICS.defs(self.config.rules.iter().map(|r| r.name.as_str()))
+        RuleMetric::defs(self.config.rules.iter().map(|r| r.name.as_str()))
     }
 
     fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
@@ -241,13 +262,15 @@ impl Filter for RateLimit {
         match charge(&targets, now.as_nanos(), env.store) {
             Outcome::Allowed(charged) => {
                 for (t, c) in targets.iter().zip(&charged) {
-                    env.metrics.add(metric(t.index, ALLOWED), 1);
+                    env.metrics.add(RuleMetric::Allowed.id(t.index), 1);
                     if c.evicted_busy_key {
-                        env.metrics.add(metric(t.index, EVICTED), 1);
+                        env.metrics.add(RuleMetric::Evicted.id(t.index), 1);
                     }
                 }
-                let verdicts: Vec<Verdict> =
-                    charged.iter().map(|c| Verdict::Conforms(c.verdict)).collect();
+                let verdicts: Vec<Verdict> = charged
+                    .iter()
+                    .map(|c| Verdict::Conforms(c.verdict))
+                    .collect();
                 stream.response_headers = headers(&verdicts);
                 Decision::pass()
             }
@@ -261,7 +284,7 @@ impl Filter for RateLimit {
                 if self.config.shadow {
                     let names: Vec<&str> = violated.iter().map(|t| t.rule.name.as_str()).collect();
                     for t in &violated {
-                        env.metrics.add(metric(t.index, SHADOW_LIMITED), 1);
+                        env.metrics.add(RuleMetric::ShadowLimited.id(t.index), 1);
                     }
                     env.log.info(&format!(
                         "shadow: would refuse {} {} (over {})",
@@ -273,7 +296,7 @@ impl Filter for RateLimit {
                     return Decision::pass();
                 }
                 for t in &violated {
-                    env.metrics.add(metric(t.index, LIMITED), 1);
+                    env.metrics.add(RuleMetric::Limited.id(t.index), 1);
                 }
                 Decision::Respond(reply::refused(
                     self.config.status,
@@ -283,7 +306,7 @@ impl Filter for RateLimit {
             }
             Outcome::Unavailable(error) => {
                 for t in &targets {
-                    env.metrics.add(metric(t.index, CONTENTION), 1);
+                    env.metrics.add(RuleMetric::Contention.id(t.index), 1);
                 }
                 match self.config.on_contention {
                     OnContention::Allow => Decision::pass(),

@@ -98,10 +98,8 @@ pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, St
 
 /// The refusal of a request some rules refused.
 pub fn refused(status: u16, dialect: Dialect, statuses: &[RuleStatus<'_>]) -> LocalResponse {
-    let violated: Vec<&RuleStatus<'_>> = statuses
-        .iter()
-        .filter(|s| !s.verdict.conforms())
-        .collect();
+    let violated: Vec<&RuleStatus<'_>> =
+        statuses.iter().filter(|s| !s.verdict.conforms()).collect();
     // The request passes only once every refusing rule would let it through.
     let retry_after = violated
         .iter()

@@ -12,12 +12,12 @@ use filter_core::config::parse_json;
 use filter_core::decision::{Decision, LocalResponse};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::RecordedLog;
-use filter_core::metrics::{MetricId, RecordedMetrics};
+use filter_core::metrics::{PerItem, RecordedMetrics};
 use filter_core::request::{Request, Response};
 use filter_core::signature::NoNativeVerifier;
 use filter_core::store::{Cas, MemStore, SharedStore, StoreError, Written};
 use filter_core::time::Time;
-use rate_limit::{RateLimit, Stream};
+use rate_limit::{RateLimit, RuleMetric, Stream};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -112,9 +112,9 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Metric ids of rule `i`: allowed, limited, shadow_limited, contention, evicted.
-fn m(rule: usize, which: usize) -> MetricId {
-    MetricId(rule * 5 + which)
+/// The value of metric `which` of the `rule`-th rule.
+fn metric(w: &World, rule: usize, which: RuleMetric) -> i64 {
+    w.metrics.value(which.id(rule))
 }
 
 #[test]
@@ -146,8 +146,8 @@ fn a_burst_of_five_admits_five_then_retry_after_is_exact() {
     );
     // Another user has a bucket of their own.
     assert_eq!(w.send(&f, &user("bob"), now).0, Decision::pass());
-    assert_eq!(w.metrics.value(m(0, 0)), 7);
-    assert_eq!(w.metrics.value(m(0, 1)), 2);
+    assert_eq!(metric(&w, 0, RuleMetric::Allowed), 7);
+    assert_eq!(metric(&w, 0, RuleMetric::Limited), 2);
 }
 
 #[test]
@@ -190,8 +190,8 @@ fn all_or_nothing_a_refusal_charges_no_rule() {
         now,
     );
     assert_eq!(header(&h, "ratelimit"), Some("\"wide\";r=98;t=72"));
-    assert_eq!(w.metrics.value(m(0, 0)), 2);
-    assert_eq!(w.metrics.value(m(1, 1)), 5);
+    assert_eq!(metric(&w, 0, RuleMetric::Allowed), 2);
+    assert_eq!(metric(&w, 1, RuleMetric::Limited), 5);
 }
 
 /// A store that loses the compare-and-swap race on chosen writes, as if another worker wrote
@@ -270,7 +270,7 @@ fn a_store_that_stays_contended_follows_on_contention() {
             assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
         }
         assert!(h.is_empty());
-        assert_eq!(w.metrics.value(m(0, 3)), 1);
+        assert_eq!(metric(&w, 0, RuleMetric::Contention), 1);
         assert_eq!(racy.writes.get(), rate_limit::MAX_ATTEMPTS as usize);
     }
 }
@@ -283,8 +283,8 @@ fn shadow_mode_counts_and_logs_but_refuses_nothing() {
     let (d, h) = w.send(&f, &user("u"), secs(T0));
     assert_eq!(d, Decision::pass());
     assert_eq!(header(&h, "ratelimit"), Some("\"r\";r=0;t=3600"));
-    assert_eq!(w.metrics.value(m(0, 2)), 1);
-    assert_eq!(w.metrics.value(m(0, 1)), 0);
+    assert_eq!(metric(&w, 0, RuleMetric::ShadowLimited), 1);
+    assert_eq!(metric(&w, 0, RuleMetric::Limited), 0);
     assert_eq!(w.log.lines(), ["shadow: would refuse GET /api (over r)"]);
 }
 
@@ -321,7 +321,7 @@ fn memory_stays_bounded_whatever_the_number_of_clients() {
     assert_eq!(w.store.bytes(), bytes_at_bound);
     assert!(w.store.bytes() < 125 * (8 * 28 + 16));
     // Busy keys were pushed out (each client sent one request 1 µs after the previous one).
-    assert!(w.metrics.value(m(0, 4)) > 0);
+    assert!(metric(&w, 0, RuleMetric::Evicted) > 0);
 }
 
 #[test]
