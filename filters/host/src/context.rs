@@ -58,8 +58,8 @@ impl<F> Configured<F> {
 /// [`HostMetrics`]); it is also the tick period of filters that ask for none.
 const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Requests held by [`Decision::Wait`], in the order they were held: HTTP context id and
-/// filter state. A list rather than a map: it is short, and BTreeMap's code costs 7 KB.
+/// Requests held by [`Decision::Wait`], in the order they were held (and so resumed): HTTP
+/// context id and the filter's stream state.
 type Parked<S> = Rc<RefCell<Vec<(u32, Rc<RefCell<S>>)>>>;
 
 /// Forgets the held request of context `id`, if any.

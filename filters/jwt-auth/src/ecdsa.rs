@@ -1,10 +1,9 @@
-//! ECDSA verification on P-256 and P-384 (ES256, ES384), written small for Wasm.
+//! ECDSA verification on P-256 and P-384 (ES256, ES384), written for Wasm.
 //!
-//! The RustCrypto curve crates brought ~135 KB of generic code into the module for two
-//! verification routines. Verifying needs far less: Montgomery arithmetic modulo the field prime
-//! and the group order in 32-bit limbs (Wasm multiplies 32x32->64 natively), Jacobian point
-//! doubling and addition, and one double-scalar multiplication. Only public data comes through
-//! here (keys, signatures, digests), so nothing needs to be constant-time.
+//! Verifying needs far less than a general curve library: Montgomery arithmetic modulo the
+//! field prime and the group order in 32-bit limbs (Wasm multiplies 32x32->64 natively),
+//! Jacobian point doubling and addition, and one double-scalar multiplication. Only public data
+//! comes through here (keys, signatures, digests), so nothing needs to be constant-time.
 //!
 //! Checks, per SEC 1 §4.1.4 and RFC 7518 §3.4: the signature is exactly `R‖S` of the curve's
 //! width; `0 < r, s < n` (which stops the all-zero "psychic signature", CVE-2022-21449); a key is

@@ -359,7 +359,6 @@ impl RetryPolicyConfig {
                     return Err(root
                         .field("budget")
                         .field("retry_ratio")
-                        // Not echoed: formatting a float costs the module 15 KB of code.
                         .error("must be a number from 0 to 1"));
                 }
                 Some(Budget {
