@@ -4,7 +4,7 @@
 
 use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::{Gateway, example};
+use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -19,9 +19,10 @@ fn config(open: &str, extra: &str) -> String {
     )
 }
 
-fn gateway(upstream_port: u16, config: &str, route_timeout: &str) -> Envoy {
+fn gateway(layout: Layout, upstream_port: u16, config: &str, route_timeout: &str) -> Envoy {
     Envoy::start(
-        &Gateway::new(upstream_port)
+        &TestEnvoyConfig::new(upstream_port)
+            .layout(layout)
             .filter("circuit_breaker", config)
             .route_timeout(route_timeout)
             .render(),
@@ -41,11 +42,11 @@ fn failures(n: usize) -> Vec<Reply> {
 }
 
 both_modules! {
-    fn failures_trip_it_then_the_upstream_gets_nothing_and_clients_get_the_fallback() {
+    fn failures_trip_it_then_the_upstream_gets_nothing_and_clients_get_the_fallback(layout) {
         let mut script = failures(4);
         script.push(Reply::Echo);
         let upstream = Upstream::start(script);
-        let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
+        let envoy = gateway(layout, upstream.port(), &config("30s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             let r = get(port);
@@ -77,12 +78,12 @@ both_modules! {
 }
 
 both_modules! {
-    fn it_recovers_when_the_upstream_heals_and_reopens_when_it_does_not() {
+    fn it_recovers_when_the_upstream_heals_and_reopens_when_it_does_not(layout) {
         // Heals: 4 failures, then healthy.
         let mut script = failures(4);
         script.push(Reply::Echo);
         let healing = Upstream::start(script);
-        let envoy = gateway(healing.port(), &config("1s", ""), "15s");
+        let envoy = gateway(layout, healing.port(), &config("1s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             get(port);
@@ -102,7 +103,7 @@ both_modules! {
 
         // Never heals: the first probe fails and it opens again.
         let broken = Upstream::start(failures(1));
-        let envoy = gateway(broken.port(), &config("1s", ""), "15s");
+        let envoy = gateway(layout, broken.port(), &config("1s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             get(port);
@@ -121,14 +122,14 @@ both_modules! {
 }
 
 both_modules! {
-    fn half_open_lets_exactly_the_probes_through_from_both_workers() {
+    fn half_open_lets_exactly_the_probes_through_from_both_workers(layout) {
         let mut script = failures(4);
         script.push(Reply::Delay(
             Duration::from_millis(500),
             Box::new(Reply::Echo),
         ));
         let upstream = Upstream::start(script);
-        let envoy = gateway(upstream.port(), &config("1s", ""), "15s");
+        let envoy = gateway(layout, upstream.port(), &config("1s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             get(port);
@@ -148,12 +149,12 @@ both_modules! {
 }
 
 both_modules! {
-    fn a_refused_connection_and_a_hung_upstream_both_trip_it() {
+    fn a_refused_connection_and_a_hung_upstream_both_trip_it(layout) {
         // Nothing listens on the port of a stopped server: connect failures.
         let gone = Upstream::echo();
         let port_of_nothing = gone.port();
         drop(gone);
-        let envoy = gateway(port_of_nothing, &config("30s", ""), "15s");
+        let envoy = gateway(layout, port_of_nothing, &config("30s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             let r = get(port);
@@ -163,7 +164,7 @@ both_modules! {
         assert!(is_fallback(&get(port)));
 
         let hung = Upstream::start(vec![Reply::Hang]);
-        let envoy = gateway(hung.port(), &config("30s", ""), "0.2s");
+        let envoy = gateway(layout, hung.port(), &config("30s", ""), "0.2s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             assert_eq!(get(port).status, 504);
@@ -174,12 +175,12 @@ both_modules! {
 }
 
 both_modules! {
-    fn slow_calls_trip_it_whatever_their_status() {
+    fn slow_calls_trip_it_whatever_their_status(layout) {
         let upstream = Upstream::start(vec![Reply::Delay(
             Duration::from_millis(150),
             Box::new(Reply::Echo),
         )]);
-        let envoy = gateway(
+        let envoy = gateway(layout,
             upstream.port(),
             &config(
                 "30s",
@@ -200,13 +201,13 @@ both_modules! {
 }
 
 both_modules! {
-    fn client_errors_never_trip_it() {
+    fn client_errors_never_trip_it(layout) {
         let upstream = Upstream::start(vec![
             Reply::Status(404),
             Reply::Status(429),
             Reply::Status(400),
         ]);
-        let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
+        let envoy = gateway(layout, upstream.port(), &config("30s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..20 {
             let r = get(port);
@@ -222,9 +223,9 @@ both_modules! {
 }
 
 both_modules! {
-    fn shadow_mode_reports_but_refuses_nothing() {
+    fn shadow_mode_reports_but_refuses_nothing(layout) {
         let upstream = Upstream::start(failures(1));
-        let envoy = gateway(
+        let envoy = gateway(layout,
             upstream.port(),
             &config("30s", r#", "mode": "shadow""#),
             "15s",
@@ -245,9 +246,9 @@ both_modules! {
 }
 
 both_modules! {
-    fn grpc_callers_get_unavailable() {
+    fn grpc_callers_get_unavailable(layout) {
         let upstream = Upstream::start(failures(1));
-        let envoy = gateway(upstream.port(), &config("30s", ""), "15s");
+        let envoy = gateway(layout, upstream.port(), &config("30s", ""), "15s");
         let port = envoy.port("gateway");
         for _ in 0..4 {
             get(port);
@@ -295,12 +296,12 @@ fn the_gateway_s_flaky_route_opens_its_own_breaker_only() {
 }
 
 both_modules! {
-    fn later_filters_see_that_a_request_is_a_half_open_probe() {
+    fn later_filters_see_that_a_request_is_a_half_open_probe(layout) {
         let mut script = failures(4);
         script.push(Reply::Echo);
         let upstream = Upstream::start(script);
         let envoy = Envoy::start(
-            &Gateway::new(upstream.port())
+            &TestEnvoyConfig::new(upstream.port()).layout(layout)
                 .filter("circuit_breaker", &config("1s", ""))
                 .route_request_header(
                     "x-breaker-state",

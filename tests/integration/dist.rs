@@ -6,7 +6,7 @@
 use crate::modules::{pass_config, pass_metric};
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::{Code, Gateway};
+use filter_tests::envoy_config::{Code, TestEnvoyConfig};
 use filter_tests::oci::{self, DIST_MODULES, Format, Registry, listed_sha256, sha256_hex};
 use filter_tests::upstream::{Reply, Upstream};
 use filter_tests::wasm::{self, FILTERS};
@@ -46,7 +46,7 @@ fn dist_holds_the_built_modules_and_their_checksums() {
 /// load and run, not merely parse.
 fn run_in_envoy(modules: &BTreeMap<&str, PathBuf>) {
     let upstream = Upstream::echo();
-    let mut separate = Gateway::new(upstream.port());
+    let mut separate = TestEnvoyConfig::new(upstream.port());
     for filter in FILTERS {
         separate = separate.filter_from(
             filter,
@@ -58,7 +58,7 @@ fn run_in_envoy(modules: &BTreeMap<&str, PathBuf>) {
         .iter()
         .map(|f| format!("\"{f}\": {}", pass_config(f)))
         .collect();
-    let combined = Gateway::new(upstream.port()).filter_from(
+    let combined = TestEnvoyConfig::new(upstream.port()).filter_from(
         "gateway",
         &format!("{{{}}}", members.join(", ")),
         Code::File(modules["gateway"].clone()),
@@ -165,7 +165,7 @@ fn docker_load_gives_back_each_image_with_plugin_wasm_at_its_root() {
 
 /// A module server, and a gateway whose rate_limit module Envoy fetches from it.
 fn remote_gateway(module_server: &Upstream, upstream: &Upstream, sha256: &str) -> String {
-    Gateway::new(upstream.port())
+    TestEnvoyConfig::new(upstream.port())
         .cluster("modules", module_server.port())
         .filter_from(
             "rate_limit",

@@ -3,7 +3,7 @@
 
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::Gateway;
+use filter_tests::envoy_config::TestEnvoyConfig;
 use filter_tests::tokens::{Alg, Key, jwks};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
@@ -15,7 +15,7 @@ fn scripted_statuses_arrive_in_order_then_the_last_repeats() {
         Reply::Status(502),
         Reply::Status(200),
     ]);
-    let envoy = Envoy::start(&Gateway::new(upstream.port()).render());
+    let envoy = Envoy::start(&TestEnvoyConfig::new(upstream.port()).render());
     let port = envoy.port("gateway");
     let statuses: Vec<u16> = (0..4).map(|_| client::get("/").send(port).status).collect();
     assert_eq!(statuses, [503, 502, 200, 200]);
@@ -24,7 +24,7 @@ fn scripted_statuses_arrive_in_order_then_the_last_repeats() {
 #[test]
 fn echo_shows_what_the_upstream_received() {
     let upstream = Upstream::echo();
-    let envoy = Envoy::start(&Gateway::new(upstream.port()).render());
+    let envoy = Envoy::start(&TestEnvoyConfig::new(upstream.port()).render());
     let response = client::Request::new("POST", "/orders?id=7")
         .header("x-tenant", "acme")
         .body("{\"qty\":1}")
@@ -43,12 +43,20 @@ fn slow_and_hanging_upstreams_hit_the_route_timeout() {
         Duration::from_secs(2),
         Box::new(Reply::Status(200)),
     )]);
-    let envoy = Envoy::start(&Gateway::new(slow.port()).route_timeout("0.3s").render());
+    let envoy = Envoy::start(
+        &TestEnvoyConfig::new(slow.port())
+            .route_timeout("0.3s")
+            .render(),
+    );
     let response = client::get("/").send(envoy.port("gateway"));
     assert_eq!(response.status, 504, "{}", response.text());
 
     let hanging = Upstream::start(vec![Reply::Hang]);
-    let envoy = Envoy::start(&Gateway::new(hanging.port()).route_timeout("0.3s").render());
+    let envoy = Envoy::start(
+        &TestEnvoyConfig::new(hanging.port())
+            .route_timeout("0.3s")
+            .render(),
+    );
     let response = client::get("/").send(envoy.port("gateway"));
     assert_eq!(response.status, 504, "{}", response.text());
     assert_eq!(hanging.count(), 1);
@@ -57,7 +65,7 @@ fn slow_and_hanging_upstreams_hit_the_route_timeout() {
 #[test]
 fn a_reset_connection_is_a_503_reset() {
     let upstream = Upstream::start(vec![Reply::Reset]);
-    let envoy = Envoy::start(&Gateway::new(upstream.port()).render());
+    let envoy = Envoy::start(&TestEnvoyConfig::new(upstream.port()).render());
     let response = client::get("/").send(envoy.port("gateway"));
     assert_eq!(response.status, 503);
     assert!(response.text().contains("reset"), "{}", response.text());
@@ -71,7 +79,7 @@ fn a_served_jwks_carries_every_generated_key() {
         .collect();
     let document = jwks(&keys.iter().collect::<Vec<_>>());
     let upstream = Upstream::start(vec![Reply::Json(document)]);
-    let envoy = Envoy::start(&Gateway::new(upstream.port()).render());
+    let envoy = Envoy::start(&TestEnvoyConfig::new(upstream.port()).render());
     let served = client::get("/.well-known/jwks.json")
         .send(envoy.port("gateway"))
         .json();

@@ -4,7 +4,7 @@
 
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::{Gateway, yaml_files};
+use filter_tests::envoy_config::{TestEnvoyConfig, yaml_files};
 use filter_tests::k8s_schema::{Crd, documents};
 use filter_tests::oci::DIST_MODULES;
 use filter_tests::tokens::{Alg, Key, jwks, now_secs};
@@ -299,11 +299,11 @@ fn exercise(envoy: &Envoy, issuer: &Issuer, jwt_config: &Value, upstream: &Upstr
 
 /// A gateway whose routes go to `upstream` and whose key-server cluster, named as Istio names
 /// it, reaches `issuer`.
-fn istio_like_gateway(upstream: &Upstream, issuer: &Issuer, jwt_config: &Value) -> Gateway {
+fn istio_like_gateway(upstream: &Upstream, issuer: &Issuer, jwt_config: &Value) -> TestEnvoyConfig {
     let cluster = jwt_config["providers"]["example"]["remote_jwks"]["cluster"]
         .as_str()
         .expect("the example provider fetches its keys");
-    Gateway::new(upstream.port()).cluster(cluster, issuer.server.port())
+    TestEnvoyConfig::new(upstream.port()).cluster(cluster, issuer.server.port())
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use filter_tests::client::{self, Response};
 use filter_tests::envoy::{Envoy, STATS_LAG};
-use filter_tests::envoy_config::{Gateway, example};
+use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
@@ -90,7 +90,7 @@ fn the_example_allows_refuses_and_scopes() {
 }
 
 /// A gateway protecting everything with keys of every family, claims copied to headers.
-fn gateway(upstream: &Upstream, keys: &[&Key], extra: Value) -> Envoy {
+fn gateway(layout: Layout, upstream: &Upstream, keys: &[&Key], extra: Value) -> Envoy {
     let algorithms: Vec<&str> = keys.iter().map(|k| k.alg().name()).collect();
     let mut provider = json!({
         "issuer": "https://issuer.example",
@@ -111,14 +111,15 @@ fn gateway(upstream: &Upstream, keys: &[&Key], extra: Value) -> Envoy {
         ],
     });
     Envoy::start(
-        &Gateway::new(upstream.port())
+        &TestEnvoyConfig::new(upstream.port())
+            .layout(layout)
             .filter("jwt_auth", &config.to_string())
             .render(),
     )
 }
 
 both_modules! {
-    fn every_key_family_verifies_in_envoy_and_the_token_stays_at_the_gate() {
+    fn every_key_family_verifies_in_envoy_and_the_token_stays_at_the_gate(layout) {
         let keys: Vec<Key> = [
             Alg::RS256,
             Alg::PS256,
@@ -131,7 +132,7 @@ both_modules! {
         .map(|alg| Key::generate(alg, alg.name()))
         .collect();
         let upstream = Upstream::echo();
-        let envoy = gateway(&upstream, &keys.iter().collect::<Vec<_>>(), json!({}));
+        let envoy = gateway(layout, &upstream, &keys.iter().collect::<Vec<_>>(), json!({}));
         for key in &keys {
             let response = client::get("/api")
                 .header(
@@ -157,10 +158,10 @@ both_modules! {
 }
 
 both_modules! {
-    fn identity_headers_from_clients_never_reach_the_upstream() {
+    fn identity_headers_from_clients_never_reach_the_upstream(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
         let upstream = Upstream::echo();
-        let envoy = gateway(&upstream, &[&key], json!({}));
+        let envoy = gateway(layout, &upstream, &[&key], json!({}));
         let port = envoy.port("gateway");
         let public = client::get("/public/x")
             .header("x-user-id", "admin")
@@ -187,10 +188,10 @@ both_modules! {
 }
 
 both_modules! {
-    fn tokens_from_query_and_cookie_are_taken_out_and_two_places_are_refused() {
+    fn tokens_from_query_and_cookie_are_taken_out_and_two_places_are_refused(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
         let upstream = Upstream::echo();
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             &[&key],
             json!({ "from_params": ["access_token"], "from_cookies": ["session_jwt"] }),
@@ -218,10 +219,10 @@ both_modules! {
 }
 
 both_modules! {
-    fn grpc_clients_get_grpc_errors() {
+    fn grpc_clients_get_grpc_errors(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
         let upstream = Upstream::echo();
-        let envoy = gateway(&upstream, &[&key], json!({}));
+        let envoy = gateway(layout, &upstream, &[&key], json!({}));
         let response = client::Request::new("POST", "/pkg.Service/Method")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -240,10 +241,10 @@ both_modules! {
 }
 
 both_modules! {
-    fn each_worker_verifies_a_token_once() {
+    fn each_worker_verifies_a_token_once(layout) {
         let key = Key::generate(Alg::RS256, "k");
         let upstream = Upstream::echo();
-        let envoy = gateway(&upstream, &[&key], json!({}));
+        let envoy = gateway(layout, &upstream, &[&key], json!({}));
         let token = key.sign(&claims("alice"));
         for _ in 0..10 {
             let r = client::get("/x")
@@ -272,7 +273,12 @@ both_modules! {
 }
 
 /// A gateway whose provider fetches its keys from `key_server` through cluster `jwks`.
-fn remote_gateway(upstream: &Upstream, key_server: &Upstream, timeout: &str) -> Envoy {
+fn remote_gateway(
+    layout: Layout,
+    upstream: &Upstream,
+    key_server: &Upstream,
+    timeout: &str,
+) -> Envoy {
     let config = json!({
         "providers": { "idp": {
             "issuer": "https://issuer.example",
@@ -283,14 +289,15 @@ fn remote_gateway(upstream: &Upstream, key_server: &Upstream, timeout: &str) -> 
         } },
         "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
     });
-    let gateway = Gateway::new(upstream.port())
+    let envoy_config = TestEnvoyConfig::new(upstream.port())
+        .layout(layout)
         .cluster("jwks", key_server.port())
         .filter("jwt_auth", &config.to_string());
-    Envoy::start(&gateway.render())
+    Envoy::start(&envoy_config.render())
 }
 
 both_modules! {
-    fn remote_keys_are_fetched_once_and_rotate_on_a_new_kid() {
+    fn remote_keys_are_fetched_once_and_rotate_on_a_new_kid(layout) {
         let old = Key::generate(Alg::EdDSA, "old");
         let new = Key::generate(Alg::ES256, "new");
         let key_server = Upstream::start(vec![
@@ -298,7 +305,7 @@ both_modules! {
             Reply::Json(jwks(&[&old, &new])),
         ]);
         let upstream = Upstream::echo();
-        let envoy = remote_gateway(&upstream, &key_server, "2s");
+        let envoy = remote_gateway(layout, &upstream, &key_server, "2s");
         let port = envoy.port("gateway");
         for _ in 0..6 {
             let r = client::get("/x")
@@ -338,7 +345,7 @@ both_modules! {
 }
 
 both_modules! {
-    fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back() {
+    fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
         // Down for the first two fetches (at start, and 2 s later); up for the third (4 s after).
         let key_server = Upstream::start(vec![
@@ -347,7 +354,7 @@ both_modules! {
             Reply::Json(jwks(&[&key])),
         ]);
         let upstream = Upstream::echo();
-        let envoy = remote_gateway(&upstream, &key_server, "500ms");
+        let envoy = remote_gateway(layout, &upstream, &key_server, "500ms");
         let port = envoy.port("gateway");
         let token = key.sign(&claims("alice"));
         let down = client::get("/x")
@@ -385,7 +392,7 @@ both_modules! {
     /// through one Envoy: what a client sees. (J8, J32, J33 and J34 have their own tests above and
     /// below; J9 is a configuration refusal, J37 is out of scope, J38 is constant-time by
     /// construction and unit-tested.)
-    fn the_attack_checklist_through_envoy() {
+    fn the_attack_checklist_through_envoy(layout) {
         use filter_tests::tokens::b64;
         let rsa = Key::generate(Alg::RS256, "rsa");
         let ec = Key::generate(Alg::ES256, "ec");
@@ -407,7 +414,7 @@ both_modules! {
             ],
         });
         let envoy = Envoy::start(
-            &Gateway::new(upstream.port())
+            &TestEnvoyConfig::new(upstream.port()).layout(layout)
                 .filter("jwt_auth", &config.to_string())
                 .render(),
         );
@@ -694,7 +701,7 @@ both_modules! {
 }
 
 both_modules! {
-    fn a_key_removed_from_the_key_server_stops_working_at_the_next_refresh() {
+    fn a_key_removed_from_the_key_server_stops_working_at_the_next_refresh(layout) {
         let kept = Key::generate(Alg::EdDSA, "kept");
         let revoked = Key::generate(Alg::EdDSA, "revoked");
         let key_server = Upstream::start(vec![
@@ -710,7 +717,7 @@ both_modules! {
             "rules": [ { "match": {}, "requires": { "provider": "idp" } } ],
         });
         let envoy = Envoy::start(
-            &Gateway::new(upstream.port())
+            &TestEnvoyConfig::new(upstream.port()).layout(layout)
                 .cluster("jwks", key_server.port())
                 .filter("jwt_auth", &config.to_string())
                 .render(),

@@ -4,25 +4,29 @@
 //! The filters' scenarios run twice ([`both_modules!`]): against the separate filter modules,
 //! and against `gateway.wasm` with the same configurations as its members.
 
-/// Defines a scenario as a module of two tests: `separate_filters` runs it with one Envoy filter entry
-/// per filter module, `gateway_wasm` with the same filters as members of one `gateway.wasm` entry.
+/// Defines a scenario as a module of two tests, each handing the scenario its [`Layout`] (the
+/// name in parentheses): `separate_filters` runs it with one Envoy filter entry per filter
+/// module, `gateway_wasm` with the same filters as members of one `gateway.wasm` entry.
+///
+/// [`Layout`]: filter_tests::envoy_config::Layout
 macro_rules! both_modules {
-    ($(#[doc = $doc:literal])* fn $name:ident() $body:block) => {
+    ($(#[doc = $doc:literal])* fn $name:ident($layout:ident) $body:block) => {
         $(#[doc = $doc])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
+            use filter_tests::envoy_config::Layout;
 
-            fn scenario() $body
+            fn scenario($layout: Layout) $body
 
             #[test]
             fn separate_filters() {
-                scenario();
+                scenario(Layout::SeparateFilters);
             }
 
             #[test]
             fn gateway_wasm() {
-                filter_tests::envoy_config::as_gateway_module(scenario);
+                scenario(Layout::GatewayModule);
             }
         }
     };

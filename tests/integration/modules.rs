@@ -4,7 +4,7 @@
 
 use filter_tests::client;
 use filter_tests::envoy::{Envoy, Mode};
-use filter_tests::envoy_config::{Gateway, as_gateway_module};
+use filter_tests::envoy_config::{Layout, TestEnvoyConfig};
 use filter_tests::upstream::Upstream;
 use filter_tests::wasm::{self, FILTERS};
 
@@ -40,16 +40,16 @@ fn loads_with_two_workers(name: &str) {
     } else {
         vec![name]
     };
-    let mut gateway = Gateway::new(upstream.port());
-    for filter in &filters {
-        gateway = gateway.filter(filter, pass_config(filter));
-    }
-    let config = if name == "gateway" {
-        as_gateway_module(|| gateway.render())
+    let layout = if name == "gateway" {
+        Layout::GatewayModule
     } else {
-        gateway.render()
+        Layout::SeparateFilters
     };
-    let envoy = Envoy::start(&config);
+    let mut config = TestEnvoyConfig::new(upstream.port()).layout(layout);
+    for filter in &filters {
+        config = config.filter(filter, pass_config(filter));
+    }
+    let envoy = Envoy::start(&config.render());
     for _ in 0..20 {
         let response = client::get("/hello").send(envoy.port("gateway"));
         assert_eq!(response.status, 200, "{}", response.text());
@@ -103,7 +103,7 @@ fn gateway_loads_with_two_workers() {
 fn invalid_configuration_is_refused_with_the_field_path() {
     let mode = Mode::from_env();
     for name in FILTERS {
-        let config = Gateway::new(1)
+        let config = TestEnvoyConfig::new(1)
             .filter(name, r#"{"limits": {"requests": 5}}"#)
             .render();
         let (status, log) = Envoy::start_expecting_refusal(&mode, &config);
@@ -118,11 +118,10 @@ fn invalid_configuration_is_refused_with_the_field_path() {
         );
     }
     // The gateway names the member, then the path inside it.
-    let config = as_gateway_module(|| {
-        Gateway::new(1)
-            .filter("rate_limit", r#"{"limits": {"requests": 5}}"#)
-            .render()
-    });
+    let config = TestEnvoyConfig::new(1)
+        .layout(Layout::GatewayModule)
+        .filter("rate_limit", r#"{"limits": {"requests": 5}}"#)
+        .render();
     let (status, log) = Envoy::start_expecting_refusal(&mode, &config);
     assert!(!status.success());
     let expected = "gateway: invalid configuration: rate_limit.limits: unknown field `limits`";
@@ -134,7 +133,7 @@ fn invalid_configuration_is_refused_with_the_field_path() {
 
 #[test]
 fn malformed_json_is_refused() {
-    let config = Gateway::new(1).filter("rate_limit", "{,}").render();
+    let config = TestEnvoyConfig::new(1).filter("rate_limit", "{,}").render();
     let (status, log) = Envoy::start_expecting_refusal(&Mode::from_env(), &config);
     assert!(!status.success());
     assert!(
@@ -145,13 +144,13 @@ fn malformed_json_is_refused() {
 
 both_modules! {
     /// The same names whether the filters run as separate modules or inside `gateway.wasm`.
-    fn custom_metrics_reach_prometheus() {
+    fn custom_metrics_reach_prometheus(layout) {
         let upstream = Upstream::echo();
-        let mut gateway = Gateway::new(upstream.port());
+        let mut config = TestEnvoyConfig::new(upstream.port()).layout(layout);
         for name in FILTERS {
-            gateway = gateway.filter(name, pass_config(name));
+            config = config.filter(name, pass_config(name));
         }
-        let envoy = Envoy::start(&gateway.render());
+        let envoy = Envoy::start(&config.render());
         for _ in 0..3 {
             assert_eq!(client::get("/").send(envoy.port("gateway")).status, 200);
         }

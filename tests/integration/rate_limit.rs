@@ -3,14 +3,15 @@
 
 use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::{Gateway, example};
+use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::tokens::{demo_claims, demo_key};
 use filter_tests::upstream::Upstream;
 use std::time::Duration;
 
-fn gateway(upstream: &Upstream, config: &str) -> Envoy {
+fn gateway(layout: Layout, upstream: &Upstream, config: &str) -> Envoy {
     Envoy::start(
-        &Gateway::new(upstream.port())
+        &TestEnvoyConfig::new(upstream.port())
+            .layout(layout)
             .filter("rate_limit", config)
             .render(),
     )
@@ -22,9 +23,9 @@ fn header<'a>(r: &'a Response, name: &str) -> &'a str {
 }
 
 both_modules! {
-    fn a_burst_of_five_admits_exactly_five_from_64_connections_on_two_workers() {
+    fn a_burst_of_five_admits_exactly_five_from_64_connections_on_two_workers(layout) {
         let upstream = Upstream::echo();
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 5, "per": "1h"}}]}"#,
         );
@@ -42,9 +43,9 @@ both_modules! {
 }
 
 both_modules! {
-    fn header_fields_on_200_and_429_and_retry_after_is_honoured() {
+    fn header_fields_on_200_and_429_and_retry_after_is_honoured(layout) {
         let upstream = Upstream::echo();
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             r#"{"rules": [{"name": "per-user", "key": [{"header": "x-user-id"}], "limit": {"requests": 2, "per": "2s"}}]}"#,
         );
@@ -73,9 +74,9 @@ both_modules! {
 }
 
 both_modules! {
-    fn clients_are_told_apart_by_address_or_by_header() {
+    fn clients_are_told_apart_by_address_or_by_header(layout) {
         let upstream = Upstream::echo();
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             r#"{"trusted_proxies": 1, "rules": [
                 {"name": "per-ip", "match": {"prefix": "/ip"}, "key": [{"client_ip": {}}], "limit": {"requests": 1, "per": "1h"}},
@@ -116,9 +117,9 @@ both_modules! {
 }
 
 both_modules! {
-    fn shadow_mode_lets_everything_through_and_counts_what_it_would_refuse() {
+    fn shadow_mode_lets_everything_through_and_counts_what_it_would_refuse(layout) {
         let upstream = Upstream::echo();
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             r#"{"shadow": true, "rules": [{"name": "trial", "key": [{"rule": {}}], "limit": {"requests": 1, "per": "1h"}}]}"#,
         );
@@ -155,7 +156,7 @@ fn allocated(envoy: &Envoy) -> u64 {
 fn memory_stays_flat_past_max_keys_with_200000_clients() {
     let upstream = Upstream::echo();
     let envoy = Envoy::start(
-        &Gateway::new(upstream.port())
+        &TestEnvoyConfig::new(upstream.port())
             .filter(
                 "rate_limit",
                 r#"{"max_keys": 1000, "rules": [{"name": "per-client", "key": [{"header": "x-client"}], "limit": {"requests": 100, "per": "1s"}}]}"#,

@@ -4,13 +4,14 @@
 
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
-use filter_tests::envoy_config::{Gateway, example};
+use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
-fn gateway(upstream: &Upstream, config: &str) -> Envoy {
+fn gateway(layout: Layout, upstream: &Upstream, config: &str) -> Envoy {
     Envoy::start(
-        &Gateway::new(upstream.port())
+        &TestEnvoyConfig::new(upstream.port())
+            .layout(layout)
             .filter("retry_policy", config)
             .render(),
     )
@@ -25,9 +26,9 @@ fn then_ok(failures: usize) -> Vec<Reply> {
 const RETRY_5XX: &str = r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 2}]}"#;
 
 both_modules! {
-    fn a_get_whose_first_attempt_fails_succeeds_with_exactly_two_attempts() {
+    fn a_get_whose_first_attempt_fails_succeeds_with_exactly_two_attempts(layout) {
         let upstream = Upstream::start(then_ok(1));
-        let envoy = gateway(&upstream, RETRY_5XX);
+        let envoy = gateway(layout, &upstream, RETRY_5XX);
         let r = client::get("/orders").send(envoy.port("gateway"));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(upstream.count(), 2);
@@ -46,16 +47,16 @@ both_modules! {
 }
 
 both_modules! {
-    fn a_post_is_attempted_once_unless_it_carries_an_idempotency_key() {
+    fn a_post_is_attempted_once_unless_it_carries_an_idempotency_key(layout) {
         let upstream = Upstream::start(then_ok(1));
-        let envoy = gateway(&upstream, RETRY_5XX);
+        let envoy = gateway(layout, &upstream, RETRY_5XX);
         let port = envoy.port("gateway");
         let post = client::Request::new("POST", "/orders").body("{}");
         assert_eq!(post.send(port).status, 503);
         assert_eq!(upstream.count(), 1);
 
         let upstream = Upstream::start(then_ok(1));
-        let envoy = gateway(&upstream, RETRY_5XX);
+        let envoy = gateway(layout, &upstream, RETRY_5XX);
         let keyed = client::Request::new("POST", "/orders")
             .header(
                 "idempotency-key",
@@ -72,11 +73,11 @@ both_modules! {
 }
 
 both_modules! {
-    fn a_client_asking_for_100_retries_gets_the_rule_s_number() {
+    fn a_client_asking_for_100_retries_gets_the_rule_s_number(layout) {
         let upstream = Upstream::start(vec![Reply::Status(503)]);
         // Internal clients: Envoy itself would keep and obey the client's retry headers.
         let envoy = Envoy::start(
-            &Gateway::new(upstream.port())
+            &TestEnvoyConfig::new(upstream.port()).layout(layout)
                 .filter(
                     "retry_policy",
                     r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1}]}"#,
@@ -101,9 +102,9 @@ both_modules! {
 }
 
 both_modules! {
-    fn per_try_timeout_cuts_a_hung_attempt_and_the_retry_succeeds() {
+    fn per_try_timeout_cuts_a_hung_attempt_and_the_retry_succeeds(layout) {
         let upstream = Upstream::start(vec![Reply::Hang, Reply::Echo]);
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 1, "per_try_timeout": "200ms"}]}"#,
         );
@@ -116,12 +117,12 @@ both_modules! {
 }
 
 both_modules! {
-    fn the_budget_bounds_what_an_outage_costs_the_upstream() {
+    fn the_budget_bounds_what_an_outage_costs_the_upstream(layout) {
         const REQUESTS: usize = 50;
         let with_budget = r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 2}],
                               "budget": {"retry_ratio": 0.2, "min_retries_per_second": 1}}"#;
         let down = Upstream::start(vec![Reply::Status(503)]);
-        let envoy = gateway(&down, with_budget);
+        let envoy = gateway(layout, &down, with_budget);
         for _ in 0..REQUESTS {
             assert_eq!(client::get("/x").send(envoy.port("gateway")).status, 503);
         }
@@ -144,7 +145,7 @@ both_modules! {
         );
 
         let down = Upstream::start(vec![Reply::Status(503)]);
-        let envoy = gateway(&down, RETRY_5XX);
+        let envoy = gateway(layout, &down, RETRY_5XX);
         for _ in 0..REQUESTS {
             client::get("/x").send(envoy.port("gateway"));
         }
@@ -153,7 +154,7 @@ both_modules! {
 }
 
 both_modules! {
-    fn retry_after_is_added_kept_and_capped() {
+    fn retry_after_is_added_kept_and_capped(layout) {
         let full = |status: u16, retry_after: &str| Reply::Full {
             status,
             headers: vec![("retry-after".to_owned(), retry_after.to_owned())],
@@ -166,7 +167,7 @@ both_modules! {
             full(429, "Tue, 24 Nov 2099 00:00:00 GMT"),
             Reply::Status(500),
         ]);
-        let envoy = gateway(
+        let envoy = gateway(layout,
             &upstream,
             r#"{"retry_after": {"default": "5s", "max": "60s", "jitter": "none"}}"#,
         );
@@ -186,11 +187,11 @@ both_modules! {
 }
 
 both_modules! {
-    fn a_half_open_probe_is_not_retried() {
+    fn a_half_open_probe_is_not_retried(layout) {
         let upstream = Upstream::start(vec![Reply::Status(503)]);
         // The breaker first: the retry policy reads the state it leaves.
         let envoy = Envoy::start(
-            &Gateway::new(upstream.port())
+            &TestEnvoyConfig::new(upstream.port()).layout(layout)
                 .filter(
                     "circuit_breaker",
                     r#"{"breakers": [{"name": "b", "minimum_calls": 4, "open_duration": "1s", "half_open_calls": 1}]}"#,

@@ -5,25 +5,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-thread_local! {
-    /// Whether gateways built on this thread render their policies as one `gateway.wasm`
-    /// entry (see [`as_gateway_module`]).
-    static AS_GATEWAY_MODULE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `scenario` with every [`Gateway`] it renders putting its filters into one
-/// `gateway.wasm` entry instead of one entry per filter module: the same scenario, against
-/// the combined module.
-pub fn as_gateway_module<R>(scenario: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            AS_GATEWAY_MODULE.with(|m| m.set(false));
-        }
-    }
-    AS_GATEWAY_MODULE.with(|m| m.set(true));
-    let _reset = Reset;
-    scenario()
+/// How a [`TestEnvoyConfig`] puts its filters into Envoy: the same scenario runs against the
+/// separate filter modules and against the combined one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One Envoy filter entry per filter module.
+    #[default]
+    SeparateFilters,
+    /// One `gateway.wasm` entry whose configuration holds each filter's as a member.
+    GatewayModule,
 }
 
 /// Where Envoy gets a filter entry's module from.
@@ -52,12 +42,14 @@ struct Entry {
     code: Code,
 }
 
-/// A test gateway: one listener named `gateway` on a free port, a chain of Wasm filters, and a
-/// route to a cluster named `upstream` (the test's in-process server).
+/// An Envoy configuration for a test: one listener named `gateway` on a free port, a chain of
+/// Wasm filters laid out as [`Layout`] says, and a route to a cluster named `upstream` (the
+/// test's in-process server).
 #[derive(Debug, Clone)]
-pub struct Gateway {
+pub struct TestEnvoyConfig {
     upstream_port: u16,
     filters: Vec<Entry>,
+    layout: Layout,
     route_timeout: String,
     clusters: Vec<(String, u16)>,
     direct_response: bool,
@@ -65,18 +57,25 @@ pub struct Gateway {
     internal_clients: bool,
 }
 
-impl Gateway {
-    /// A gateway in front of `127.0.0.1:upstream_port`.
+impl TestEnvoyConfig {
+    /// A configuration in front of `127.0.0.1:upstream_port`, with separate filter entries.
     pub fn new(upstream_port: u16) -> Self {
         Self {
             upstream_port,
             filters: Vec::new(),
+            layout: Layout::SeparateFilters,
             route_timeout: "15s".to_owned(),
             clusters: Vec::new(),
             direct_response: false,
             request_headers: Vec::new(),
             internal_clients: false,
         }
+    }
+
+    /// Lays the filters out as `layout` says.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Treats the test client (127.0.0.1) as internal, so Envoy keeps the `x-envoy-*` headers
@@ -128,10 +127,10 @@ impl Gateway {
         self
     }
 
-    /// The filter entries: one per filter, or under [`as_gateway_module`] one `gateway` entry
-    /// whose configuration holds each filter's as a member.
+    /// The filter entries: one per filter, or in [`Layout::GatewayModule`] one `gateway`
+    /// entry whose configuration holds each filter's as a member.
     fn entries(&self) -> Vec<Entry> {
-        if !AS_GATEWAY_MODULE.with(std::cell::Cell::get) {
+        if self.layout == Layout::SeparateFilters {
             return self.filters.clone();
         }
         assert!(
@@ -378,11 +377,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn as_gateway_module_the_filters_become_members_of_one_entry() {
-        let gateway = Gateway::new(1)
+    fn in_the_gateway_module_layout_the_filters_become_members_of_one_entry() {
+        let config = TestEnvoyConfig::new(1)
             .filter("rate_limit", r#"{"rules": []}"#)
             .filter("retry_policy", "{}");
-        let combined = as_gateway_module(|| gateway.render());
+        let combined = config.clone().layout(Layout::GatewayModule).render();
         assert_eq!(combined.matches("envoy.wasm.runtime.v8").count(), 1);
         assert!(combined.contains("gateway.wasm"), "{combined}");
         assert!(
@@ -390,8 +389,16 @@ mod tests {
                 .contains(r#"value: "{\"rate_limit\": {\"rules\": []}, \"retry_policy\": {}}""#),
             "{combined}"
         );
-        // Outside the scenario, the same gateway renders one entry per module again.
-        assert_eq!(gateway.render().matches("envoy.wasm.runtime.v8").count(), 2);
+        // Separate filters (the default): one entry per module.
+        assert_eq!(config.render().matches("envoy.wasm.runtime.v8").count(), 2);
+        assert_eq!(
+            config
+                .layout(Layout::SeparateFilters)
+                .render()
+                .matches("envoy.wasm.runtime.v8")
+                .count(),
+            2
+        );
     }
 
     #[test]
