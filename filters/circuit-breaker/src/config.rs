@@ -3,11 +3,13 @@
 use crate::state::Policy;
 use crate::window::Shape;
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, Named, check_name, quoted,
-    show_duration, unknown_variant, variant,
+    ConfigDuration, ConfigError, FieldPath, NamedMap, check_name, null_default, parse_duration,
+    quoted, show_duration,
 };
-use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::fmt;
 use std::time::Duration;
 
 /// The most calls a count window may hold (each is 9 bytes of the shared record, rewritten on
@@ -17,18 +19,22 @@ pub const MAX_COUNT_WINDOW: u32 = 1000;
 pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
 
 /// The whole configuration as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     /// The breakers; a request is guarded by the first whose `match` fits.
+    #[serde(default, deserialize_with = "null_default")]
     pub breakers: Vec<BreakerConfig>,
 }
 
 /// One breaker as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Names it in metrics, logs, headers and shared data.
     pub name: String,
     /// Which requests it guards (the shared matcher; `cluster` names the upstream).
+    #[serde(rename = "match", default, deserialize_with = "null_default")]
     pub route: RouteMatchConfig,
     /// Default `{"type": "time", "size": "10s"}`.
     pub window: Option<WindowConfig>,
@@ -49,30 +55,77 @@ pub struct BreakerConfig {
     /// Default `[500, 502, 503, 504]`.
     pub failure_statuses: Option<Vec<u16>>,
     /// Default `enforce`.
+    #[serde(default, deserialize_with = "null_default")]
     pub mode: Mode,
     /// The answer while open; default a 503 problem document.
     pub fallback: Option<FallbackConfig>,
 }
 
-/// A window as written.
-#[derive(Debug)]
-pub enum WindowConfig {
+/// A window as written: `{"type": "time", "size": "10s"}` or
+/// `{"type": "count", "size": 100, "max_age": "60s"}`.
+///
+/// One struct rather than an enum tagged by `type`: serde reads an internally tagged enum
+/// through a buffer, and errors inside it would lose their field path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Which kind of window.
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// A duration for a time window, a number of calls for a count window.
+    pub size: WindowSize,
+    /// Count windows only: calls older than this no longer count. Default `"60s"`.
+    pub max_age: Option<ConfigDuration>,
+}
+
+/// The kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
     /// A sliding time window.
-    Time {
-        /// Its length, 100ms to 1h.
-        size: ConfigDuration,
-    },
+    Time,
     /// The last `size` calls.
-    Count {
-        /// 1 to 1000 calls.
-        size: u32,
-        /// Calls older than this no longer count. Default `"60s"`.
-        max_age: Option<ConfigDuration>,
-    },
+    Count,
+}
+
+/// A window's `size`: a duration (`"10s"`) or a number of calls (`100`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSize {
+    /// A length of time.
+    Duration(Duration),
+    /// A number of calls.
+    Calls(u64),
+}
+
+impl<'de> Deserialize<'de> for WindowSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Size;
+
+        impl Visitor<'_> for Size {
+            type Value = WindowSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"10s\" or a whole number of calls")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                parse_duration(text)
+                    .map(WindowSize::Duration)
+                    .map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, calls: u64) -> Result<Self::Value, E> {
+                Ok(WindowSize::Calls(calls))
+            }
+        }
+
+        deserializer.deserialize_any(Size)
+    }
 }
 
 /// What the breaker does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Trips and refuses.
     #[default]
@@ -86,121 +139,17 @@ pub enum Mode {
 }
 
 /// The fallback response as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FallbackConfig {
     /// Default 503.
     pub status: Option<u16>,
     /// Extra headers.
-    pub headers: Named<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub headers: NamedMap<String>,
     /// The body.
+    #[serde(default, deserialize_with = "null_default")]
     pub body: String,
-}
-
-impl FromJson for CircuitBreakerConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["breakers"], |m| {
-            Ok(Self {
-                breakers: m.or_default("breakers")?,
-            })
-        })
-    }
-}
-
-impl FromJson for BreakerConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &[
-                "name",
-                "match",
-                "window",
-                "minimum_calls",
-                "failure_rate_threshold",
-                "slow_call_duration",
-                "slow_call_rate_threshold",
-                "open_duration",
-                "half_open_calls",
-                "half_open_timeout",
-                "failure_statuses",
-                "mode",
-                "fallback",
-            ],
-            |m| {
-                Ok(Self {
-                    name: m.required("name")?,
-                    route: m.or_default("match")?,
-                    window: m.field("window")?,
-                    minimum_calls: m.field("minimum_calls")?,
-                    failure_rate_threshold: m.field("failure_rate_threshold")?,
-                    slow_call_duration: m.field("slow_call_duration")?,
-                    slow_call_rate_threshold: m.field("slow_call_rate_threshold")?,
-                    open_duration: m.field("open_duration")?,
-                    half_open_calls: m.field("half_open_calls")?,
-                    half_open_timeout: m.field("half_open_timeout")?,
-                    failure_statuses: m.field("failure_statuses")?,
-                    mode: m.or_default("mode")?,
-                    fallback: m.field("fallback")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for WindowConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        // Each kind has its own fields: a time window has no `max_age`.
-        let kind = value.as_object().and_then(|o| o.get("type"));
-        let fields: &'static [&'static str] = match kind.and_then(Json::as_str) {
-            Some("count") => &["type", "size", "max_age"],
-            _ => &["type", "size"],
-        };
-        let mut m = Members::of(value, at, fields)?;
-        let kind: String = m.required("type")?;
-        let config = match kind.as_str() {
-            "time" => Self::Time {
-                size: m.required("size")?,
-            },
-            "count" => Self::Count {
-                size: m.required("size")?,
-                max_age: m.field("max_age")?,
-            },
-            _ => {
-                return Err(at
-                    .field("type")
-                    .error(unknown_variant(&kind, &["time", "count"])));
-            }
-        };
-        m.finish();
-        Ok(config)
-    }
-}
-
-impl FromJson for Mode {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        variant(
-            value,
-            at,
-            &[
-                ("enforce", Self::Enforce),
-                ("shadow", Self::Shadow),
-                ("forced_open", Self::ForcedOpen),
-                ("disabled", Self::Disabled),
-            ],
-        )
-    }
-}
-
-impl FromJson for FallbackConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["status", "headers", "body"], |m| {
-            Ok(Self {
-                status: m.field("status")?,
-                headers: m.or_default("headers")?,
-                body: m.or_default("body")?,
-            })
-        })
-    }
 }
 
 /// A fallback, validated.
@@ -287,30 +236,7 @@ fn compile_breaker(b: BreakerConfig, at: &FieldPath) -> Result<Breaker, ConfigEr
         None => Shape::Time {
             size: Duration::from_secs(10),
         },
-        Some(WindowConfig::Time { size }) => Shape::Time {
-            size: duration(
-                Some(size),
-                Duration::ZERO,
-                Duration::from_millis(100)..=Duration::from_secs(3600),
-                &at.field("window").field("size"),
-            )?,
-        },
-        Some(WindowConfig::Count { size, max_age }) => {
-            if !(1..=MAX_COUNT_WINDOW).contains(&size) {
-                return Err(at.field("window").field("size").error(format!(
-                    "must be from 1 to {MAX_COUNT_WINDOW} calls, got {size}"
-                )));
-            }
-            Shape::Count {
-                size,
-                max_age: duration(
-                    max_age,
-                    Duration::from_secs(60),
-                    Duration::from_millis(1)..=Duration::from_secs(86_400),
-                    &at.field("window").field("max_age"),
-                )?,
-            }
-        }
+        Some(window) => compile_window(window, &at.field("window"))?,
     };
     let minimum_calls = b.minimum_calls.unwrap_or(20);
     if minimum_calls == 0 {
@@ -386,6 +312,51 @@ fn compile_breaker(b: BreakerConfig, at: &FieldPath) -> Result<Breaker, ConfigEr
     })
 }
 
+fn compile_window(w: WindowConfig, at: &FieldPath) -> Result<Shape, ConfigError> {
+    match (w.kind, w.size) {
+        (WindowKind::Time, WindowSize::Duration(size)) => {
+            if w.max_age.is_some() {
+                return Err(at
+                    .field("max_age")
+                    .error("only a count window has a max_age"));
+            }
+            Ok(Shape::Time {
+                size: duration(
+                    Some(ConfigDuration(size)),
+                    Duration::ZERO,
+                    Duration::from_millis(100)..=Duration::from_secs(3600),
+                    &at.field("size"),
+                )?,
+            })
+        }
+        (WindowKind::Count, WindowSize::Calls(size)) => {
+            let size = u32::try_from(size)
+                .ok()
+                .filter(|size| (1..=MAX_COUNT_WINDOW).contains(size))
+                .ok_or_else(|| {
+                    at.field("size").error(format!(
+                        "must be from 1 to {MAX_COUNT_WINDOW} calls, got {size}"
+                    ))
+                })?;
+            Ok(Shape::Count {
+                size,
+                max_age: duration(
+                    w.max_age,
+                    Duration::from_secs(60),
+                    Duration::from_millis(1)..=Duration::from_secs(86_400),
+                    &at.field("max_age"),
+                )?,
+            })
+        }
+        (WindowKind::Time, WindowSize::Calls(_)) => Err(at
+            .field("size")
+            .error("a time window's size is a duration such as \"10s\"")),
+        (WindowKind::Count, WindowSize::Duration(_)) => Err(at
+            .field("size")
+            .error("a count window's size is a whole number of calls")),
+    }
+}
+
 fn compile_fallback(f: FallbackConfig, at: &FieldPath) -> Result<Fallback, ConfigError> {
     let status = f.status.unwrap_or(503);
     if !(200..=599).contains(&status) {
@@ -420,10 +391,10 @@ fn compile_fallback(f: FallbackConfig, at: &FieldPath) -> Result<Fallback, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use filter_core::config::parse_json;
+    use filter_core::config::parse;
 
     fn compile(json: &str) -> Result<Vec<Breaker>, ConfigError> {
-        parse_json::<CircuitBreakerConfig>(json.as_bytes())?.compile()
+        parse::<CircuitBreakerConfig>(json.as_bytes())?.compile()
     }
 
     #[test]
@@ -530,10 +501,99 @@ mod tests {
         assert_eq!(compile(twice).unwrap_err().path(), "breakers[1].name");
     }
 
+    #[test]
+    fn windows_and_maps_name_the_field_and_the_reason() {
+        let error = |breaker: &str| {
+            compile(&format!(r#"{{"breakers": [{{"name": "x", {breaker}}}]}}"#))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error(r#""window": {"type": "time", "size": "10s", "max_age": "1s"}"#),
+            "breakers[0].window.max_age: only a count window has a max_age"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "time", "size": 10}"#),
+            "breakers[0].window.size: a time window's size is a duration such as \"10s\""
+        );
+        assert_eq!(
+            error(r#""window": {"type": "count", "size": "10s"}"#),
+            "breakers[0].window.size: a count window's size is a whole number of calls"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "count", "size": 2.5}"#),
+            "breakers[0].window.size: invalid type: floating point `2.5`, expected a duration such as \"10s\" or a whole number of calls"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "count", "size": 5000000000}"#),
+            "breakers[0].window.size: must be from 1 to 1000 calls, got 5000000000"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "time", "size": "10"}"#),
+            "breakers[0].window.size: invalid duration \"10\": missing unit (ns, us, ms, s, m or h)"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "hourly", "size": "1h"}"#),
+            "breakers[0].window.type: unknown variant `hourly`, expected `time` or `count`"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "time", "size": "10s", "kind": "x"}"#),
+            "breakers[0].window.kind: unknown field `kind`, expected one of `type`, `size`, `max_age`"
+        );
+        assert_eq!(
+            error(r#""window": {"type": "time"}"#),
+            "breakers[0].window: missing field `size`"
+        );
+        assert_eq!(
+            error(r#""fallback": {"headers": {"x-a": "1", "x-b": "2", "x-a": "3"}}"#),
+            "breakers[0].fallback.headers.x-a: appears twice; each member may appear once"
+        );
+        assert_eq!(
+            error(r#""fallback": {"headers": {"x-a": 1}}"#),
+            "breakers[0].fallback.headers.x-a: invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(
+            error(r#""minimum_calls": 1.5"#),
+            "breakers[0].minimum_calls: invalid type: floating point `1.5`, expected u32"
+        );
+        assert_eq!(
+            error(r#""open_duration": 30"#),
+            "breakers[0].open_duration: invalid type: integer `30`, expected a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\""
+        );
+        assert_eq!(
+            error(r#""mode": "enforce", "mode": "shadow""#),
+            "breakers[0].mode: appears twice; each member may appear once"
+        );
+    }
+
+    #[test]
+    fn null_means_the_default() {
+        let nulls = r#"{"breakers": [{"name": "n", "match": null, "window": null,
+            "minimum_calls": null, "failure_rate_threshold": null, "slow_call_duration": null,
+            "slow_call_rate_threshold": null, "open_duration": null, "half_open_calls": null,
+            "half_open_timeout": null, "failure_statuses": null, "mode": null,
+            "fallback": {"status": null, "headers": null, "body": null}}]}"#;
+        let b = compile(nulls).unwrap();
+        let d = compile(r#"{"breakers": [{"name": "n", "fallback": {}}]}"#).unwrap();
+        assert_eq!(b[0].policy, d[0].policy);
+        assert_eq!(b[0].failure_statuses, d[0].failure_statuses);
+        assert_eq!((b[0].mode, &b[0].fallback), (d[0].mode, &d[0].fallback));
+        let c = compile(r#"{"breakers": [{"name": "c", "window": {"type": "count", "size": 5, "max_age": null}}]}"#)
+            .unwrap();
+        assert_eq!(
+            c[0].policy.window,
+            Shape::Count {
+                size: 5,
+                max_age: Duration::from_secs(60)
+            }
+        );
+        assert!(compile(r#"{"breakers": null}"#).unwrap().is_empty());
+    }
+
     proptest::proptest! {
         #[test]
         fn hostile_config_never_panics(text in ".{0,200}") {
-            if let Ok(c) = parse_json::<CircuitBreakerConfig>(text.as_bytes()) {
+            if let Ok(c) = parse::<CircuitBreakerConfig>(text.as_bytes()) {
                 let _ = c.compile();
             }
         }

@@ -47,10 +47,10 @@ pub fn refused(breaker: &Breaker, state: &str, retry_after: Option<Duration>) ->
 mod tests {
     use super::*;
     use crate::config::CircuitBreakerConfig;
-    use filter_core::config::parse_json;
+    use filter_core::config::parse;
 
     fn breaker(json: &str) -> Breaker {
-        let config: CircuitBreakerConfig = parse_json(json.as_bytes()).unwrap();
+        let config: CircuitBreakerConfig = parse(json.as_bytes()).unwrap();
         config.compile().unwrap().remove(0)
     }
 

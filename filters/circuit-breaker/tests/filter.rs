@@ -10,7 +10,7 @@
 )]
 
 use circuit_breaker::{BreakerMetric, CircuitBreaker, FILTER_STATE, Stream};
-use filter_core::config::parse_json;
+use filter_core::config::parse;
 use filter_core::decision::{Decision, LocalResponse};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::RecordedLog;
@@ -35,7 +35,7 @@ impl World {
             r#"{{"breakers": [{{"name": "b", "minimum_calls": 2, "open_duration": "10s", "half_open_calls": 1 {breaker}}}]}}"#
         );
         Self {
-            filter: CircuitBreaker::new(parse_json(json.as_bytes()).unwrap()).unwrap(),
+            filter: CircuitBreaker::new(parse(json.as_bytes()).unwrap()).unwrap(),
             store: MemStore::new(),
             metrics: RecordedMetrics::default(),
             log: RecordedLog::default(),

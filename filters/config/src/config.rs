@@ -2,18 +2,23 @@
 //!
 //! Each filter's configuration is the JSON text of the Wasm plugin's `configuration` field
 //! (a `google.protobuf.StringValue` in Envoy YAML, `pluginConfig` in Istio). In `on_configure`
-//! it is read into a [`Json`] tree by our strict reader, converted into typed structs by their
-//! [`FromJson`] impls (unknown members are errors, see [`Members::of`]), then validated into
-//! the filter's compiled form. Any error becomes one [`ConfigError`] whose path points at the
-//! offending field, e.g. `rules[1].limit.requests: must be a whole number from 0 to 4294967295,
-//! got -3`.
+//! [`parse`] reads it with serde_json into the filter's raw configuration type (derived
+//! `Deserialize`, `deny_unknown_fields`), then the filter validates that into its compiled
+//! form. Any error becomes one [`ConfigError`] whose path points at the offending field, e.g.
+//! `rules[1].limit.requests: invalid value: integer `-3`, expected u32`.
 //!
 //! As in protobuf's JSON mapping, `null` means the same as leaving a member out, so YAML that
-//! writes `field: ~` or templates that render empty values get the documented default.
+//! writes `field: ~` or templates that render empty values get the documented default:
+//! `Option` fields do it by themselves, defaulted ones use [`null_default`].
 
-use crate::json::{self, Fault, Json, JsonError, Limits};
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_path_to_error::Segment;
+use std::collections::BTreeSet;
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
+
 /// A configuration the filter refuses, with the field path (`rules[1].limit`) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -107,129 +112,77 @@ impl fmt::Display for FieldPath {
     }
 }
 
-/// Parses a plugin configuration. Empty (or all-whitespace) input means `{}`, so a filter
-/// whose fields all have defaults can be loaded with no `configuration` at all.
-pub fn parse_json<T: FromJson>(bytes: &[u8]) -> Result<T, ConfigError> {
+/// Parses a plugin configuration into `T`. Empty (or all-whitespace) input means `{}`, so a
+/// filter whose fields all have defaults can be loaded with no `configuration` at all.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
-    let tree = json::parse(text, Limits::TRUSTED).map_err(|fault| refusal(text, fault))?;
-    T::from_json(&tree, &FieldPath::root())
+    let mut reader = serde_json::Deserializer::from_slice(text);
+    let value: T = serde_path_to_error::deserialize(&mut reader)
+        .map_err(|e| refusal(field_path(e.path()), e.inner()))?;
+    // Anything after the document (`{} {}`) is refused too.
+    reader
+        .end()
+        .map_err(|e| refusal(FieldPath::root(), &e))?;
+    Ok(value)
 }
 
-/// A document the JSON reader refused, as an error at the field it happened in.
-fn refusal(text: &[u8], fault: Fault) -> ConfigError {
-    let reason = match fault.error {
-        // Position is what helps with a syntax error...
-        JsonError::Syntax { line, column } => {
-            format!(
-                "invalid JSON: {} at line {line} column {column}",
-                fault.detail
-            )
-        }
-        // ...while for the rest the field path says more.
-        JsonError::DuplicateMember => "appears twice; each member may appear once".to_owned(),
-        other => format!("invalid JSON: {other}"),
-    };
-    ConfigError::new(path_at(text, fault.offset), reason)
+/// serde_path_to_error's path in our `a.b[2].c` form.
+fn field_path(path: &serde_path_to_error::Path) -> FieldPath {
+    path.iter().fold(FieldPath::root(), |at, segment| match segment {
+        Segment::Seq { index } => at.index(*index),
+        Segment::Map { key } | Segment::Enum { variant: key } => at.field(key),
+        // A map key that is not a string: JSON has none.
+        Segment::Unknown => at,
+    })
 }
 
-/// A configuration type read from its JSON value. Implemented by hand rather than derived:
-/// see [`crate::json`] for why.
-pub trait FromJson: Sized {
-    /// Reads `value`, found at `at`; an error names `at` or a field below it.
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError>;
-}
-
-/// "expected `what`, got <the value>", at `at`.
-pub fn expected(what: &str, value: &Json, at: &FieldPath) -> ConfigError {
-    at.error(format!("expected {what}, got {}", value.describe()))
-}
-
-impl FromJson for String {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::String(s) => Ok(s.clone()),
-            other => Err(expected("a string", other, at)),
-        }
+/// serde_json's `error`, met at `at`, as a [`ConfigError`].
+fn refusal(at: FieldPath, error: &serde_json::Error) -> ConfigError {
+    let message = error.to_string();
+    // serde_json appends the position; the field path says more, except for a syntax error.
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    let bare = message.strip_suffix(&position).unwrap_or(&message);
+    if error.is_syntax() || error.is_eof() {
+        return at.error(format!("invalid JSON: {message}"));
     }
-}
-
-impl FromJson for bool {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Bool(b) => Ok(*b),
-            other => Err(expected("`true` or `false`", other, at)),
-        }
+    // serde reports a member given twice at the object holding it: point at the member.
+    if let Some(name) = bare
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return at
+            .field(name)
+            .error("appears twice; each member may appear once");
     }
+    at.error(bare)
 }
 
-impl FromJson for f64 {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Number(n) => Ok(n.as_f64()),
-            other => Err(expected("a number", other, at)),
-        }
-    }
-}
-
-/// A whole number from 0 to `max`.
-fn unsigned(value: &Json, at: &FieldPath, max: u64) -> Result<u64, ConfigError> {
-    match value {
-        Json::Number(n) => n.as_u64().filter(|v| *v <= max).ok_or_else(|| {
-            at.error(format!(
-                "must be a whole number from 0 to {max}, got {}",
-                n.as_str()
-            ))
-        }),
-        other => Err(expected(
-            &format!("a whole number from 0 to {max}"),
-            other,
-            at,
-        )),
-    }
-}
-
-macro_rules! unsigned_from_json {
-    ($($t:ty),*) => {$(
-        impl FromJson for $t {
-            fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-                let n = unsigned(value, at, <$t>::MAX as u64)?;
-                <$t>::try_from(n).map_err(|_| at.error("out of range"))
-            }
-        }
-    )*};
-}
-unsigned_from_json!(u8, u16, u32, u64, usize);
-
-impl<T: FromJson> FromJson for Vec<T> {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| T::from_json(item, &at.index(i)))
-                .collect(),
-            other => Err(expected("an array", other, at)),
-        }
-    }
+/// For `#[serde(default, deserialize_with = "null_default")]`: a defaulted field given as
+/// `null` gets its default, as an absent one does.
+pub fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// An object whose member names are free (providers by name, header names), each value a
-/// `T`, in document order; the reader has already refused a name given twice. (A list, not a
-/// BTreeMap: the map's code and the sort that builds it cost 10 KB per module.)
+/// `T`, kept in document order. A name given twice is refused, as everywhere in configuration.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Named<T>(pub Vec<(String, T)>);
+pub struct NamedMap<T>(Vec<(String, T)>);
 
-impl<T> Default for Named<T> {
+impl<T> Default for NamedMap<T> {
     fn default() -> Self {
         Self(Vec::new())
     }
 }
 
-impl<T> Named<T> {
+impl<T> NamedMap<T> {
     /// The members, in document order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         self.0.iter().map(|(name, value)| (name.as_str(), value))
@@ -246,7 +199,13 @@ impl<T> Named<T> {
     }
 }
 
-impl<T> IntoIterator for Named<T> {
+impl<T> FromIterator<(String, T)> for NamedMap<T> {
+    fn from_iter<I: IntoIterator<Item = (String, T)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl<T> IntoIterator for NamedMap<T> {
     type Item = (String, T);
     type IntoIter = std::vec::IntoIter<(String, T)>;
     fn into_iter(self) -> Self::IntoIter {
@@ -254,303 +213,38 @@ impl<T> IntoIterator for Named<T> {
     }
 }
 
-impl<T: FromJson> FromJson for Named<T> {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Object(object) => object
-                .members()
-                .iter()
-                .map(|(name, item)| Ok((name.clone(), T::from_json(item, &at.field(name))?)))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Self),
-            other => Err(expected("an object", other, at)),
-        }
-    }
-}
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for NamedMap<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members<T>(PhantomData<T>);
 
-impl<T: FromJson> FromJson for Option<T> {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Null => Ok(None),
-            other => T::from_json(other, at).map(Some),
-        }
-    }
-}
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Members<T> {
+            type Value = NamedMap<T>;
 
-/// Reads an object's members by name. The names it may have are declared up front, so an
-/// unknown member is refused before anything else is read (a misspelt optional field is the
-/// error to report, not the required one it stood for).
-///
-/// ```
-/// # use filter_config::config::{parse_json, ConfigError, FieldPath, FromJson, Members};
-/// # use filter_config::json::Json;
-/// struct Limit { requests: u32, burst: Option<u32> }
-/// impl FromJson for Limit {
-///     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-///         Members::read(value, at, &["requests", "burst"], |m| {
-///             Ok(Limit { requests: m.required("requests")?, burst: m.field("burst")? })
-///         })
-///     }
-/// }
-/// let err = parse_json::<Limit>(br#"{"requests": 1, "brust": 2}"#).err().unwrap();
-/// assert_eq!(err.to_string(), "brust: unknown field `brust`, expected one of `requests`, `burst`");
-/// ```
-#[derive(Debug)]
-pub struct Members<'a> {
-    at: &'a FieldPath,
-    members: &'a [(String, Json)],
-    fields: &'static [&'static str],
-    read: Vec<&'static str>,
-}
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
 
-impl<'a> Members<'a> {
-    /// The members of `value`, which must be an object with no member outside `fields`.
-    pub fn of(
-        value: &'a Json,
-        at: &'a FieldPath,
-        fields: &'static [&'static str],
-    ) -> Result<Self, ConfigError> {
-        let Json::Object(object) = value else {
-            return Err(expected("an object", value, at));
-        };
-        if let Some((name, _)) = object
-            .members()
-            .iter()
-            .find(|(name, _)| !fields.contains(&name.as_str()))
-        {
-            return Err(at.field(name).error(format!(
-                "unknown field `{name}`, {}",
-                choices(fields, "there are no fields")
-            )));
-        }
-        Ok(Self {
-            at,
-            members: object.members(),
-            fields,
-            read: Vec::new(),
-        })
-    }
-
-    /// Reads an object: `read` takes its members (see [`Members::of`]), then they are
-    /// [`Members::finish`]ed.
-    pub fn read<T>(
-        value: &'a Json,
-        at: &'a FieldPath,
-        fields: &'static [&'static str],
-        read: impl FnOnce(&mut Members<'a>) -> Result<T, ConfigError>,
-    ) -> Result<T, ConfigError> {
-        let mut members = Self::of(value, at, fields)?;
-        let result = read(&mut members)?;
-        members.finish();
-        Ok(result)
-    }
-
-    /// The raw value of the member `name`, if present and not `null`.
-    fn raw(&mut self, name: &'static str) -> Option<&'a Json> {
-        debug_assert!(self.fields.contains(&name), "{name} is not declared");
-        self.read.push(name);
-        self.members
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-            .filter(|v| !matches!(v, Json::Null))
-    }
-
-    /// The member `name`, if present and not `null`.
-    pub fn field<T: FromJson>(&mut self, name: &'static str) -> Result<Option<T>, ConfigError> {
-        match self.raw(name) {
-            Some(value) => T::from_json(value, &self.at.field(name)).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The member `name`, or `T`'s default when absent.
-    pub fn or_default<T: FromJson + Default>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<T, ConfigError> {
-        Ok(self.field(name)?.unwrap_or_default())
-    }
-
-    /// The member `name`, which must be present.
-    pub fn required<T: FromJson>(&mut self, name: &'static str) -> Result<T, ConfigError> {
-        self.field(name)?
-            .ok_or_else(|| self.at.error(format!("missing field `{name}`")))
-    }
-
-    /// Ends the reading. In tests, checks that every declared field was read: a declared
-    /// field nobody reads would be accepted and silently ignored.
-    pub fn finish(self) {
-        debug_assert!(
-            self.fields.iter().all(|f| self.read.contains(f)),
-            "{}: declared fields left unread",
-            self.at
-        );
-    }
-}
-
-/// "expected `a`", or "expected one of `a`, `b`", or `none` when there is nothing to expect.
-fn choices(names: &[&str], none: &str) -> String {
-    match names {
-        [] => none.to_owned(),
-        [one] => format!("expected `{one}`"),
-        many => {
-            let quoted: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
-            format!("expected one of {}", quoted.join(", "))
-        }
-    }
-}
-
-/// Reads a string naming one of `variants` (`"draft"`, `"legacy"`, ...).
-pub fn variant<T: Copy>(
-    value: &Json,
-    at: &FieldPath,
-    variants: &[(&str, T)],
-) -> Result<T, ConfigError> {
-    let names: Vec<&str> = variants.iter().map(|(name, _)| *name).collect();
-    match value {
-        Json::String(s) => variants
-            .iter()
-            .find(|(name, _)| name == s)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| at.error(unknown_variant(s, &names))),
-        other => Err(at.error(format!(
-            "{}, got {}",
-            choices(&names, "a string"),
-            other.describe()
-        ))),
-    }
-}
-
-/// "unknown variant `x`, expected one of `a`, `b`".
-pub fn unknown_variant(name: &str, expected: &[&str]) -> String {
-    format!(
-        "unknown variant `{name}`, {}",
-        choices(expected, "there are none")
-    )
-}
-
-/// Reads an object with exactly one member, whose name says which kind it is
-/// (`{"header": "x-user-id"}`): returns that name and its value.
-pub fn tagged<'a>(value: &'a Json, at: &FieldPath) -> Result<(&'a str, &'a Json), ConfigError> {
-    match value {
-        Json::Object(object) => match object.members() {
-            [(name, inner)] => Ok((name, inner)),
-            _ => Err(at.error(format!(
-                "expected an object with exactly one member naming its kind, got {} members",
-                object.len()
-            ))),
-        },
-        other => Err(expected(
-            "an object with one member naming its kind",
-            other,
-            at,
-        )),
-    }
-}
-
-/// One open JSON container while scanning for a path.
-enum Frame {
-    /// An object, and the key of the member being read (none before its first key).
-    Object(Option<String>),
-    /// An array, and the index of the element being read.
-    Array(usize),
-}
-
-fn render(frames: &[Frame]) -> String {
-    let mut out = String::new();
-    for frame in frames {
-        match frame {
-            Frame::Object(Some(key)) => {
-                if !out.is_empty() {
-                    out.push('.');
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut seen = BTreeSet::new();
+                let mut members = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !seen.insert(name.clone()) {
+                        // The same words serde uses for a struct's field, so both read alike.
+                        return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                    }
+                    let value = map.next_value()?;
+                    members.push((name, value));
                 }
-                out.push_str(key);
+                Ok(NamedMap(members))
             }
-            Frame::Object(None) => {}
-            Frame::Array(index) => out.push_str(&format!("[{index}]")),
         }
-    }
-    out
-}
 
-/// The field path (`rules[1].limit.per`) of the value, or object member key, that covers byte
-/// `target` of a JSON text; a closing bracket belongs to its container. Stops at `target`, so
-/// whatever follows it may be malformed.
-pub fn path_at(text: &[u8], target: usize) -> String {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while let Some(&byte) = text.get(i) {
-        let token_end = match byte {
-            b'{' | b'[' => {
-                frames.push(if byte == b'{' {
-                    Frame::Object(None)
-                } else {
-                    Frame::Array(0)
-                });
-                i
-            }
-            b'}' | b']' => {
-                let container = frames.len().saturating_sub(1);
-                if i >= target {
-                    return render(frames.get(..container).unwrap_or(&[]));
-                }
-                frames.pop();
-                i
-            }
-            b',' => {
-                match frames.last_mut() {
-                    Some(Frame::Object(key)) => *key = None,
-                    Some(Frame::Array(index)) => *index += 1,
-                    None => {}
-                }
-                i
-            }
-            b'"' => {
-                let end = string_end(text, i);
-                if let Some(Frame::Object(key @ None)) = frames.last_mut() {
-                    // A member's key; escapes are left as written.
-                    let raw = text.get(i + 1..end).unwrap_or(&[]);
-                    *key = Some(String::from_utf8_lossy(raw).into_owned());
-                }
-                end
-            }
-            b if b.is_ascii_whitespace() || b == b':' => i,
-            _ => scalar_end(text, i),
-        };
-        if token_end >= target {
-            return render(&frames);
-        }
-        i = token_end + 1;
+        deserializer.deserialize_map(Members(PhantomData))
     }
-    render(&frames)
-}
-
-/// The index of the quote closing the string that opens at `start`.
-fn string_end(text: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while let Some(&byte) = text.get(i) {
-        match byte {
-            b'\\' => i += 2,
-            b'"' => return i,
-            _ => i += 1,
-        }
-    }
-    text.len()
-}
-
-/// The last byte of the number or literal that starts at `start`.
-fn scalar_end(text: &[u8], start: usize) -> usize {
-    let rest = text.get(start..).unwrap_or(&[]);
-    let len = rest
-        .iter()
-        .position(|b| b.is_ascii_whitespace() || b",:[]{}\"".contains(b))
-        .unwrap_or(rest.len());
-    start + len.max(1) - 1
 }
 
 /// `text` in double quotes, with quotes, backslashes and control characters escaped: how
-/// messages show a configured string. (`{:?}` would do, but brings 4 KB of Unicode tables.)
+/// messages show a configured string.
 pub fn quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
@@ -569,7 +263,7 @@ pub fn quoted(text: &str) -> String {
 }
 
 /// A duration as the configuration writes it, in the largest of `s`, `ms`, `us` and `ns` that
-/// holds it exactly: `1500ms`, `30s`. (Duration's `{:?}` costs 1.6 KB of code.)
+/// holds it exactly: `1500ms`, `30s` (as a configuration would write it, unlike `{:?}`).
 pub fn show_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     let (value, unit) = if nanos.is_multiple_of(1_000_000_000) {
@@ -615,18 +309,23 @@ impl ConfigDuration {
     }
 }
 
-impl FromJson for ConfigDuration {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::String(text) => parse_duration(text)
-                .map(ConfigDuration)
-                .map_err(|e| at.error(e)),
-            other => Err(expected(
-                "a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\"",
-                other,
-                at,
-            )),
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+
+        impl Visitor<'_> for Text {
+            type Value = ConfigDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                parse_duration(text).map(ConfigDuration).map_err(E::custom)
+            }
         }
+
+        deserializer.deserialize_str(Text)
     }
 }
 
@@ -684,7 +383,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[derive(Debug)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Limit {
         #[allow(dead_code)]
         requests: u32,
@@ -692,51 +392,30 @@ mod tests {
         per: ConfigDuration,
     }
 
-    impl FromJson for Limit {
-        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            Members::read(value, at, &["requests", "per"], |m| {
-                Ok(Limit {
-                    requests: m.required("requests")?,
-                    per: m.required("per")?,
-                })
-            })
-        }
-    }
-
-    #[derive(Debug)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Rule {
         #[allow(dead_code)]
         limit: Limit,
     }
 
-    impl FromJson for Rule {
-        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            Members::read(value, at, &["limit"], |m| {
-                Ok(Rule {
-                    limit: m.required("limit")?,
-                })
-            })
-        }
-    }
-
-    #[derive(Debug)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Doc {
+        #[serde(default, deserialize_with = "null_default")]
         rules: Vec<Rule>,
+        #[serde(default, deserialize_with = "null_default")]
+        headers: NamedMap<Option<String>>,
+        name: Option<String>,
     }
 
-    impl FromJson for Doc {
-        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            Members::read(value, at, &["rules"], |m| {
-                Ok(Doc {
-                    rules: m.or_default("rules")?,
-                })
-            })
-        }
+    fn error(text: &str) -> String {
+        parse::<Doc>(text.as_bytes()).unwrap_err().to_string()
     }
 
     #[test]
     fn error_names_the_nested_field() {
-        let err = parse_json::<Doc>(
+        let err = parse::<Doc>(
             br#"{"rules":[{"limit":{"requests":1,"per":"1s"}},{"limit":{"requests":-3,"per":"1s"}}]}"#,
         )
         .unwrap_err();
@@ -748,51 +427,30 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","brust":2}}]}"#)
+            parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","brust":2}}]}"#)
                 .unwrap_err();
         assert_eq!(err.path(), "rules[0].limit.brust");
         assert!(err.reason().contains("unknown field `brust`"), "{err}");
-        let err = parse_json::<Doc>(br#"{"rulez":[]}"#).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "rulez: unknown field `rulez`, expected `rules`"
+            error(r#"{"rulez":[]}"#),
+            "rulez: unknown field `rulez`, expected one of `rules`, `headers`, `name`"
         );
     }
 
     #[test]
     fn bad_duration_names_the_field() {
         let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"10"}}]}"#).unwrap_err();
+            parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"10"}}]}"#).unwrap_err();
         assert_eq!(err.path(), "rules[0].limit.per");
         assert!(err.reason().contains("missing unit"), "{err}");
-        let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":10}}]}"#).unwrap_err();
+        let err = parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":10}}]}"#).unwrap_err();
+        assert_eq!(err.path(), "rules[0].limit.per");
         assert!(err.reason().contains("string with a unit"), "{err}");
     }
 
     #[test]
-    fn paths_follow_the_position_through_nesting_and_whitespace() {
-        let text = br#"{ "a": [ {"b": 1}, {"c": "x", "d": [true, null]} ], "e": {} }"#;
-        let at = |needle: &str| {
-            let offset = text
-                .windows(needle.len())
-                .position(|w| w == needle.as_bytes());
-            path_at(text, offset.unwrap())
-        };
-        assert_eq!(at("1}"), "a[0].b");
-        assert_eq!(at("\"c\""), "a[1].c");
-        assert_eq!(at("\"x\""), "a[1].c");
-        assert_eq!(at("null"), "a[1].d[1]");
-        assert_eq!(at("]}"), "a[1].d");
-        assert_eq!(at("} ]"), "a[1]");
-        assert_eq!(at("{} }"), "e");
-        assert_eq!(path_at(text, 0), "");
-        assert_eq!(path_at(text, 10_000), "");
-    }
-
-    #[test]
     fn errors_on_later_lines_name_their_field() {
-        let err = parse_json::<Doc>(
+        let err = parse::<Doc>(
             b"{\n  \"rules\": [\n    {\"limit\": {\"requests\": 1, \"per\": \"1s\"}},\n    {\"limit\": {\"requests\": 1}}\n  ]\n}",
         )
         .unwrap_err();
@@ -801,97 +459,112 @@ mod tests {
 
     #[test]
     fn empty_configuration_means_defaults() {
-        assert!(parse_json::<Doc>(b"").unwrap().rules.is_empty());
-        assert!(parse_json::<Doc>(b"  \n").unwrap().rules.is_empty());
+        assert!(parse::<Doc>(b"").unwrap().rules.is_empty());
+        assert!(parse::<Doc>(b"  \n").unwrap().rules.is_empty());
     }
 
     #[test]
     fn syntax_errors_keep_their_position_and_trailing_garbage_is_refused() {
-        let err = parse_json::<Doc>(b"{\"rules\": [").unwrap_err();
+        let err = parse::<Doc>(b"{\"rules\": [").unwrap_err();
         assert!(err.reason().starts_with("invalid JSON"), "{err}");
-        let err = parse_json::<Doc>(b"{} {}").unwrap_err();
+        assert!(err.reason().contains("line 1 column 11"), "{err}");
+        let err = parse::<Doc>(b"{} {}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid JSON: trailing characters at line 1 column 4"
+        );
+        let err = parse::<Doc>(b"{\"rules\": [], // note\n}").unwrap_err();
+        assert!(err.reason().starts_with("invalid JSON"), "{err}");
+        let err = parse::<Doc>(b"{\"rules\": [],}").unwrap_err();
         assert!(err.reason().starts_with("invalid JSON"), "{err}");
     }
 
     #[test]
-    fn duplicate_members_name_the_second_one() {
-        let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","per":"2s"}}]}"#)
-                .unwrap_err();
-        assert_eq!(err.path(), "rules[0].limit.per");
-        assert!(err.reason().contains("twice"), "{err}");
+    fn duplicate_members_name_the_member_at_every_depth() {
+        let err = parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","per":"2s"}}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rules[0].limit.per: appears twice; each member may appear once"
+        );
+        let err = parse::<Doc>(br#"{"name": "a", "name": null}"#).unwrap_err();
+        assert_eq!(err.path(), "name");
+        // In a free-name map too, and however its values are written.
+        let err = parse::<Doc>(br#"{"headers": {"a": "1", "b": null, "a": "2"}}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "headers.a: appears twice; each member may appear once"
+        );
+    }
+
+    #[test]
+    fn free_name_maps_keep_document_order_and_name_their_members_in_errors() {
+        let doc = parse::<Doc>(br#"{"headers": {"z": "1", "a": null, "m": "3"}}"#).unwrap();
+        let names: Vec<&str> = doc.headers.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["z", "a", "m"]);
+        assert_eq!(
+            error(r#"{"headers": {"ok": "1", "bad": 2}}"#),
+            "headers.bad: invalid type: integer `2`, expected a string"
+        );
+        assert_eq!(
+            error(r#"{"headers": []}"#),
+            "headers: invalid type: sequence, expected an object"
+        );
     }
 
     #[test]
     fn null_means_absent() {
-        assert!(
-            parse_json::<Doc>(br#"{"rules": null}"#)
-                .unwrap()
-                .rules
-                .is_empty()
+        let doc = parse::<Doc>(br#"{"rules": null, "headers": null, "name": null}"#).unwrap();
+        assert!(doc.rules.is_empty() && doc.headers.is_empty() && doc.name.is_none());
+        assert_eq!(
+            error(r#"{"rules":[{"limit":{"requests":1,"per":null}}]}"#),
+            "rules[0].limit.per: invalid type: null, expected a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\""
         );
-        let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":null}}]}"#).unwrap_err();
-        assert_eq!(err.to_string(), "rules[0].limit: missing field `per`");
     }
 
     #[test]
-    fn unknown_fields_are_reported_before_missing_ones() {
-        let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1,"pre":"1s"}}]}"#).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "rules[0].limit.pre: unknown field `pre`, expected one of `requests`, `per`"
-        );
+    fn whole_numbers_refuse_fractions_and_out_of_range_values() {
+        for (requests, why) in [
+            ("1.5", "invalid type: floating point `1.5`, expected u32"),
+            ("1e3", "invalid type: floating point `1000.0`, expected u32"),
+            ("1.0", "invalid type: floating point `1.0`, expected u32"),
+            ("-3", "invalid value: integer `-3`, expected u32"),
+            ("4294967296", "invalid value: integer `4294967296`, expected u32"),
+            ("\"1\"", "invalid type: string \"1\", expected u32"),
+        ] {
+            let text = format!(r#"{{"rules":[{{"limit":{{"requests":{requests},"per":"1s"}}}}]}}"#);
+            assert_eq!(
+                error(&text),
+                format!("rules[0].limit.requests: {why}"),
+                "{requests}"
+            );
+        }
     }
 
     #[test]
     fn wrong_types_say_what_was_expected_and_found() {
-        let err = parse_json::<Doc>(br#"{"rules": {}}"#).unwrap_err();
-        assert_eq!(err.to_string(), "rules: expected an array, got an object");
-        let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":1.5,"per":"1s"}}]}"#).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "rules[0].limit.requests: must be a whole number from 0 to 4294967295, got 1.5"
+            error(r#"{"rules": {}}"#),
+            "rules: invalid type: map, expected a sequence"
         );
-        let err =
-            parse_json::<Doc>(br#"{"rules":[{"limit":{"requests":"1","per":"1s"}}]}"#).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "rules[0].limit.requests: expected a whole number from 0 to 4294967295, got a string"
+            error(r#""rules""#),
+            "invalid type: string \"rules\", expected struct Doc"
         );
-        let err = parse_json::<Doc>(b"[]").unwrap_err();
-        assert_eq!(err.to_string(), "expected an object, got an array");
     }
 
     #[test]
-    fn variants_and_tagged_objects() {
-        #[derive(Debug, Clone, Copy, PartialEq)]
-        enum Dialect {
-            Draft,
-            Legacy,
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Tree {
+            #[allow(dead_code)]
+            #[serde(default)]
+            any: Vec<Tree>,
         }
-        let variants = [("draft", Dialect::Draft), ("legacy", Dialect::Legacy)];
-        let at = FieldPath::root().field("headers");
-        let read = |text: &str| {
-            let value = json::parse(text.as_bytes(), Limits::TRUSTED).unwrap();
-            variant(&value, &at, &variants)
-        };
-        assert_eq!(read(r#""legacy""#), Ok(Dialect::Legacy));
-        assert_eq!(
-            read(r#""both""#).unwrap_err().to_string(),
-            "headers: unknown variant `both`, expected one of `draft`, `legacy`"
-        );
-        assert_eq!(
-            read("1").unwrap_err().to_string(),
-            "headers: expected one of `draft`, `legacy`, got the number 1"
-        );
-        let value = json::parse(br#"{"header": "x"}"#, Limits::TRUSTED).unwrap();
-        let (kind, inner) = tagged(&value, &at).unwrap();
-        assert_eq!((kind, inner.as_str()), ("header", Some("x")));
-        let value = json::parse(br#"{"header": "x", "path": {}}"#, Limits::TRUSTED).unwrap();
-        assert!(tagged(&value, &at).is_err());
+        let deep = format!("{}{}", r#"{"any":["#.repeat(10_000), "]}".repeat(10_000));
+        let err = parse::<Tree>(deep.as_bytes()).unwrap_err();
+        assert!(err.reason().contains("recursion limit"), "{err}");
     }
 
     #[test]
@@ -938,11 +611,6 @@ mod tests {
 
     proptest! {
         #[test]
-        fn path_at_never_panics(text in proptest::collection::vec(any::<u8>(), 0..200), target in 0usize..220) {
-            let _ = path_at(&text, target);
-        }
-
-        #[test]
         fn duration_parser_never_panics(text in ".{0,40}") {
             let _ = parse_duration(&text);
         }
@@ -954,7 +622,15 @@ mod tests {
 
         #[test]
         fn config_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = parse_json::<Doc>(&bytes);
+            let _ = parse::<Doc>(&bytes);
+        }
+
+        /// Whatever JSON-ish text comes in, an error is one line with a reason.
+        #[test]
+        fn hostile_text_is_refused_with_a_reason(text in r#"[{}\[\]",:a-z0-9 .\-]{0,80}"#) {
+            if let Err(e) = parse::<Doc>(text.as_bytes()) {
+                prop_assert!(!e.reason().is_empty());
+            }
         }
     }
 }

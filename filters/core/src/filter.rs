@@ -2,11 +2,11 @@
 //! (request, time, store) to a decision.
 //!
 //! The host layer (`filters/host`) drives any [`Filter`]: it parses the plugin configuration
-//! with [`crate::config::parse_json`] into [`Filter::Config`], builds the filter with
+//! with [`crate::config::parse`] into [`Filter::Config`], builds the filter with
 //! [`Filter::new`] (a refusal stops Envoy from loading the plugin, logging the field path),
 //! defines [`Filter::METRICS`], and calls [`Filter::on_request`] and [`Filter::on_response`].
 
-use crate::config::{ConfigError, FromJson};
+use crate::config::ConfigError;
 use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use crate::log::Log;
 use crate::metrics::{MetricDef, Metrics};
@@ -47,8 +47,8 @@ pub trait Filter: Sized {
     /// The filter's name in logs, metric names and configuration errors, e.g. `rate_limit`.
     const NAME: &'static str;
 
-    /// The configuration as written; unknown members are errors.
-    type Config: FromJson;
+    /// The configuration as written (`deny_unknown_fields`: unknown members are errors).
+    type Config: serde::de::DeserializeOwned;
 
     /// Per-request state carried from the request callback to the response callback.
     type Stream: Default;

@@ -16,12 +16,13 @@
 //! Filters see the path after Envoy's own normalisation, so the example configurations turn on
 //! `normalize_path` and `merge_slashes` in the HTTP connection manager.
 
-use crate::config::{ConfigError, FieldPath, FromJson, Members, quoted};
-use crate::json::Json;
+use crate::config::{ConfigError, FieldPath, null_default, quoted};
 use crate::request::RequestView;
+use serde::Deserialize;
 
 /// The `match` block as written in configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteMatchConfig {
     /// Path prefix (query excluded). Must start with `/`.
     pub prefix: Option<String>,
@@ -30,48 +31,20 @@ pub struct RouteMatchConfig {
     /// Allowed methods; absent means any method.
     pub methods: Option<Vec<String>>,
     /// Required headers.
+    #[serde(default, deserialize_with = "null_default")]
     pub headers: Vec<HeaderMatchConfig>,
     /// The Envoy cluster the request is routed to.
     pub cluster: Option<String>,
 }
 
 /// One header condition: present, or equal to `value`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeaderMatchConfig {
     /// Header name, matched case-insensitively.
     pub name: String,
     /// Exact value required; absent means the header only has to be present.
     pub value: Option<String>,
-}
-
-impl FromJson for RouteMatchConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &["prefix", "path", "methods", "headers", "cluster"],
-            |m| {
-                Ok(Self {
-                    prefix: m.field("prefix")?,
-                    path: m.field("path")?,
-                    methods: m.field("methods")?,
-                    headers: m.or_default("headers")?,
-                    cluster: m.field("cluster")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for HeaderMatchConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["name", "value"], |m| {
-            Ok(Self {
-                name: m.required("name")?,
-                value: m.field("value")?,
-            })
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,11 +178,11 @@ pub fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_json;
+    use crate::config::parse;
     use crate::request::Request;
 
     fn compile(json: &str) -> Result<RouteMatcher, ConfigError> {
-        let config: RouteMatchConfig = parse_json(json.as_bytes())?;
+        let config: RouteMatchConfig = parse(json.as_bytes())?;
         RouteMatcher::compile(&config, &FieldPath::root().field("match"))
     }
 
@@ -230,6 +203,8 @@ mod tests {
         let m = compile("{}").unwrap();
         assert!(m.matches(&Request::new("DELETE", "/anything?x")));
         assert_eq!(m, RouteMatcher::any());
+        let nulls = r#"{"prefix": null, "path": null, "methods": null, "headers": null, "cluster": null}"#;
+        assert_eq!(compile(nulls).unwrap(), RouteMatcher::any());
     }
 
     #[test]
@@ -330,5 +305,9 @@ mod tests {
         assert_eq!(err.path(), "match.path");
         let err = compile(r#"{"prefx": "/a"}"#).unwrap_err();
         assert_eq!(err.path(), "prefx");
+        let err = compile(r#"{"headers": [{"name": "a", "value": "1", "name": "b"}]}"#).unwrap_err();
+        assert_eq!(err.path(), "headers[0].name");
+        let err = compile(r#"{"methods": ["GET", 1]}"#).unwrap_err();
+        assert_eq!(err.path(), "methods[1]");
     }
 }

@@ -28,20 +28,22 @@ pub mod stage;
 
 use crate::stage::{Slot, Stage, Step};
 use circuit_breaker::CircuitBreaker;
-use filter_core::config::{ConfigError, FieldPath, FromJson, Members};
+use filter_core::config::ConfigError;
 use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits, RequestEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::json::Json;
 use filter_core::metrics::MetricKind;
 use filter_core::request::{EditedRequest, EditedResponse, RequestView, ResponseView};
 use jwt_auth::JwtAuth;
 use rate_limit::RateLimit;
 use retry_policy::RetryPolicy;
+use serde::Deserialize;
 use std::time::Duration;
 
 /// The configuration: each member is that filter's own configuration, as its separate module
-/// takes it; a member left out (or `null`) leaves that policy out.
-#[derive(Debug, Default)]
+/// takes it; a member left out (or `null`) leaves that policy out. An error inside a member
+/// names it first: `rate_limit.rules[0].limit.requests: ...`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// JWT validation (`jwt_auth.wasm`'s configuration).
     pub jwt_auth: Option<<JwtAuth as Filter>::Config>,
@@ -51,24 +53,6 @@ pub struct GatewayConfig {
     pub circuit_breaker: Option<<CircuitBreaker as Filter>::Config>,
     /// The retry policy (`retry_policy.wasm`'s configuration).
     pub retry_policy: Option<<RetryPolicy as Filter>::Config>,
-}
-
-impl FromJson for GatewayConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &["jwt_auth", "rate_limit", "circuit_breaker", "retry_policy"],
-            |m| {
-                Ok(Self {
-                    jwt_auth: m.field("jwt_auth")?,
-                    rate_limit: m.field("rate_limit")?,
-                    circuit_breaker: m.field("circuit_breaker")?,
-                    retry_policy: m.field("retry_policy")?,
-                })
-            },
-        )
-    }
 }
 
 /// Each policy's per-request state.

@@ -11,7 +11,7 @@
 )]
 
 use circuit_breaker::CircuitBreaker;
-use filter_core::config::parse_json;
+use filter_core::config::parse;
 use filter_core::decision::{Decision, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::RecordedLog;
@@ -70,7 +70,7 @@ fn configs() -> [(&'static str, Value); 4] {
 }
 
 fn build<F: Filter>(config: &Value) -> F {
-    F::new(parse_json(config.to_string().as_bytes()).unwrap()).unwrap()
+    F::new(parse(config.to_string().as_bytes()).unwrap()).unwrap()
 }
 
 /// What a client and the upstream saw of one request.
@@ -469,9 +469,7 @@ fn the_gateway_behaves_as_the_four_filters_chained() {
 
 #[test]
 fn each_member_is_that_filter_s_configuration() {
-    let parse = |text: &str| {
-        parse_json::<<Gateway as Filter>::Config>(text.as_bytes()).and_then(Gateway::new)
-    };
+    let parse = |text: &str| parse::<<Gateway as Filter>::Config>(text.as_bytes()).and_then(Gateway::new);
     let only_retry = parse(r#"{"retry_policy": {"rules": []}}"#).unwrap();
     assert_eq!(only_retry.policies(), ["retry_policy"]);
     let all = Combined::new();
@@ -491,6 +489,27 @@ fn each_member_is_that_filter_s_configuration() {
     assert!(
         error(r#"{"circuit_breaker": {"breakers": 3}}"#).starts_with("circuit_breaker.breakers")
     );
+    // Errors inside a member, found while reading or while validating, name the member first.
+    assert_eq!(
+        error(r#"{"rate_limit": {"rules": [{"name": "a", "key": [{"client_ip": {}}], "limit": {"requests": 1.5, "per": "1s"}}]}}"#),
+        "rate_limit.rules[0].limit.requests: invalid type: floating point `1.5`, expected u32"
+    );
+    assert_eq!(
+        error(r#"{"circuit_breaker": {"breakers": [{"name": "x", "fallback": {"headers": {"a": "1", "a": "2"}}}]}}"#),
+        "circuit_breaker.breakers[0].fallback.headers.a: appears twice; each member may appear once"
+    );
+    assert_eq!(
+        error(r#"{"retry_policy": {"rules": [{"per_try_timeout": "1"}]}}"#),
+        "retry_policy.rules[0].per_try_timeout: invalid duration \"1\": missing unit (ns, us, ms, s, m or h)"
+    );
+    assert_eq!(
+        error(r#"{"retry_policy": {}, "retry_policy": {}}"#),
+        "retry_policy: appears twice; each member may appear once"
+    );
+    assert_eq!(
+        error(r#"{"rate_limits": {}}"#),
+        "rate_limits: unknown field `rate_limits`, expected one of `jwt_auth`, `rate_limit`, `circuit_breaker`, `retry_policy`"
+    );
     assert!(error("{}").contains("configures no policy"));
     assert!(error(r#"{"jwt_auth": null}"#).contains("configures no policy"));
 }
@@ -504,4 +523,27 @@ fn metric_names_are_the_separate_filters_names_in_order() {
     expected.extend(separate.breaker.filter.metric_names());
     expected.extend(separate.retry.filter.metric_names());
     assert_eq!(combined.0.filter.metric_names(), expected);
+}
+
+proptest::proptest! {
+    /// No configuration text makes the gateway's parser or any policy's validation panic.
+    #[test]
+    fn hostile_config_never_panics(text in ".{0,200}") {
+        if let Ok(config) = parse::<<Gateway as Filter>::Config>(text.as_bytes()) {
+            let _ = Gateway::new(config);
+        }
+    }
+
+    /// Members of every kind with hostile contents: refused with a path, never a panic.
+    #[test]
+    fn hostile_members_never_panic(
+        member in proptest::sample::select(vec!["jwt_auth", "rate_limit", "circuit_breaker", "retry_policy"]),
+        inner in r#"[{}\[\]",:a-z0-9 .\-]{0,60}"#,
+    ) {
+        let text = format!(r#"{{"{member}": {inner}}}"#);
+        match parse::<<Gateway as Filter>::Config>(text.as_bytes()).and_then(Gateway::new) {
+            Ok(gateway) => proptest::prop_assert_eq!(gateway.policies(), [member]),
+            Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+        }
+    }
 }

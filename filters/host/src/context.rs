@@ -6,7 +6,7 @@
 
 use crate::host::{self, HostLog, HostMetrics, HostStore, HostVerifier};
 use crate::request::{HostRequest, HostResponse};
-use filter_core::config::parse_json;
+use filter_core::config::parse;
 use filter_core::decision::{CalloutResult, Decision, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::request::{RequestView, Response, ResponseView};
@@ -84,7 +84,7 @@ impl<F: Filter + 'static> Root<F> {
     fn configure(&self) -> Result<Configured<F>, String> {
         let bytes = host::plugin_configuration()
             .map_err(|status| format!("cannot read the plugin configuration: {status:?}"))?;
-        let config = parse_json::<F::Config>(&bytes).map_err(|e| e.to_string())?;
+        let config = parse::<F::Config>(&bytes).map_err(|e| e.to_string())?;
         let filter = F::new(config).map_err(|e| e.to_string())?;
         let metrics = HostMetrics::define(&filter.metric_names())?;
         Ok(Configured {

@@ -4,20 +4,21 @@
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
 use crate::jwks::{KeySet, parse_jwks};
-use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, Named, quoted,
-};
-use filter_core::json::Json;
+use filter_core::config::{ConfigDuration, ConfigError, FieldPath, NamedMap, null_default, quoted};
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
+use serde::Deserialize;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// The whole configuration as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JwtAuthConfig {
     /// Token issuers, by name. Rules refer to them by name.
-    pub providers: Named<ProviderConfig>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub providers: NamedMap<ProviderConfig>,
     /// Tried in order; the first whose `match` fits decides.
+    #[serde(default, deserialize_with = "null_default")]
     pub rules: Vec<RuleConfig>,
     /// The `realm` of `WWW-Authenticate` challenges. Default `api`.
     pub realm: Option<String>,
@@ -26,11 +27,13 @@ pub struct JwtAuthConfig {
 }
 
 /// One token issuer.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Required. Compared byte for byte with the token's `iss`.
     pub issuer: String,
     /// Accepted `aud` values; when non-empty, a token without a matching `aud` is refused.
+    #[serde(default, deserialize_with = "null_default")]
     pub audiences: Vec<String>,
     /// Required allowlist of signature algorithms.
     pub algorithms: Vec<String>,
@@ -41,19 +44,23 @@ pub struct ProviderConfig {
     /// Headers carrying the token. Default: `authorization` with `Bearer `.
     pub from_headers: Option<Vec<HeaderSourceConfig>>,
     /// Query parameters carrying the token. Default: none.
+    #[serde(default, deserialize_with = "null_default")]
     pub from_params: Vec<String>,
     /// Cookies carrying the token. Default: none.
+    #[serde(default, deserialize_with = "null_default")]
     pub from_cookies: Vec<String>,
     /// Keep the token in the request sent upstream. Default false: it is removed.
+    #[serde(default, deserialize_with = "null_default")]
     pub forward: bool,
     /// A request header to receive the token's payload (base64url JSON).
     pub forward_payload_header: Option<String>,
     /// Claims copied into request headers.
+    #[serde(default, deserialize_with = "null_default")]
     pub claim_to_headers: Vec<ClaimToHeaderConfig>,
     /// Leeway for `exp`, `nbf` and `iat`. Default 60s, at most 300s.
     pub clock_skew: Option<ConfigDuration>,
     /// Refuse tokens without `exp`. Default true.
-    pub require_expiration: bool,
+    pub require_expiration: Option<bool>,
     /// Longest token accepted, in bytes. Default 8192.
     pub max_token_bytes: Option<u64>,
     /// Required `typ` header, e.g. `at+jwt` (RFC 9068 access tokens). Default: none.
@@ -61,14 +68,16 @@ pub struct ProviderConfig {
 }
 
 /// Keys in the configuration.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LocalJwksConfig {
     /// A JWKS document (JSON text).
     pub inline: String,
 }
 
 /// A key server reached through an Envoy cluster.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemoteJwksConfig {
     /// The Envoy cluster of the key server.
     pub cluster: String,
@@ -83,7 +92,8 @@ pub struct RemoteJwksConfig {
 }
 
 /// A header that carries the token after a prefix.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeaderSourceConfig {
     /// Header name.
     pub name: String,
@@ -92,7 +102,8 @@ pub struct HeaderSourceConfig {
 }
 
 /// Copy a claim into a request header.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClaimToHeaderConfig {
     /// Claim name; `a.b` reaches into nested objects.
     pub claim: String,
@@ -101,181 +112,35 @@ pub struct ClaimToHeaderConfig {
 }
 
 /// One rule.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Which requests the rule is for.
+    #[serde(rename = "match")]
     pub route: RouteMatchConfig,
     /// What they need; absent: nothing (the request passes unauthenticated).
     pub requires: Option<RequirementConfig>,
 }
 
 /// A requirement: one provider (with optional scopes and claims), or any/all of others.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RequirementConfig {
     /// A valid token from this provider.
     pub provider: Option<String>,
     /// Scopes the token must grant (all of them).
+    #[serde(default, deserialize_with = "null_default")]
     pub scopes: Vec<String>,
     /// Claims the token must carry: `{"role": ["admin", "ops"]}`.
-    pub claims: Named<Vec<String>>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub claims: NamedMap<Vec<String>>,
     /// Let requests without a token through (a bad token is still refused).
+    #[serde(default, deserialize_with = "null_default")]
     pub allow_missing: bool,
     /// Any one of these requirements.
     pub any: Option<Vec<RequirementConfig>>,
     /// All of these requirements.
     pub all: Option<Vec<RequirementConfig>>,
-}
-
-impl FromJson for JwtAuthConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &["providers", "rules", "realm", "token_cache_size"],
-            |m| {
-                Ok(Self {
-                    providers: m.or_default("providers")?,
-                    rules: m.or_default("rules")?,
-                    realm: m.field("realm")?,
-                    token_cache_size: m.field("token_cache_size")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for ProviderConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &[
-                "issuer",
-                "audiences",
-                "algorithms",
-                "local_jwks",
-                "remote_jwks",
-                "from_headers",
-                "from_params",
-                "from_cookies",
-                "forward",
-                "forward_payload_header",
-                "claim_to_headers",
-                "clock_skew",
-                "require_expiration",
-                "max_token_bytes",
-                "require_typ",
-            ],
-            |m| {
-                Ok(Self {
-                    issuer: m.required("issuer")?,
-                    audiences: m.or_default("audiences")?,
-                    algorithms: m.required("algorithms")?,
-                    local_jwks: m.field("local_jwks")?,
-                    remote_jwks: m.field("remote_jwks")?,
-                    from_headers: m.field("from_headers")?,
-                    from_params: m.or_default("from_params")?,
-                    from_cookies: m.or_default("from_cookies")?,
-                    forward: m.or_default("forward")?,
-                    forward_payload_header: m.field("forward_payload_header")?,
-                    claim_to_headers: m.or_default("claim_to_headers")?,
-                    clock_skew: m.field("clock_skew")?,
-                    require_expiration: m.field("require_expiration")?.unwrap_or(true),
-                    max_token_bytes: m.field("max_token_bytes")?,
-                    require_typ: m.field("require_typ")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for LocalJwksConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["inline"], |m| {
-            Ok(Self {
-                inline: m.required("inline")?,
-            })
-        })
-    }
-}
-
-impl FromJson for RemoteJwksConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &["cluster", "authority", "path", "cache_duration", "timeout"],
-            |m| {
-                Ok(Self {
-                    cluster: m.required("cluster")?,
-                    authority: m.field("authority")?,
-                    path: m.required("path")?,
-                    cache_duration: m.field("cache_duration")?,
-                    timeout: m.field("timeout")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for HeaderSourceConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["name", "value_prefix"], |m| {
-            Ok(Self {
-                name: m.required("name")?,
-                value_prefix: m.field("value_prefix")?,
-            })
-        })
-    }
-}
-
-impl FromJson for ClaimToHeaderConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["claim", "header"], |m| {
-            Ok(Self {
-                claim: m.required("claim")?,
-                header: m.required("header")?,
-            })
-        })
-    }
-}
-
-impl FromJson for RuleConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["match", "requires"], |m| {
-            Ok(Self {
-                route: m.required("match")?,
-                requires: m.field("requires")?,
-            })
-        })
-    }
-}
-
-impl FromJson for RequirementConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &[
-                "provider",
-                "scopes",
-                "claims",
-                "allow_missing",
-                "any",
-                "all",
-            ],
-            |m| {
-                Ok(Self {
-                    provider: m.field("provider")?,
-                    scopes: m.or_default("scopes")?,
-                    claims: m.or_default("claims")?,
-                    allow_missing: m.or_default("allow_missing")?,
-                    any: m.field("any")?,
-                    all: m.field("all")?,
-                })
-            },
-        )
-    }
 }
 
 // === compiled form ===
@@ -561,7 +426,7 @@ fn compile_provider(
         payload_header,
         claim_headers,
         clock_skew,
-        require_expiration: c.require_expiration,
+        require_expiration: c.require_expiration.unwrap_or(true),
         max_token_bytes: usize::try_from(max_token_bytes).unwrap_or(usize::MAX),
         require_typ,
     })
@@ -767,4 +632,168 @@ fn compile_requirement(
     } else {
         Requirement::All(compiled)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filter_core::config::parse;
+
+    fn compile(json: &str) -> Result<Compiled, ConfigError> {
+        parse::<JwtAuthConfig>(json.as_bytes())?.compile()
+    }
+
+    fn error(json: &str) -> String {
+        compile(json).unwrap_err().to_string()
+    }
+
+    /// A provider whose keys come from a key server, so no key material is needed.
+    const REMOTE: &str = r#""issuer": "i", "algorithms": ["RS256"],
+        "remote_jwks": {"cluster": "idp", "path": "/keys"}"#;
+
+    fn with_provider(members: &str) -> String {
+        format!(r#"{{"providers": {{"idp": {{{REMOTE}{members}}}}}}}"#)
+    }
+
+    #[test]
+    fn a_remote_provider_compiles_with_its_defaults() {
+        let c = compile(&with_provider("")).unwrap();
+        let p = &c.providers[0];
+        assert_eq!((p.name.as_str(), p.clock_skew), ("idp", DEFAULT_SKEW));
+        assert!(p.require_expiration && !p.forward);
+        assert_eq!(c.realm, "api");
+    }
+
+    #[test]
+    fn errors_name_the_field_through_maps_and_arrays() {
+        assert_eq!(
+            error(&with_provider(
+                r#", "claim_to_headers": [{"claim": "sub", "header": "x-user"}, {"claim": "a", "headr": "x"}]"#
+            )),
+            "providers.idp.claim_to_headers[1].headr: unknown field `headr`, expected `claim` or `header`"
+        );
+        assert_eq!(
+            error(&with_provider(r#", "max_token_bytes": 1.5"#)),
+            "providers.idp.max_token_bytes: invalid type: floating point `1.5`, expected u64"
+        );
+        assert_eq!(
+            error(&with_provider(r#", "clock_skew": "60""#)),
+            "providers.idp.clock_skew: invalid duration \"60\": missing unit (ns, us, ms, s, m or h)"
+        );
+        assert_eq!(
+            error(&with_provider(r#", "from_headers": [{"name": "x-token", "value_prefix": 1}]"#)),
+            "providers.idp.from_headers[0].value_prefix: invalid type: integer `1`, expected a string"
+        );
+        let rule = |requires: &str| {
+            error(&format!(
+                r#"{{"providers": {{"idp": {{{REMOTE}}}}}, "rules": [{{"match": {{}}}}, {{"match": {{}}, "requires": {requires}}}]}}"#
+            ))
+        };
+        assert_eq!(
+            rule(r#"{"any": [{"provider": "idp"}, {"all": [{"provider": "idp", "claims": {"role": "admin"}}]}]}"#),
+            "rules[1].requires.any[1].all[0].claims.role: invalid type: string \"admin\", expected a sequence"
+        );
+        assert_eq!(
+            rule(r#"{"provider": "idp", "claims": {"role": []}}"#),
+            "rules[1].requires.claims.role: must list at least one accepted value"
+        );
+        assert_eq!(
+            error(r#"{"rules": [{"requires": null}]}"#),
+            "rules[0]: missing field `match`"
+        );
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused_in_free_name_maps_too() {
+        let twice = format!(r#"{{"providers": {{"idp": {{{REMOTE}}}, "idp": {{{REMOTE}}}}}}}"#);
+        assert_eq!(
+            error(&twice),
+            "providers.idp: appears twice; each member may appear once"
+        );
+        let claims = format!(
+            r#"{{"providers": {{"idp": {{{REMOTE}}}}}, "rules": [{{"match": {{}},
+                "requires": {{"provider": "idp", "claims": {{"role": ["a"], "role": ["b"]}}}}}}]}}"#
+        );
+        assert_eq!(
+            error(&claims),
+            "rules[0].requires.claims.role: appears twice; each member may appear once"
+        );
+        assert_eq!(
+            error(&with_provider(r#", "issuer": "j""#)),
+            "providers.idp.issuer: appears twice; each member may appear once"
+        );
+    }
+
+    #[test]
+    fn providers_keep_their_document_order() {
+        let c = compile(&format!(
+            r#"{{"providers": {{"zeta": {{{REMOTE}}}, "alpha": {{{REMOTE}}}}}}}"#
+        ))
+        .unwrap();
+        let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+    }
+
+    #[test]
+    fn null_means_the_default() {
+        let c = compile(&with_provider(
+            r#", "audiences": null, "local_jwks": null, "from_headers": null, "from_params": null,
+               "from_cookies": null, "forward": null, "forward_payload_header": null,
+               "claim_to_headers": null, "clock_skew": null, "require_expiration": null,
+               "max_token_bytes": null, "require_typ": null"#,
+        ))
+        .unwrap();
+        let p = &c.providers[0];
+        assert!(p.require_expiration && !p.forward && p.audiences.is_empty());
+        assert_eq!(p.max_token_bytes, 8192);
+        assert_eq!(p.sources.len(), 1);
+        let c = compile(&format!(
+            r#"{{"providers": {{"idp": {{{REMOTE}}}}}, "realm": null, "token_cache_size": null,
+                "rules": [{{"match": {{}}, "requires": {{"provider": "idp", "scopes": null,
+                "claims": null, "allow_missing": null, "any": null, "all": null}}}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.realm.as_str(), c.token_cache_size), ("api", 1000));
+        assert!(compile(r#"{"providers": null, "rules": null}"#).is_ok());
+    }
+
+    proptest::proptest! {
+        /// No configuration text makes the parser or the compiler panic.
+        #[test]
+        fn hostile_config_never_panics(text in ".{0,200}") {
+            if let Ok(c) = parse::<JwtAuthConfig>(text.as_bytes()) {
+                let _ = c.compile();
+            }
+        }
+
+        /// Well-formed JSON with hostile values: refused with a field path, or compiled.
+        #[test]
+        fn hostile_values_never_panic(
+            name in ".{0,12}",
+            text in ".{0,12}",
+            number in proptest::num::i64::ANY,
+            depth in 0usize..80,
+        ) {
+            let requirement = format!(
+                "{}{}{}",
+                r#"{"any": ["#.repeat(depth),
+                serde_json::json!({ "provider": name, "claims": { text.clone(): [text.clone()] } }),
+                "]}".repeat(depth)
+            );
+            let config = format!(
+                r#"{{"providers": {{{}: {{"issuer": {}, "algorithms": [{}], "max_token_bytes": {number},
+                    "remote_jwks": {{"cluster": {}, "path": {}, "timeout": {}}}}}}},
+                    "rules": [{{"match": {{}}, "requires": {requirement}}}]}}"#,
+                serde_json::json!(name),
+                serde_json::json!(text),
+                serde_json::json!(text),
+                serde_json::json!(name),
+                serde_json::json!(text),
+                serde_json::json!(text),
+            );
+            if let Err(e) = compile(&config) {
+                proptest::prop_assert!(!e.path().is_empty() || e.reason().contains("recursion"), "{}", e);
+            }
+        }
+    }
 }

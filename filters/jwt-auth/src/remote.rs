@@ -328,7 +328,7 @@ pub fn request_refetch(provider: &Provider, store: &dyn SharedStore, now: Time) 
 mod tests {
     use super::*;
     use crate::config::{Compiled, JwtAuthConfig, KeySource};
-    use filter_core::config::parse_json;
+    use filter_core::config::parse;
     use filter_core::store::MemStore;
     use serde_json::json;
 
@@ -339,7 +339,7 @@ mod tests {
             "issuer": "https://issuer.example", "algorithms": ["EdDSA"],
             "remote_jwks": { "cluster": "keys", "path": "/jwks.json", "cache_duration": "10m", "timeout": "2s" },
         } } });
-        parse_json::<JwtAuthConfig>(config.to_string().as_bytes())
+        parse::<JwtAuthConfig>(config.to_string().as_bytes())
             .unwrap()
             .compile()
             .unwrap()

@@ -10,7 +10,7 @@
     reason = "test code: a panic is how a test fails"
 )]
 
-use filter_core::config::parse_json;
+use filter_core::config::parse;
 use filter_core::decision::{Decision, HeaderEdits, LocalResponse};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::RecordedMetrics;
@@ -29,12 +29,12 @@ struct Setup {
 }
 
 fn filter(config: Value) -> JwtAuth {
-    JwtAuth::new(parse_json(config.to_string().as_bytes()).expect("config parses"))
+    JwtAuth::new(parse(config.to_string().as_bytes()).expect("config parses"))
         .unwrap_or_else(|e| panic!("config refused: {e}"))
 }
 
 fn config_error(config: Value) -> String {
-    let parsed = parse_json(config.to_string().as_bytes());
+    let parsed = parse(config.to_string().as_bytes());
     match parsed {
         Err(e) => e.to_string(),
         Ok(c) => JwtAuth::new(c)

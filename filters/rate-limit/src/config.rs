@@ -4,11 +4,10 @@ use crate::gcra::{Limit, LimitError};
 use crate::key::KeyPart;
 use crate::table::Table;
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, check_name, quoted, tagged,
-    unknown_variant, variant,
+    ConfigDuration, ConfigError, FieldPath, check_name, null_default, quoted,
 };
-use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
+use serde::Deserialize;
 
 /// Default `max_keys`: distinct keys each rule tracks at once.
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
@@ -18,30 +17,38 @@ pub const MAX_MAX_KEYS: u64 = 10_000_000;
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// The whole configuration as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Every rule whose `match` fits applies.
+    #[serde(default, deserialize_with = "null_default")]
     pub rules: Vec<RuleConfig>,
     /// Proxies in front of Envoy that append to `x-forwarded-for`. Default 0: the peer address.
+    #[serde(default, deserialize_with = "null_default")]
     pub trusted_proxies: u32,
     /// Which header fields describe the limits: `draft` (default), `legacy` or `none`.
+    #[serde(default, deserialize_with = "null_default")]
     pub headers: Dialect,
     /// Count and log what would be refused, refuse nothing. Default false.
+    #[serde(default, deserialize_with = "null_default")]
     pub shadow: bool,
     /// Distinct keys each rule tracks at once. Default 100000.
     pub max_keys: Option<u64>,
     /// The status of a refusal. Default 429.
     pub status: Option<u16>,
     /// What happens when the shared store stays contended: `allow` (default) or `deny`.
+    #[serde(default, deserialize_with = "null_default")]
     pub on_contention: OnContention,
 }
 
 /// One rule as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Names the rule in metrics, response headers and logs.
     pub name: String,
     /// Which requests it counts. Default: all.
+    #[serde(rename = "match", default, deserialize_with = "null_default")]
     pub route: RouteMatchConfig,
     /// What a bucket is per: parts combined.
     pub key: Vec<KeyPartConfig>,
@@ -49,8 +56,10 @@ pub struct RuleConfig {
     pub limit: LimitConfig,
 }
 
-/// One part of a key as written: `{"client_ip": {}}`, `{"header": "x-user-id"}`, ...
-#[derive(Debug)]
+/// One part of a key as written: an object with one member naming its kind,
+/// `{"client_ip": {}}`, `{"header": "x-user-id"}`, ...
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KeyPartConfig {
     /// The client's address.
     ClientIp(ClientIpConfig),
@@ -65,18 +74,21 @@ pub enum KeyPartConfig {
 }
 
 /// `{}`: a key part without options.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// Options of `client_ip`.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientIpConfig {
     /// Leading bits of an IPv6 address that count (0 to 128). Default 64.
     pub ipv6_prefix: Option<u8>,
 }
 
 /// A limit as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Requests per `per` (sustained rate). At least 1.
     pub requests: u32,
@@ -87,7 +99,8 @@ pub struct LimitConfig {
 }
 
 /// Response header fields describing the limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dialect {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
     #[default]
@@ -99,124 +112,14 @@ pub enum Dialect {
 }
 
 /// The outcome when shared data stays contended after every retry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnContention {
     /// Let the request through uncounted.
     #[default]
     Allow,
     /// Answer 503 with `Retry-After: 1`.
     Deny,
-}
-
-impl FromJson for RateLimitConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &[
-                "rules",
-                "trusted_proxies",
-                "headers",
-                "shadow",
-                "max_keys",
-                "status",
-                "on_contention",
-            ],
-            |m| {
-                Ok(Self {
-                    rules: m.or_default("rules")?,
-                    trusted_proxies: m.or_default("trusted_proxies")?,
-                    headers: m.or_default("headers")?,
-                    shadow: m.or_default("shadow")?,
-                    max_keys: m.field("max_keys")?,
-                    status: m.field("status")?,
-                    on_contention: m.or_default("on_contention")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for RuleConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["name", "match", "key", "limit"], |m| {
-            Ok(Self {
-                name: m.required("name")?,
-                route: m.or_default("match")?,
-                key: m.required("key")?,
-                limit: m.required("limit")?,
-            })
-        })
-    }
-}
-
-impl FromJson for KeyPartConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let (kind, options) = tagged(value, at)?;
-        let at = at.field(kind);
-        Ok(match kind {
-            "client_ip" => Self::ClientIp(ClientIpConfig::from_json(options, &at)?),
-            "header" => Self::Header(String::from_json(options, &at)?),
-            "path" => Self::Path(Empty::from_json(options, &at)?),
-            "method" => Self::Method(Empty::from_json(options, &at)?),
-            "rule" => Self::Rule(Empty::from_json(options, &at)?),
-            _ => {
-                return Err(at.error(unknown_variant(
-                    kind,
-                    &["client_ip", "header", "path", "method", "rule"],
-                )));
-            }
-        })
-    }
-}
-
-impl FromJson for Empty {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::of(value, at, &[])?.finish();
-        Ok(Self {})
-    }
-}
-
-impl FromJson for ClientIpConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["ipv6_prefix"], |m| {
-            Ok(Self {
-                ipv6_prefix: m.field("ipv6_prefix")?,
-            })
-        })
-    }
-}
-
-impl FromJson for LimitConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["requests", "per", "burst"], |m| {
-            Ok(Self {
-                requests: m.required("requests")?,
-                per: m.required("per")?,
-                burst: m.field("burst")?,
-            })
-        })
-    }
-}
-
-impl FromJson for Dialect {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        variant(
-            value,
-            at,
-            &[
-                ("draft", Self::Draft),
-                ("legacy", Self::Legacy),
-                ("none", Self::None),
-            ],
-        )
-    }
-}
-
-impl FromJson for OnContention {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        variant(value, at, &[("allow", Self::Allow), ("deny", Self::Deny)])
-    }
 }
 
 /// A rule, compiled.
@@ -354,11 +257,11 @@ fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use filter_core::config::parse_json;
+    use filter_core::config::parse;
     use std::time::Duration;
 
     fn compile(json: &str) -> Result<Compiled, ConfigError> {
-        parse_json::<RateLimitConfig>(json.as_bytes())?.compile()
+        parse::<RateLimitConfig>(json.as_bytes())?.compile()
     }
 
     fn rule(limit: &str) -> String {
@@ -408,7 +311,7 @@ mod tests {
             (rule(r#"{"requests": 10, "per": "5ns"}"#), "rules[0].limit.per"),
             (
                 r#"{"rules": [{"name": "r", "key": [{"cookie": "x"}], "limit": {"requests": 1, "per": "1s"}}]}"#.to_owned(),
-                "rules[0].key[0].cookie",
+                "rules[0].key[0]",
             ),
             (
                 r#"{"rules": [{"name": "r", "key": [], "limit": {"requests": 1, "per": "1s"}}]}"#.to_owned(),
@@ -438,11 +341,86 @@ mod tests {
         assert_eq!(compile(twice).unwrap_err().path(), "rules[1].name");
     }
 
+    #[test]
+    fn messages_name_the_field_and_the_reason() {
+        let error = |json: &str| compile(json).unwrap_err().to_string();
+        let with_key = |key: &str| {
+            error(&format!(
+                r#"{{"rules": [{{"name": "r", "key": [{key}], "limit": {{"requests": 1, "per": "1s"}}}}]}}"#
+            ))
+        };
+        assert_eq!(
+            with_key(r#"{"cookie": "x"}"#),
+            "rules[0].key[0]: unknown variant `cookie`, expected one of `client_ip`, `header`, `path`, `method`, `rule`"
+        );
+        // serde_json refuses a second member or none where one names the kind; the position
+        // is what it gives.
+        assert_eq!(
+            with_key(r#"{"header": "x", "path": {}}"#),
+            "rules[0].key[0]: invalid JSON: expected value at line 1 column 47"
+        );
+        assert_eq!(
+            with_key("{}"),
+            "rules[0].key[0]: invalid JSON: expected value at line 1 column 35"
+        );
+        assert_eq!(
+            with_key(r#"{"client_ip": {"ipv6": 64}}"#),
+            "rules[0].key[0].client_ip.ipv6: unknown field `ipv6`, expected `ipv6_prefix`"
+        );
+        assert_eq!(
+            with_key(r#"{"path": {"x": 1}}"#),
+            "rules[0].key[0].path.x: unknown field `x`, there are no fields"
+        );
+        assert_eq!(
+            with_key(r#"{"header": 1}"#),
+            "rules[0].key[0].header: invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(
+            error(&rule(r#"{"requests": 1.5, "per": "1s"}"#)),
+            "rules[0].limit.requests: invalid type: floating point `1.5`, expected u32"
+        );
+        assert_eq!(
+            error(&rule(r#"{"requests": 1, "per": "1s", "requests": 2}"#)),
+            "rules[0].limit.requests: appears twice; each member may appear once"
+        );
+        assert_eq!(
+            error(&rule(r#"{"requests": 1, "per": "1 s"}"#)),
+            "rules[0].limit.per: invalid duration \"1 s\": unknown unit (use ns, us, ms, s, m or h)"
+        );
+        assert_eq!(
+            error(r#"{"headers": "both"}"#),
+            "headers: unknown variant `both`, expected one of `draft`, `legacy`, `none`"
+        );
+        assert_eq!(
+            error(r#"{"status": 1e3}"#),
+            "status: invalid type: floating point `1000.0`, expected u16"
+        );
+    }
+
+    #[test]
+    fn null_means_the_default() {
+        let c = compile(
+            r#"{"rules": null, "trusted_proxies": null, "headers": null, "shadow": null,
+                "max_keys": null, "status": null, "on_contention": null}"#,
+        )
+        .unwrap();
+        assert!(c.rules.is_empty());
+        assert_eq!((c.trusted_proxies, c.dialect, c.shadow), (0, Dialect::Draft, false));
+        assert_eq!((c.status, c.on_contention), (429, OnContention::Allow));
+        let c = compile(
+            r#"{"rules": [{"name": "r", "match": null, "key": [{"client_ip": {"ipv6_prefix": null}}],
+                "limit": {"requests": 1, "per": "1s", "burst": null}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].key, [KeyPart::ClientIp { ipv6_prefix: 64 }]);
+        assert_eq!(c.rules[0].limit.burst(), 1);
+    }
+
     proptest::proptest! {
         /// No configuration text makes the parser or the compiler panic.
         #[test]
         fn hostile_config_never_panics(text in ".{0,200}") {
-            if let Ok(c) = parse_json::<RateLimitConfig>(text.as_bytes()) {
+            if let Ok(c) = parse::<RateLimitConfig>(text.as_bytes()) {
                 let _ = c.compile();
             }
         }

@@ -8,7 +8,7 @@
     reason = "test code: a panic is how a test fails"
 )]
 
-use filter_core::config::parse_json;
+use filter_core::config::parse;
 use filter_core::decision::{Decision, LocalResponse};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::RecordedLog;
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const T0: u64 = 1_800_000_000;
 
 fn filter(json: &str) -> RateLimit {
-    RateLimit::new(parse_json(json.as_bytes()).unwrap()).unwrap()
+    RateLimit::new(parse(json.as_bytes()).unwrap()).unwrap()
 }
 
 /// One rule named `r` keyed on `x-user-id`, with `limit` and the top-level `extra` fields.

@@ -1,10 +1,10 @@
 //! The `retry_policy` configuration, parsed strictly and compiled once.
 
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, FromJson, Members, quoted, show_duration, variant,
+    ConfigDuration, ConfigError, FieldPath, null_default, quoted, show_duration,
 };
-use filter_core::json::Json;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
+use serde::Deserialize;
 use std::time::Duration;
 
 /// The most retries a rule may grant.
@@ -62,9 +62,11 @@ pub const GRPC_RETRY_ON: &[&str] = &[
 ];
 
 /// The whole configuration as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicyConfig {
     /// Tried in order; the first whose `match` fits decides.
+    #[serde(default, deserialize_with = "null_default")]
     pub rules: Vec<RuleConfig>,
     /// A request header that makes POST and PATCH retryable. Default `idempotency-key`.
     pub idempotency_key_header: Option<String>,
@@ -75,15 +77,20 @@ pub struct RetryPolicyConfig {
 }
 
 /// One rule as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Which requests it is for.
+    #[serde(rename = "match", default, deserialize_with = "null_default")]
     pub route: RouteMatchConfig,
     /// Envoy's retry conditions.
+    #[serde(default, deserialize_with = "null_default")]
     pub retry_on: Vec<String>,
     /// Statuses for `retriable-status-codes`.
+    #[serde(default, deserialize_with = "null_default")]
     pub retriable_status_codes: Vec<u16>,
     /// gRPC retry conditions.
+    #[serde(default, deserialize_with = "null_default")]
     pub grpc_retry_on: Vec<String>,
     /// Retries after the first attempt, 0 to 10. Default 1.
     pub num_retries: Option<u32>,
@@ -92,7 +99,8 @@ pub struct RuleConfig {
 }
 
 /// The retry budget as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Retries as a share of requests, 0 to 1. Default 0.2.
     pub retry_ratio: Option<f64>,
@@ -101,7 +109,8 @@ pub struct BudgetConfig {
 }
 
 /// How `Retry-After` is added, as written.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryAfterConfig {
     /// Statuses that get one. Default `[429, 503]`.
     pub statuses: Option<Vec<u16>>,
@@ -110,11 +119,13 @@ pub struct RetryAfterConfig {
     /// The most any `Retry-After` may say. Default `"60s"`.
     pub max: Option<ConfigDuration>,
     /// `full` (default), `equal` or `none`.
+    #[serde(default, deserialize_with = "null_default")]
     pub jitter: Jitter,
 }
 
 /// How a delay is spread.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Jitter {
     /// Uniform in `[0, d]`.
     #[default]
@@ -123,89 +134,6 @@ pub enum Jitter {
     Equal,
     /// Exactly `d`.
     None,
-}
-
-impl FromJson for RetryPolicyConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &["rules", "idempotency_key_header", "budget", "retry_after"],
-            |m| {
-                Ok(Self {
-                    rules: m.or_default("rules")?,
-                    idempotency_key_header: m.field("idempotency_key_header")?,
-                    budget: m.field("budget")?,
-                    retry_after: m.field("retry_after")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for RuleConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(
-            value,
-            at,
-            &[
-                "match",
-                "retry_on",
-                "retriable_status_codes",
-                "grpc_retry_on",
-                "num_retries",
-                "per_try_timeout",
-            ],
-            |m| {
-                Ok(Self {
-                    route: m.or_default("match")?,
-                    retry_on: m.or_default("retry_on")?,
-                    retriable_status_codes: m.or_default("retriable_status_codes")?,
-                    grpc_retry_on: m.or_default("grpc_retry_on")?,
-                    num_retries: m.field("num_retries")?,
-                    per_try_timeout: m.field("per_try_timeout")?,
-                })
-            },
-        )
-    }
-}
-
-impl FromJson for BudgetConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["retry_ratio", "min_retries_per_second"], |m| {
-            Ok(Self {
-                retry_ratio: m.field("retry_ratio")?,
-                min_retries_per_second: m.field("min_retries_per_second")?,
-            })
-        })
-    }
-}
-
-impl FromJson for RetryAfterConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Members::read(value, at, &["statuses", "default", "max", "jitter"], |m| {
-            Ok(Self {
-                statuses: m.field("statuses")?,
-                default: m.field("default")?,
-                max: m.field("max")?,
-                jitter: m.or_default("jitter")?,
-            })
-        })
-    }
-}
-
-impl FromJson for Jitter {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        variant(
-            value,
-            at,
-            &[
-                ("full", Self::Full),
-                ("equal", Self::Equal),
-                ("none", Self::None),
-            ],
-        )
-    }
 }
 
 /// A rule, compiled: the retry headers it writes, formatted once.
@@ -359,7 +287,7 @@ impl RetryPolicyConfig {
                     return Err(root
                         .field("budget")
                         .field("retry_ratio")
-                        .error("must be a number from 0 to 1"));
+                        .error(format!("must be a number from 0 to 1, got {ratio}")));
                 }
                 Some(Budget {
                     ratio,
@@ -412,10 +340,10 @@ impl RetryPolicyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use filter_core::config::parse_json;
+    use filter_core::config::parse;
 
     fn compile(json: &str) -> Result<Compiled, ConfigError> {
-        parse_json::<RetryPolicyConfig>(json.as_bytes())?.compile()
+        parse::<RetryPolicyConfig>(json.as_bytes())?.compile()
     }
 
     #[test]
@@ -495,10 +423,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn messages_name_the_field_and_the_reason() {
+        let error = |json: &str| compile(json).unwrap_err().to_string();
+        assert_eq!(
+            error(r#"{"budget": {"retry_ratio": 1.5}}"#),
+            "budget.retry_ratio: must be a number from 0 to 1, got 1.5"
+        );
+        assert_eq!(
+            error(r#"{"budget": {"retry_ratio": "0.2"}}"#),
+            "budget.retry_ratio: invalid type: string \"0.2\", expected f64"
+        );
+        assert_eq!(
+            error(r#"{"rules": [{"num_retries": 2.0}]}"#),
+            "rules[0].num_retries: invalid type: floating point `2.0`, expected u32"
+        );
+        assert_eq!(
+            error(r#"{"rules": [{}, {"per_try_timeout": "500"}]}"#),
+            "rules[1].per_try_timeout: invalid duration \"500\": missing unit (ns, us, ms, s, m or h)"
+        );
+        assert_eq!(
+            error(r#"{"retry_after": {"jitter": "full", "jitter": "none"}}"#),
+            "retry_after.jitter: appears twice; each member may appear once"
+        );
+        assert_eq!(
+            error(r#"{"rules": [{"match": {"prefix": "/", "method": ["GET"]}}]}"#),
+            "rules[0].match.method: unknown field `method`, expected one of `prefix`, `path`, `methods`, `headers`, `cluster`"
+        );
+    }
+
+    #[test]
+    fn null_means_the_default() {
+        let c = compile(
+            r#"{"rules": [{"match": null, "retry_on": null, "retriable_status_codes": null,
+                "grpc_retry_on": null, "num_retries": null, "per_try_timeout": null}],
+                "idempotency_key_header": null,
+                "budget": {"retry_ratio": null, "min_retries_per_second": null},
+                "retry_after": {"statuses": null, "default": null, "max": null, "jitter": null}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].num_retries, 1);
+        assert_eq!(c.rules[0].header(header::RETRY_ON), None);
+        assert_eq!(c.idempotency_key_header, "idempotency-key");
+        assert_eq!(
+            c.budget,
+            Some(Budget {
+                ratio: 0.2,
+                min_per_second: 10
+            })
+        );
+        let retry_after = c.retry_after.unwrap();
+        assert_eq!(retry_after.statuses, [429, 503]);
+        assert_eq!(retry_after.jitter, Jitter::Full);
+        assert!(compile(r#"{"budget": null, "retry_after": null, "rules": null}"#).is_ok());
+    }
+
     proptest::proptest! {
         #[test]
         fn hostile_config_never_panics(text in ".{0,200}") {
-            if let Ok(c) = parse_json::<RetryPolicyConfig>(text.as_bytes()) {
+            if let Ok(c) = parse::<RetryPolicyConfig>(text.as_bytes()) {
                 let _ = c.compile();
             }
         }

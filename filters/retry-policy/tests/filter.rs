@@ -8,7 +8,7 @@
     reason = "test code: a panic is how a test fails"
 )]
 
-use filter_core::config::parse_json;
+use filter_core::config::parse;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::log::NoLog;
@@ -31,7 +31,7 @@ struct World {
 impl World {
     fn new(json: &str) -> Self {
         Self {
-            filter: RetryPolicy::new(parse_json(json.as_bytes()).unwrap()).unwrap(),
+            filter: RetryPolicy::new(parse(json.as_bytes()).unwrap()).unwrap(),
             store: MemStore::new(),
             metrics: RecordedMetrics::default(),
         }
