@@ -1,6 +1,12 @@
 //! What parsing a typical claims set costs natively: run with
 //! `cargo test --release -p jwt-auth --test claims_parse_cost -- --ignored --nocapture`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a timing test: it reads the clock, and a panic is how it fails"
+)]
+
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -4,6 +4,13 @@
 //! member name twice, which RFC 7515 §5.2 and RFC 7519 §4 let us refuse and we do. `i_` files
 //! may go either way, but none may panic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is how a test fails"
+)]
+
 use std::path::Path;
 
 use jwt_auth::json::{self, JsonError, Limits};
