@@ -18,7 +18,7 @@
 //!    the worker's Wasm VM.
 #![forbid(unsafe_code)]
 
-pub use filter_config::{config, json};
+pub use filter_config::config;
 
 pub mod decision;
 pub mod filter;

@@ -8,9 +8,8 @@
 
 use std::fmt;
 
-use crate::json::{Json, Object};
+use crate::json::{self, Json, Limits, Object};
 use filter_core::config::quoted;
-use filter_core::json::{self, Limits};
 
 use crate::alg::Alg;
 use crate::crypto::PublicKey;
@@ -114,7 +113,7 @@ pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
     if doc.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge);
     }
-    let value = json::parse(doc, Limits::TRUSTED).map_err(|_| JwksError::NotJson)?;
+    let value = json::parse(doc, Limits::JWKS).map_err(|_| JwksError::NotJson)?;
     let entries = value
         .as_object()
         .and_then(|doc| doc.get("keys"))
@@ -315,7 +314,7 @@ fn short(value: &Json) -> String {
         Json::String(text) => short_str(text),
         Json::Array(_) => "an array".to_owned(),
         Json::Object(_) => "an object".to_owned(),
-        Json::Number(n) => n.as_str().chars().take(32).collect(),
+        Json::Number(n) => n.to_string(),
         Json::Bool(b) => b.to_string(),
         Json::Null => "null".to_owned(),
     }

@@ -8,8 +8,7 @@
 //! itself (RFC 8725 §3.10). Errors name the reason and never echo the token.
 
 use crate::alg::Alg;
-use crate::json::{self, JsonError};
-use crate::json::{Json, Object};
+use crate::json::{self, Json, JsonError, Limits, Object};
 use std::fmt;
 
 /// The largest decoded header or claims set we accept, in bytes.
@@ -153,10 +152,10 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Token<'_>, TokenError> {
     let payload_bytes = decode_json_segment(payload_b64, Part::Payload)?;
     let signature = decode_segment(signature_b64, Part::Signature)?;
 
-    let header_map =
-        json::parse_object(&header_bytes).map_err(|e| TokenError::BadJson(Part::Header, e))?;
-    let claims =
-        json::parse_object(&payload_bytes).map_err(|e| TokenError::BadJson(Part::Payload, e))?;
+    let header_map = json::parse_object(&header_bytes, Limits::JWT)
+        .map_err(|e| TokenError::BadJson(Part::Header, e))?;
+    let claims = json::parse_object(&payload_bytes, Limits::JWT)
+        .map_err(|e| TokenError::BadJson(Part::Payload, e))?;
     let header = check_header(&header_map)?;
 
     Ok(Token {
