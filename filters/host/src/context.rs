@@ -169,7 +169,8 @@ impl<F: Filter + 'static> Context for Root<F> {
         ) else {
             return;
         };
-        // No headers means the call never got an answer (reset, or refused by Envoy).
+        // No headers means the call never got an answer (timed out, reset, or refused by
+        // Envoy, which does not say which).
         let result = if num_headers == 0 {
             CalloutResult::Failed("no response (timed out, reset or refused)".to_owned())
         } else {
