@@ -73,7 +73,10 @@ both_modules! {
             envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 1),
             Some(1)
         );
-        assert!(envoy.wait_for_log("breaker b: closed -> open", Duration::from_secs(5)));
+        assert!(envoy.wait_for_log(
+            "circuit_breaker: breaker b: closed -> open",
+            Duration::from_secs(5)
+        ));
     }
 }
 

@@ -388,6 +388,72 @@ both_modules! {
 }
 
 both_modules! {
+    /// What an operator chasing 503s finds in Envoy's log: a warning naming the provider, the
+    /// cluster and why the fetch failed; the same line from jwt_auth.wasm and gateway.wasm.
+    fn a_failed_key_server_fetch_is_a_warning_with_its_reason() {
+        let key = Key::generate(Alg::EdDSA, "k");
+        let key_server = Upstream::start(vec![Reply::Status(500)]);
+        let upstream = Upstream::echo();
+        let envoy = remote_gateway(&upstream, &key_server, "500ms");
+        let token = key.sign(&claims("alice"));
+        let r = client::get("/x")
+            .header("authorization", &bearer(&token))
+            .send(envoy.port("gateway"));
+        assert_eq!(r.status, 503, "{}", r.text());
+        let line = "jwt_auth: provider idp: fetching keys from cluster jwks failed: \
+                    the key server answered 500";
+        assert!(
+            envoy.wait_for_log(line, std::time::Duration::from_secs(10)),
+            "{line:?} not in Envoy's log"
+        );
+        let log = envoy.log();
+        let found: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+        assert!(
+            found.iter().all(|l| l.contains("[warning]")),
+            "not at warning level: {found:#?}"
+        );
+        // Every worker that fetches logs once a minute at most (two workers here); never the
+        // token, and no "gateway: " in front of the policy's name.
+        assert!(found.len() <= 2, "{found:#?}");
+        assert!(!log.contains(&token), "the token is in Envoy's log");
+        assert!(!log.contains("gateway: jwt_auth:"), "{log}");
+    }
+}
+
+both_modules! {
+    /// Refusals are debug lines: none at Envoy's default level, and once the operator turns the
+    /// `wasm` log to debug on the admin port, the running module follows within a tick and
+    /// says why each request was refused, without the token.
+    fn refusal_lines_follow_envoys_log_level_at_run_time() {
+        let key = Key::generate(Alg::EdDSA, "k");
+        let impostor = Key::generate(Alg::EdDSA, "k");
+        let upstream = Upstream::echo();
+        let envoy = gateway(&upstream, &[&key], json!({}));
+        let port = envoy.port("gateway");
+        let forged = impostor.sign(&claims("mallory"));
+        let refuse = || {
+            let r = client::get("/x")
+                .header("authorization", &bearer(&forged))
+                .send(port);
+            assert_eq!(r.status, 401, "{}", r.text());
+        };
+        let line = "jwt_auth: refused with 401: provider idp:";
+        refuse();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(!envoy.log().contains(line), "a debug line at info level");
+        let r = client::Request::new("POST", "/logging?wasm=debug").send(envoy.admin_port());
+        assert_eq!(r.status, 200, "{}", r.text());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !envoy.log().contains(line) {
+            assert!(std::time::Instant::now() < deadline, "no {line:?} after debug was turned on");
+            refuse();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(!envoy.log().contains(&forged), "the token is in Envoy's log");
+    }
+}
+
+both_modules! {
     /// The J1 to J39 checklist (the attack checklist of the project's design notes), each case a real request
     /// through one Envoy: what a client sees. (J8, J32, J33 and J34 have their own tests above and
     /// below; J9 is a configuration refusal, J37 is out of scope, J38 is constant-time by

@@ -135,7 +135,7 @@ both_modules! {
         assert_eq!(envoy.stat("wasmcustom.rate_limit.trial.limited"), Some(0));
         assert!(
             envoy.wait_for_log(
-                "shadow: would refuse GET /x (over trial)",
+                "rate_limit: shadow mode: would refuse GET /x (over trial)",
                 Duration::from_secs(5)
             ),
             "{}",

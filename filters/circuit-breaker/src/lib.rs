@@ -131,6 +131,12 @@ fn upstream_failed(details: &str) -> bool {
         || details == "no_healthy_upstream"
 }
 
+/// Answers the request with `reply`, saying why at debug level.
+fn refuse(reply: filter_core::decision::LocalResponse) -> Decision {
+    filter_core::logging::refused(CircuitBreaker::NAME, &reply);
+    Decision::Respond(reply)
+}
+
 impl CircuitBreaker {
     fn now(&self, env: &Env<'_>) -> u64 {
         self.clock.now(env.now).as_nanos()
@@ -145,12 +151,14 @@ impl CircuitBreaker {
                 State::Closed => BreakerMetric::ToClosed,
             };
             env.metrics.add(which.id(index), 1);
-            env.log.info(&format!(
-                "breaker {}: {} -> {}",
+            // A state change, made by one worker for all (compare-and-swap): one line each.
+            log::info!(
+                "{}: breaker {}: {} -> {}",
+                Self::NAME,
                 breaker.name,
                 t.from.name(),
                 t.to.name()
-            ));
+            );
         }
         if let Some(last) = transitions.last() {
             env.metrics
@@ -239,7 +247,7 @@ impl Filter for CircuitBreaker {
             Mode::Disabled => return Decision::pass(),
             Mode::ForcedOpen => {
                 env.metrics.add(BreakerMetric::Rejected.id(index), 1);
-                return Decision::Respond(reply::refused(breaker, "forced_open", None));
+                return refuse(reply::refused(breaker, "forced_open", None));
             }
             Mode::Enforce | Mode::Shadow => {}
         }
@@ -281,12 +289,18 @@ impl Filter for CircuitBreaker {
             Admission::Reject { retry_after } => {
                 if breaker.mode == Mode::Shadow {
                     env.metrics.add(BreakerMetric::ShadowRejected.id(index), 1);
+                    log::debug!(
+                        "{}: breaker {} is {}: would refuse (shadow mode)",
+                        Self::NAME,
+                        breaker.name,
+                        state.name()
+                    );
                     return Decision::Continue(
                         RequestEdits::default().filter_state(FILTER_STATE, state.name()),
                     );
                 }
                 env.metrics.add(BreakerMetric::Rejected.id(index), 1);
-                Decision::Respond(reply::refused(breaker, state.name(), Some(retry_after)))
+                refuse(reply::refused(breaker, state.name(), Some(retry_after)))
             }
         }
     }

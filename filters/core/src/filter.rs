@@ -8,7 +8,6 @@
 
 use crate::config::ConfigError;
 use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
-use crate::log::Log;
 use crate::metrics::{MetricDef, Metrics};
 use crate::request::{RequestView, ResponseView};
 use crate::signature::NativeVerifier;
@@ -16,7 +15,7 @@ use crate::store::SharedStore;
 use crate::time::Time;
 
 /// What the host hands a filter besides the request: the time, the shared store, metrics, the
-/// host's native signature checks and its log.
+/// host's native signature checks. (Log lines go through the `log` crate's macros.)
 #[derive(Clone, Copy)]
 pub struct Env<'a> {
     /// The wall-clock time the host reported for this callback.
@@ -27,8 +26,6 @@ pub struct Env<'a> {
     pub metrics: &'a dyn Metrics,
     /// Signature checks in the host's native code, when it has them.
     pub verifier: &'a dyn NativeVerifier,
-    /// Envoy's log.
-    pub log: &'a dyn Log,
     /// Random numbers (seeded per worker from the host's randomness).
     pub random: &'a dyn crate::random::Random,
 }

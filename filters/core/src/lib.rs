@@ -22,7 +22,7 @@ pub use filter_config::config;
 
 pub mod decision;
 pub mod filter;
-pub mod log;
+pub mod logging;
 pub mod matcher;
 pub mod metrics;
 pub mod random;

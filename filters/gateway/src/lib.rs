@@ -16,8 +16,9 @@
 //!   the chain goes on from it with the edits made before it.
 //! - Responses go through the policies in reverse order (Envoy's encoder order), each seeing
 //!   the response as the later ones left it ([`EditedResponse`]).
-//! - Each policy keeps its metric names (`rate_limit.<rule>.allowed`, ...) and its log
-//!   prefix; callout tags carry the policy's position in their top byte.
+//! - Each policy keeps its metric names (`rate_limit.<rule>.allowed`, ...), and its log lines
+//!   read as from its own module (each starts with the policy's name); callout tags carry the
+//!   policy's position in their top byte.
 //!
 //! One difference remains: the route (and so `xds.cluster_name`, which a breaker may match)
 //! is not chosen again between policies, as Envoy does after a filter edits request headers.

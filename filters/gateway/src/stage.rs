@@ -1,13 +1,12 @@
 //! One policy as a stage of the gateway: the policy's own [`Filter`], seen through the
 //! object-safe [`Step`] so the gateway can run a list of them.
 //!
-//! A stage hands its policy an [`Env`] whose metrics are shifted to the policy's own ids and
-//! whose log lines carry the policy's name, so a policy runs inside the gateway exactly as it
-//! runs alone.
+//! A stage hands its policy an [`Env`] whose metrics are shifted to the policy's own ids, so a
+//! policy runs inside the gateway exactly as it runs alone. (Its log lines need nothing: each
+//! starts with the policy's own name.)
 
 use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::log::Log;
 use filter_core::metrics::{MetricId, MetricKind, Metrics};
 use filter_core::request::{RequestView, ResponseView};
 use std::time::Duration;
@@ -77,13 +76,8 @@ impl<F: Filter> Stage<F> {
             metrics: env.metrics,
             base: self.metric_base,
         };
-        let log = Named {
-            log: env.log,
-            name: F::NAME,
-        };
         call(&Env {
             metrics: &metrics,
-            log: &log,
             ..*env
         })
     }
@@ -155,17 +149,5 @@ impl Metrics for Shifted<'_> {
 
     fn record(&self, id: MetricId, value: u64) {
         self.metrics.record(MetricId(self.base + id.0), value);
-    }
-}
-
-/// Log lines headed by the policy's name, as the policy's own module writes them.
-struct Named<'a> {
-    log: &'a dyn Log,
-    name: &'static str,
-}
-
-impl Log for Named<'_> {
-    fn info(&self, message: &str) {
-        self.log.info(&format!("{}: {message}", self.name));
     }
 }

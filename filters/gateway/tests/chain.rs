@@ -14,7 +14,6 @@ use circuit_breaker::CircuitBreaker;
 use filter_core::config::parse;
 use filter_core::decision::{Decision, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::log::RecordedLog;
 use filter_core::metrics::{MetricId, RecordedMetrics};
 use filter_core::random::Fixed;
 use filter_core::request::{Request, Response};
@@ -23,10 +22,12 @@ use filter_core::store::MemStore;
 use filter_core::time::Time;
 use gateway::Gateway;
 use jwt_auth::JwtAuth;
+use log::LevelFilter;
 use rate_limit::RateLimit;
 use retry_policy::RetryPolicy;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use testkit::logs::{capture, texts};
 
 const NOW_MS: u64 = 1_795_478_400_000;
 
@@ -148,13 +149,12 @@ impl Exchange {
     }
 }
 
-/// One separate filter, with its own VM's store, metrics and log (each filter entry its own
-/// `vm_id`, as the examples configure them).
+/// One separate filter, with its own VM's store and metrics (each filter entry its own `vm_id`,
+/// as the examples configure them).
 struct Alone<F: Filter> {
     filter: F,
     store: MemStore,
     metrics: RecordedMetrics,
-    log: RecordedLog,
 }
 
 impl<F: Filter> Alone<F> {
@@ -163,12 +163,11 @@ impl<F: Filter> Alone<F> {
             filter: build(config),
             store: MemStore::new(),
             metrics: RecordedMetrics::default(),
-            log: RecordedLog::default(),
         }
     }
 
     fn env(&self, now: Time) -> Env<'_> {
-        env(now, &self.store, &self.metrics, &self.log)
+        env(now, &self.store, &self.metrics)
     }
 
     fn metrics_by_name(&self, into: &mut BTreeMap<String, i64>) {
@@ -181,18 +180,12 @@ impl<F: Filter> Alone<F> {
     }
 }
 
-fn env<'a>(
-    now: Time,
-    store: &'a MemStore,
-    metrics: &'a RecordedMetrics,
-    log: &'a RecordedLog,
-) -> Env<'a> {
+fn env<'a>(now: Time, store: &'a MemStore, metrics: &'a RecordedMetrics) -> Env<'a> {
     Env {
         now,
         store,
         metrics,
         verifier: &NoNativeVerifier,
-        log,
         random: &Fixed(7),
     }
 }
@@ -323,20 +316,6 @@ impl Separate {
         self.retry.metrics_by_name(&mut all);
         all
     }
-
-    fn log(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for (name, log) in [
-            ("jwt_auth", &self.jwt.log),
-            ("rate_limit", &self.rate.log),
-            ("circuit_breaker", &self.breaker.log),
-            ("retry_policy", &self.retry.log),
-        ] {
-            lines.extend(log.lines().into_iter().map(|l| format!("{name}: {l}")));
-        }
-        lines.sort();
-        lines
-    }
 }
 
 /// The gateway as one filter entry.
@@ -368,12 +347,6 @@ impl Combined {
         let mut all = BTreeMap::new();
         self.0.metrics_by_name(&mut all);
         all
-    }
-
-    fn log(&self) -> Vec<String> {
-        let mut lines = self.0.log.lines();
-        lines.sort();
-        lines
     }
 }
 
@@ -433,9 +406,17 @@ fn the_gateway_behaves_as_the_four_filters_chained() {
     let separate = Separate::new();
     let combined = Combined::new();
     let mut kinds = BTreeMap::new();
+    let (mut separate_log, mut combined_log) = (Vec::new(), Vec::new());
     for (i, (request, status, now)) in workload().iter().enumerate() {
-        let alone = separate.exchange(request, *status, *now);
-        let together = combined.exchange(request, *status, *now);
+        // Every line down to debug (each refusal's reason): the gateway's read the same.
+        let (alone, lines) = capture(LevelFilter::Debug, || {
+            separate.exchange(request, *status, *now)
+        });
+        separate_log.extend(lines);
+        let (together, lines) = capture(LevelFilter::Debug, || {
+            combined.exchange(request, *status, *now)
+        });
+        combined_log.extend(lines);
         assert_eq!(together, alone, "request {i}");
         let kind = match &alone {
             Seen::Upstream { .. } => "upstream".to_owned(),
@@ -449,7 +430,14 @@ fn the_gateway_behaves_as_the_four_filters_chained() {
         *kinds.entry(kind).or_insert(0) += 1;
     }
     assert_eq!(combined.metrics(), separate.metrics());
-    assert_eq!(combined.log(), separate.log());
+    assert_eq!(combined_log, separate_log);
+    let texts = texts(&separate_log);
+    for line in [
+        "circuit_breaker: breaker up: closed -> open",
+        "jwt_auth: refused with 401: no token",
+    ] {
+        assert!(texts.contains(&line), "{line:?} not in {texts:#?}");
+    }
     // The workload made every policy act: tokens refused, users limited, the breaker opened.
     for status in ["upstream", "401", "429", "503"] {
         assert!(

@@ -4,7 +4,7 @@
 //! sends the callouts the filter asks for, hands their answers back, and decides again every
 //! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
 
-use crate::host::{self, HostLog, HostMetrics, HostStore, HostVerifier};
+use crate::host::{self, HostMetrics, HostStore, HostVerifier};
 use crate::request::{HostRequest, HostResponse};
 use filter_core::config::parse;
 use filter_core::decision::{CalloutResult, Decision, LocalResponse, RequestEdits};
@@ -19,8 +19,10 @@ use std::rc::Rc;
 
 /// Makes `F` this Wasm module's filter. Called once, from the module's `_initialize`.
 pub fn register<F: Filter + 'static>() {
-    // Also installs the SDK's panic hook, which logs a panic's message at `critical` before
-    // the VM traps: should one ever slip through, Envoy's log says where.
+    // Installs the SDK's logger, through which the `log` crate's lines reach Envoy, at `info`
+    // until the VM starts and Envoy's own level is read. Also installs the SDK's panic hook,
+    // which logs a panic's message at `critical` before the VM traps: should one ever slip
+    // through, Envoy's log says where.
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| {
         Box::new(Root::<F> {
@@ -36,7 +38,6 @@ struct Configured<F> {
     filter: F,
     metrics: HostMetrics,
     verifier: HostVerifier,
-    log: HostLog,
     random: filter_core::random::SplitMix,
 }
 
@@ -48,7 +49,6 @@ impl<F> Configured<F> {
             store: &HostStore,
             metrics: &self.metrics,
             verifier: &self.verifier,
-            log: &self.log,
             random: &self.random,
         }
     }
@@ -77,7 +77,13 @@ struct Root<F: Filter> {
 }
 
 fn log_error<F: Filter>(what: &str) {
-    host::log(LogLevel::Error, &format!("{}: {what}", F::NAME));
+    log::error!("{}: {what}", F::NAME);
+}
+
+/// The one line that says why Envoy refuses the plugin: `<filter>: invalid configuration:
+/// <field path>: <reason>`.
+fn configuration_refused(filter: &str, reason: &str) {
+    log::error!("{filter}: invalid configuration: {reason}");
 }
 
 impl<F: Filter + 'static> Root<F> {
@@ -90,8 +96,7 @@ impl<F: Filter + 'static> Root<F> {
         Ok(Configured {
             filter,
             metrics,
-            verifier: HostVerifier::default(),
-            log: HostLog(F::NAME),
+            verifier: HostVerifier::new(F::NAME),
             random: filter_core::random::SplitMix::new(host::random_seed()),
         })
     }
@@ -164,9 +169,10 @@ impl<F: Filter + 'static> Context for Root<F> {
         ) else {
             return;
         };
-        // No headers means the call never got an answer (reset, or refused by Envoy).
+        // No headers means the call never got an answer (timed out, reset, or refused by
+        // Envoy, which does not say which).
         let result = if num_headers == 0 {
-            CalloutResult::Failed("no response (reset or refused)".to_owned())
+            CalloutResult::Failed("no response (timed out, reset or refused)".to_owned())
         } else {
             match (
                 host::header_pairs(MapType::HttpCallResponseHeaders),
@@ -189,14 +195,13 @@ impl<F: Filter + 'static> Context for Root<F> {
 
 impl<F: Filter + 'static> RootContext for Root<F> {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        host::log(
-            LogLevel::Info,
-            &format!("{} {} started", F::NAME, env!("CARGO_PKG_VERSION")),
-        );
+        host::follow_host_log_level();
+        log::info!("{} {} started", F::NAME, env!("CARGO_PKG_VERSION"));
         true
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        host::follow_host_log_level();
         match self.configure() {
             Ok(configured) => {
                 let period = configured
@@ -212,13 +217,14 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             }
             Err(reason) => {
                 // Returning false makes Envoy refuse the plugin; this line says why.
-                log_error::<F>(&format!("invalid configuration: {reason}"));
+                configuration_refused(F::NAME, &reason);
                 false
             }
         }
     }
 
     fn on_tick(&mut self) {
+        host::follow_host_log_level();
         let Some(configured) = self.state.clone() else {
             return;
         };
@@ -271,12 +277,6 @@ struct Stream<F: Filter> {
 impl<F: Filter> Stream<F> {
     /// Answers the request locally (as gRPC when it is a gRPC request).
     fn respond(&self, reply: &LocalResponse, request: &dyn RequestView) -> Action {
-        if !reply.detail.is_empty() {
-            host::log(
-                LogLevel::Debug,
-                &format!("{}: {} {}", F::NAME, reply.status, reply.detail),
-            );
-        }
         if let Err(status) = host::send_local_response(reply, request.is_grpc()) {
             log_error::<F>(&format!("cannot send a local reply: {status:?}"));
         }
@@ -380,11 +380,31 @@ impl<F: Filter> HttpContext for Stream<F> {
         let response = HostResponse::new(F::NAME);
         let edits = configured.filter.on_response(&mut state, &response, &env);
         if let Err(status) = host::apply_edits(MapType::HttpResponseHeaders, &edits) {
-            host::log(
-                LogLevel::Warn,
-                &format!("{}: cannot edit response headers: {status:?}", F::NAME),
-            );
+            log::warn!("{}: cannot edit response headers: {status:?}", F::NAME);
         }
         Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filter_core::config::ConfigError;
+    use log::{Level, LevelFilter};
+
+    #[test]
+    fn a_refused_configuration_is_one_error_line_with_the_field_path() {
+        let error = ConfigError::new("rules[0].requests", "must be at least 1");
+        let ((), lines) = testkit::logs::capture(LevelFilter::Warn, || {
+            configuration_refused("rate_limit", &error.to_string());
+        });
+        assert_eq!(
+            lines,
+            [testkit::logs::Line {
+                level: Level::Error,
+                text: "rate_limit: invalid configuration: rules[0].requests: must be at least 1"
+                    .to_owned(),
+            }]
+        );
     }
 }

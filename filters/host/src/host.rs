@@ -1,20 +1,22 @@
 //! Host calls, each wrapped so that its failure is a value rather than a trap.
 
 use filter_core::decision::{Callout, HeaderEdits, LocalResponse, RequestEdits};
-use filter_core::log::Log;
 use filter_core::metrics::{MetricId, MetricKind, Metrics};
 use filter_core::signature::{Digest, NativeVerifier};
 use filter_core::store::{Cas, SharedStore, StoreError, Written};
 use filter_core::time::Time;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{GrpcStatusCode, MapType, MetricType, Status};
 use std::cell::Cell;
 use std::time::UNIX_EPOCH;
 
-/// Logs one line through Envoy (component `wasm`). A failing log call is dropped: there is
-/// nowhere else to report it.
-pub(crate) fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+/// Sets the `log` crate's level to the one Envoy's `wasm` log has now, so a line Envoy would
+/// drop costs nothing (the macros skip it before formatting anything). Envoy's level can change
+/// at run time (`POST /logging?wasm=debug` on the admin port), so this runs on every tick too.
+pub(crate) fn follow_host_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
 }
 
 /// The host's wall clock, or `None` if Envoy cannot tell the time.
@@ -149,15 +151,6 @@ impl SharedStore for HostStore {
     }
 }
 
-/// Envoy's log, each line headed by the filter's name.
-pub(crate) struct HostLog(pub(crate) &'static str);
-
-impl Log for HostLog {
-    fn info(&self, message: &str) {
-        log(LogLevel::Info, &format!("{}: {message}", self.0));
-    }
-}
-
 /// A filter's metrics, defined in Envoy by the names [`filter_core::filter::Filter::metric_names`] gives
 /// (`<filter>.<name>`).
 ///
@@ -220,9 +213,21 @@ impl Metrics for HostMetrics {
 
 /// Envoy's `verify_signature` foreign function (BoringSSL). Remembers when Envoy does not have
 /// it, so a module on another host asks once, logs why, and from then on verifies in Wasm.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HostVerifier {
     unavailable: std::cell::Cell<bool>,
+    /// The filter's name, heading the log line.
+    filter: &'static str,
+}
+
+impl HostVerifier {
+    /// The host's verifier, as filter `filter` uses it.
+    pub(crate) fn new(filter: &'static str) -> Self {
+        Self {
+            unavailable: std::cell::Cell::new(false),
+            filter,
+        }
+    }
 }
 
 impl NativeVerifier for HostVerifier {
@@ -242,9 +247,10 @@ impl NativeVerifier for HostVerifier {
             Ok(None) => None,
             Err(Status::NotFound) => {
                 self.unavailable.set(true);
-                log(
-                    LogLevel::Info,
-                    "this host has no verify_signature function: signatures are verified in Wasm",
+                log::info!(
+                    "{}: this host has no verify_signature function: signatures are verified \
+                     in Wasm",
+                    self.filter
                 );
                 None
             }

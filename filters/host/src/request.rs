@@ -245,10 +245,7 @@ fn report_gap(filter: &str, gap: HostGap) {
     let reported = REPORTED_GAPS.with(std::cell::Cell::get);
     if reported & gap.bit() == 0 {
         REPORTED_GAPS.with(|r| r.set(reported | gap.bit()));
-        crate::host::log(
-            proxy_wasm::types::LogLevel::Warn,
-            &format!("{filter}: {}", gap.consequence()),
-        );
+        log::warn!("{filter}: {}", gap.consequence());
     }
 }
 

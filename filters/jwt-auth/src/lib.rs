@@ -31,11 +31,12 @@ pub mod verify;
 
 use crate::cache::TokenCache;
 use crate::config::{Compiled, JwtAuthConfig, KeySource};
-use crate::remote::{Refetch, WorkerKeys};
+use crate::remote::{KeyChange, Refetch, WorkerKeys};
 use crate::rules::{Denial, KeySnapshot, Notes, Passed};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
+use filter_core::logging::{self, Throttle};
 use filter_core::metrics::{MetricDef, MetricId};
 use filter_core::request::RequestView;
 use filter_core::time::Time;
@@ -53,7 +54,13 @@ pub struct JwtAuth {
     /// The keys every provider can verify with now. Rebuilt only when they can change (on a
     /// tick and on a fetch's answer), so a request borrows it instead of assembling it.
     keys: RefCell<KeySnapshot>,
+    /// The "fetch failed" warning of each provider (by index): retries back off, but several
+    /// workers and providers failing together must not flood the log.
+    fetch_failure_lines: Vec<Throttle>,
 }
+
+/// At most one "fetch failed" line per provider and worker in this interval.
+const FETCH_FAILURE_LINE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Per-request state, kept while a request waits for keys.
 #[derive(Debug, Default)]
@@ -226,11 +233,17 @@ impl Filter for JwtAuth {
         );
         let copies = vec![None; config.providers.len()];
         let keys = RefCell::new(snapshot(&config, &copies, Time::default()));
+        let fetch_failure_lines = config
+            .providers
+            .iter()
+            .map(|_| Throttle::new(FETCH_FAILURE_LINE_INTERVAL))
+            .collect();
         Ok(JwtAuth {
             config,
             cache,
             remote_keys: RefCell::new(copies),
             keys,
+            fetch_failure_lines,
         })
     }
 
@@ -284,7 +297,9 @@ impl Filter for JwtAuth {
                     Denial::KeysUnavailable(_) => DENIED_UNAVAILABLE,
                 };
                 env.metrics.add(metric, 1);
-                Decision::Respond(reply::reply(&denial, &self.config.realm))
+                let reply = reply::reply(&denial, &self.config.realm);
+                logging::refused(Self::NAME, &reply);
+                Decision::Respond(reply)
             }
         }
     }
@@ -323,16 +338,42 @@ impl Filter for JwtAuth {
             return;
         };
         if let (KeySource::Remote(r), Some(copy)) = (&provider.keys, copies.get_mut(index)) {
-            let ok = remote::fetched(provider, r, copy, result, env.store, env.now);
+            let fetched = remote::fetched(provider, r, copy, result, env.store, env.now);
             self.refresh_keys(&copies, env.now);
-            env.metrics.add(
-                if ok {
-                    JWKS_FETCH_SUCCESS
-                } else {
-                    JWKS_FETCH_FAILURE
-                },
-                1,
-            );
+            let name = &provider.name;
+            match fetched {
+                Ok(change) => {
+                    env.metrics.add(JWKS_FETCH_SUCCESS, 1);
+                    // Only the worker that fetched logs: one line per change for the Envoy.
+                    match change {
+                        KeyChange::Loaded(kids) => {
+                            log::info!("{}: provider {name}: keys loaded (kid {kids})", Self::NAME);
+                        }
+                        KeyChange::Rotated(kids) => {
+                            log::info!(
+                                "{}: provider {name}: key set rotated (kid now {kids})",
+                                Self::NAME
+                            );
+                        }
+                        KeyChange::Unchanged => {}
+                    }
+                }
+                Err(why) => {
+                    env.metrics.add(JWKS_FETCH_FAILURE, 1);
+                    if let Some(dropped) = self
+                        .fetch_failure_lines
+                        .get(index)
+                        .and_then(|t| t.admit(env.now))
+                    {
+                        log::warn!(
+                            "{}: provider {name}: fetching keys from cluster {} failed: \
+                             {why}{dropped}",
+                            Self::NAME,
+                            r.cluster
+                        );
+                    }
+                }
+            }
         }
     }
 }

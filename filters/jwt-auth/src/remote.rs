@@ -159,7 +159,7 @@ pub fn tick(
     let meta = read(store, &key(provider, "meta"), Meta::decode);
     if meta.generation > 0 && copy.as_ref().is_none_or(|c| c.generation < meta.generation) {
         let doc = store.get(&key(provider, "doc")).ok().flatten();
-        if let Some(keys) = doc.and_then(|(bytes, _)| usable_keys(provider, &bytes)) {
+        if let Some(Ok(keys)) = doc.map(|(bytes, _)| usable_keys(provider, &bytes)) {
             *copy = Some(WorkerKeys {
                 keys: Rc::new(keys),
                 generation: meta.generation,
@@ -198,16 +198,45 @@ pub fn tick(
     })
 }
 
-/// A key set from a JWKS document, if it holds a key this provider can use.
-fn usable_keys(provider: &Provider, doc: &[u8]) -> Option<KeySet> {
-    let keys = jwks::parse_jwks(doc).ok()?;
+/// A key set from a JWKS document, if it holds a key this provider can use; otherwise why not.
+fn usable_keys(provider: &Provider, doc: &[u8]) -> Result<KeySet, String> {
+    let keys = jwks::parse_jwks(doc).map_err(|e| e.to_string())?;
     let fits = keys.keys.iter().any(|jwk| {
         provider
             .algorithms
             .iter()
             .any(|alg| jwk.key.fits(*alg) && jwk.alg.is_none_or(|a| a == *alg))
     });
-    fits.then_some(keys)
+    if fits {
+        Ok(keys)
+    } else {
+        Err(format!(
+            "no key in the set fits the provider's algorithms ({} usable, {} skipped)",
+            keys.keys.len(),
+            keys.ignored.len()
+        ))
+    }
+}
+
+/// The `kid`s of a key set, for the log (`-` for a key without one).
+fn kids(keys: &KeySet) -> String {
+    let kids: Vec<&str> = keys
+        .keys
+        .iter()
+        .map(|jwk| jwk.kid.as_deref().unwrap_or("-"))
+        .collect();
+    kids.join(", ")
+}
+
+/// What a good fetch changed, for the operator's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The provider's first keys: their `kid`s.
+    Loaded(String),
+    /// A key set different from the one before: the new `kid`s.
+    Rotated(String),
+    /// The same document as before.
+    Unchanged,
 }
 
 /// `Cache-Control: max-age=N`, clamped to [[`MIN_TTL`], [`MAX_TTL`]].
@@ -225,9 +254,42 @@ fn max_age(headers: &[(String, String)]) -> Option<Duration> {
     Some(Duration::from_secs(seconds).clamp(MIN_TTL, MAX_TTL))
 }
 
+/// The keys in a fetch's answer, with the answer's body and `max-age`; or why the fetch failed
+/// (for the operator's log: the status, the transport's error, or what is wrong with the body).
+fn answer<'a>(
+    provider: &Provider,
+    result: &'a CalloutResult,
+) -> Result<(KeySet, &'a [u8], Option<Duration>), String> {
+    match result {
+        CalloutResult::Failed(why) => Err(why.clone()),
+        CalloutResult::Response {
+            status: Some(200),
+            headers,
+            body,
+        } => {
+            if body.len() > jwks::MAX_JWKS_BYTES {
+                return Err(format!(
+                    "the body ({} bytes) is larger than {} bytes",
+                    body.len(),
+                    jwks::MAX_JWKS_BYTES
+                ));
+            }
+            let keys = usable_keys(provider, body)?;
+            Ok((keys, body, max_age(headers)))
+        }
+        CalloutResult::Response {
+            status: Some(status),
+            ..
+        } => Err(format!("the key server answered {status}")),
+        CalloutResult::Response { status: None, .. } => {
+            Err("the key server's answer has no status".to_owned())
+        }
+    }
+}
+
 /// Handles the answer to a fetch: on success the document is shared under a new generation and
 /// becomes this worker's copy; on failure the old keys stay and the next try backs off. Returns
-/// whether it succeeded.
+/// what changed, or why the fetch failed.
 pub fn fetched(
     provider: &Provider,
     remote: &Remote,
@@ -235,35 +297,35 @@ pub fn fetched(
     result: CalloutResult,
     store: &dyn SharedStore,
     now: Time,
-) -> bool {
-    let good = match &result {
-        CalloutResult::Response {
-            status: Some(200),
-            headers,
-            body,
-        } if body.len() <= jwks::MAX_JWKS_BYTES => {
-            usable_keys(provider, body).map(|keys| (keys, body, max_age(headers)))
-        }
-        _ => None,
-    };
+) -> Result<KeyChange, String> {
+    let good = answer(provider, &result);
     let control_key = key(provider, "fetch");
-    let Some((keys, body, ttl)) = good else {
-        let _ = store::update(store, &control_key, CAS_ATTEMPTS, |current| {
-            let mut c = Control::decode(current);
-            c.failures = c.failures.saturating_add(1);
-            let backoff = Duration::from_secs(1u64 << c.failures.min(9)).min(MAX_BACKOFF);
-            c.next_attempt = now.plus(backoff).as_nanos();
-            c.lease_until = 0;
-            c.wanted = 0;
-            (Some(c.encode()), ())
-        });
-        return false;
+    let (keys, body, ttl) = match good {
+        Ok(good) => good,
+        Err(why) => {
+            let _ = store::update(store, &control_key, CAS_ATTEMPTS, |current| {
+                let mut c = Control::decode(current);
+                c.failures = c.failures.saturating_add(1);
+                let backoff = Duration::from_secs(1u64 << c.failures.min(9)).min(MAX_BACKOFF);
+                c.next_attempt = now.plus(backoff).as_nanos();
+                c.lease_until = 0;
+                c.wanted = 0;
+                (Some(c.encode()), ())
+            });
+            return Err(why);
+        }
     };
     let ttl = ttl.unwrap_or(remote.cache_duration);
+    let before = store.get(&key(provider, "doc")).ok().flatten();
+    let change = match before {
+        None => KeyChange::Loaded(kids(&keys)),
+        Some((old, _)) if old == body => KeyChange::Unchanged,
+        Some(_) => KeyChange::Rotated(kids(&keys)),
+    };
     // The document first, then the record naming its generation: a worker that sees the new
     // generation always finds the new (or an even newer) document.
-    if store.set(&key(provider, "doc"), body, None).is_err() {
-        return false;
+    if let Err(e) = store.set(&key(provider, "doc"), body, None) {
+        return Err(format!("cannot share the keys with the other workers: {e}"));
     }
     let refresh_at = now.plus(ttl.saturating_mul(4) / 5);
     let expires_at = now.plus(ttl);
@@ -291,7 +353,7 @@ pub fn fetched(
             expires_at,
         });
     }
-    true
+    Ok(change)
 }
 
 /// What asking for a refetch after an unknown `kid` gave.
@@ -385,14 +447,7 @@ mod tests {
         );
         // The other worker sees the lease: no second fetch.
         assert!(tick(p, r, 0, &mut b, &store, at(T0)).is_none());
-        assert!(fetched(
-            p,
-            r,
-            &mut a,
-            jwks_response("k1", None),
-            &store,
-            at(T0)
-        ));
+        assert!(fetched(p, r, &mut a, jwks_response("k1", None), &store, at(T0)).is_ok());
         assert_eq!(a.as_ref().map(|k| k.generation), Some(1));
         // Worker b copies the shared keys on its next tick, without fetching.
         assert!(tick(p, r, 0, &mut b, &store, at(T0)).is_none());
@@ -422,14 +477,17 @@ mod tests {
             let store = MemStore::new();
             let mut copy = None;
             let _ = tick(p, r, 0, &mut copy, &store, at(T0));
-            assert!(fetched(
-                p,
-                r,
-                &mut copy,
-                jwks_response("k", Some(header)),
-                &store,
-                at(T0)
-            ));
+            assert!(
+                fetched(
+                    p,
+                    r,
+                    &mut copy,
+                    jwks_response("k", Some(header)),
+                    &store,
+                    at(T0)
+                )
+                .is_ok()
+            );
             assert_eq!(copy.unwrap().expires_at, at(T0 + ttl), "{header}");
         }
     }
@@ -441,38 +499,47 @@ mod tests {
         let store = MemStore::new();
         let mut copy = None;
         let _ = tick(p, r, 0, &mut copy, &store, at(T0));
-        assert!(fetched(
-            p,
-            r,
-            &mut copy,
-            jwks_response("k1", None),
-            &store,
-            at(T0)
-        ));
+        assert!(fetched(p, r, &mut copy, jwks_response("k1", None), &store, at(T0)).is_ok());
         let refresh = T0 + 480;
         assert!(tick(p, r, 0, &mut copy, &store, at(refresh)).is_some());
+        // Each failure says why, for the operator's log.
         let bad = [
-            CalloutResult::Failed("reset".into()),
-            CalloutResult::Response {
-                status: Some(503),
-                headers: vec![],
-                body: vec![],
-            },
-            CalloutResult::Response {
-                status: Some(200),
-                headers: vec![],
-                body: b"not json".to_vec(),
-            },
-            CalloutResult::Response {
-                status: Some(200),
-                headers: vec![],
-                body: br#"{"keys":[]}"#.to_vec(),
-            },
+            (
+                CalloutResult::Failed("no response (timed out, reset or refused)".into()),
+                "no response (timed out, reset or refused)",
+            ),
+            (
+                CalloutResult::Response {
+                    status: Some(503),
+                    headers: vec![],
+                    body: vec![],
+                },
+                "the key server answered 503",
+            ),
+            (
+                CalloutResult::Response {
+                    status: Some(200),
+                    headers: vec![],
+                    body: b"not json".to_vec(),
+                },
+                "JWKS is not valid JSON",
+            ),
+            (
+                CalloutResult::Response {
+                    status: Some(200),
+                    headers: vec![],
+                    body: br#"{"keys":[]}"#.to_vec(),
+                },
+                "no key in the set fits the provider's algorithms (0 usable, 0 skipped)",
+            ),
         ];
-        for (i, result) in bad.into_iter().enumerate() {
+        for (i, (result, why)) in bad.into_iter().enumerate() {
             let now = refresh + 1000 * i as u64;
             let _ = tick(p, r, 0, &mut copy, &store, at(now));
-            assert!(!fetched(p, r, &mut copy, result, &store, at(now)));
+            assert_eq!(
+                fetched(p, r, &mut copy, result, &store, at(now)),
+                Err(why.to_owned())
+            );
             assert_eq!(
                 copy.as_ref().map(|k| k.generation),
                 Some(1),
@@ -496,14 +563,7 @@ mod tests {
         let store = MemStore::new();
         let mut copy = None;
         let _ = tick(p, r, 0, &mut copy, &store, at(T0));
-        assert!(fetched(
-            p,
-            r,
-            &mut copy,
-            jwks_response("k1", None),
-            &store,
-            at(T0)
-        ));
+        assert!(fetched(p, r, &mut copy, jwks_response("k1", None), &store, at(T0)).is_ok());
         assert_eq!(request_refetch(p, &store, at(T0 + 1)), Refetch::Requested);
         assert_eq!(request_refetch(p, &store, at(T0 + 1)), Refetch::InProgress);
         assert!(
@@ -515,20 +575,64 @@ mod tests {
             Refetch::InProgress,
             "leased"
         );
-        assert!(fetched(
-            p,
-            r,
-            &mut copy,
-            jwks_response("k2", None),
-            &store,
-            at(T0 + 2)
-        ));
+        assert!(
+            fetched(
+                p,
+                r,
+                &mut copy,
+                jwks_response("k2", None),
+                &store,
+                at(T0 + 2)
+            )
+            .is_ok()
+        );
         assert_eq!(copy.as_ref().map(|k| k.generation), Some(2));
         // A flood of unknown kids right after: no fetch storm.
         for s in 3..31 {
             assert_eq!(request_refetch(p, &store, at(T0 + s)), Refetch::Cooldown);
         }
         assert_eq!(request_refetch(p, &store, at(T0 + 31)), Refetch::Requested);
+    }
+
+    #[test]
+    fn a_good_fetch_says_whether_the_key_set_changed() {
+        let c = compiled();
+        let (p, r) = remote(&c);
+        let store = MemStore::new();
+        let mut copy = None;
+        let first = jwks_response("k1", None);
+        assert_eq!(
+            fetched(p, r, &mut copy, first.clone(), &store, at(T0)),
+            Ok(KeyChange::Loaded("k1".to_owned()))
+        );
+        assert_eq!(
+            fetched(p, r, &mut copy, first, &store, at(T0 + 480)),
+            Ok(KeyChange::Unchanged)
+        );
+        assert_eq!(
+            fetched(
+                p,
+                r,
+                &mut copy,
+                jwks_response("k2", None),
+                &store,
+                at(T0 + 960)
+            ),
+            Ok(KeyChange::Rotated("k2".to_owned()))
+        );
+        let oversized = CalloutResult::Response {
+            status: Some(200),
+            headers: vec![],
+            body: vec![b' '; jwks::MAX_JWKS_BYTES + 1],
+        };
+        assert_eq!(
+            fetched(p, r, &mut copy, oversized, &store, at(T0 + 970)),
+            Err(format!(
+                "the body ({} bytes) is larger than {} bytes",
+                jwks::MAX_JWKS_BYTES + 1,
+                jwks::MAX_JWKS_BYTES
+            ))
+        );
     }
 
     #[test]

@@ -74,7 +74,6 @@ impl Setup {
             store: &MemStore::new(),
             metrics: &metrics,
             verifier: &filter_core::signature::NoNativeVerifier,
-            log: &filter_core::log::NoLog,
             random: &filter_core::random::Fixed(0),
         };
         self.filter
@@ -814,7 +813,6 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
-        log: &filter_core::log::NoLog,
         random: &filter_core::random::Fixed(0),
     };
     let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
@@ -904,7 +902,6 @@ fn requests_wait_for_the_first_keys_then_get_503() {
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
-        log: &filter_core::log::NoLog,
         random: &filter_core::random::Fixed(0),
     };
     let key = Key::generate(Alg::EdDSA, "k1");
@@ -954,7 +951,6 @@ fn a_new_kid_is_accepted_after_one_refetch_and_random_kids_cause_no_storm() {
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
-        log: &filter_core::log::NoLog,
         random: &filter_core::random::Fixed(0),
     };
     let old = Key::generate(Alg::EdDSA, "old");

@@ -22,11 +22,13 @@ use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
+use filter_core::logging::{self, Throttle};
 use filter_core::metrics::{MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
-use filter_core::time::WorkerClock;
+use filter_core::time::{Time, WorkerClock};
 use std::cell::RefCell;
+use std::time::Duration;
 
 /// How many times a request is judged again after losing a compare-and-swap race.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -39,7 +41,17 @@ pub struct RateLimit {
     clock: WorkerClock,
     /// Fingerprints of this worker's recent keys.
     memo: RefCell<HashMemo>,
+    /// The "would refuse" lines of shadow mode, which a flood would otherwise repeat.
+    shadow_lines: Throttle,
+    /// The "evicting" line of each rule (by index): when its table first pushes a busy key
+    /// out, then at most once per [`EVICTING_LINE_INTERVAL`] while it goes on.
+    evicting_lines: Vec<Throttle>,
 }
+
+/// At most one shadow-mode "would refuse" line per worker in this interval.
+const SHADOW_LINE_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one "evicting" line per rule and worker in this interval.
+const EVICTING_LINE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Keys whose fingerprint each worker remembers.
 const MEMO_SLOTS: usize = 256;
@@ -118,7 +130,38 @@ enum Outcome {
     Unavailable(StoreError),
 }
 
+/// The names of the rules a request is over, written only if a line is.
+struct Over<'a>(&'a [&'a Target<'a>]);
+
+impl std::fmt::Display for Over<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(&t.rule.name)?;
+        }
+        Ok(())
+    }
+}
+
 impl RateLimit {
+    /// Says, at info level, that `target`'s table pushed a busy key out (throttled).
+    fn log_evicting(&self, target: &Target<'_>, now: Time) {
+        if let Some(dropped) = self
+            .evicting_lines
+            .get(target.index)
+            .and_then(|t| t.admit(now))
+        {
+            log::info!(
+                "{}: rule {}: key table full ({} keys): evicting the keys closest to idle{dropped}",
+                Self::NAME,
+                target.rule.name,
+                target.rule.table.capacity()
+            );
+        }
+    }
+
     /// The rules that apply to `request`.
     fn targets<'a>(&'a self, request: &dyn RequestView) -> Vec<Target<'a>> {
         self.config
@@ -238,10 +281,18 @@ impl Filter for RateLimit {
     }
 
     fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
+        let config = config.compile()?;
+        let evicting_lines = config
+            .rules
+            .iter()
+            .map(|_| Throttle::new(EVICTING_LINE_INTERVAL))
+            .collect();
         Ok(RateLimit {
-            config: config.compile()?,
+            config,
             clock: WorkerClock::default(),
             memo: RefCell::new(HashMemo::new(MEMO_SLOTS)),
+            shadow_lines: Throttle::new(SHADOW_LINE_INTERVAL),
+            evicting_lines,
         })
     }
 
@@ -265,6 +316,7 @@ impl Filter for RateLimit {
                     env.metrics.add(RuleMetric::Allowed.id(t.index), 1);
                     if c.evicted_busy_key {
                         env.metrics.add(RuleMetric::Evicted.id(t.index), 1);
+                        self.log_evicting(t, now);
                     }
                 }
                 let verdicts: Vec<Verdict> = charged
@@ -282,22 +334,32 @@ impl Filter for RateLimit {
                     .map(|(t, _)| t)
                     .collect();
                 if self.config.shadow {
-                    let names: Vec<&str> = violated.iter().map(|t| t.rule.name.as_str()).collect();
                     for t in &violated {
                         env.metrics.add(RuleMetric::ShadowLimited.id(t.index), 1);
                     }
-                    env.log.info(&format!(
-                        "shadow: would refuse {} {} (over {})",
-                        request.method(),
-                        request.path_only(),
-                        names.join(", ")
-                    ));
+                    // What shadow mode is for, so at info; throttled, as a flood repeats it.
+                    if let Some(dropped) = self.shadow_lines.admit(now) {
+                        log::info!(
+                            "{}: shadow mode: would refuse {} {} (over {}){dropped}",
+                            Self::NAME,
+                            request.method(),
+                            request.path_only(),
+                            Over(&violated)
+                        );
+                    }
                     stream.response_headers = headers(&verdicts);
                     return Decision::pass();
                 }
                 for t in &violated {
                     env.metrics.add(RuleMetric::Limited.id(t.index), 1);
                 }
+                log::debug!(
+                    "{}: refused {} {}: over {}",
+                    Self::NAME,
+                    request.method(),
+                    request.path_only(),
+                    Over(&violated)
+                );
                 Decision::Respond(reply::refused(
                     self.config.status,
                     self.config.dialect,
@@ -311,7 +373,9 @@ impl Filter for RateLimit {
                 match self.config.on_contention {
                     OnContention::Allow => Decision::pass(),
                     OnContention::Deny => {
-                        Decision::Respond(reply::contended().detail(error.to_string()))
+                        let reply = reply::contended().detail(error.to_string());
+                        logging::refused(Self::NAME, &reply);
+                        Decision::Respond(reply)
                     }
                 }
             }

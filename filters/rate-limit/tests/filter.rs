@@ -11,15 +11,16 @@
 use filter_core::config::parse;
 use filter_core::decision::{Decision, LocalResponse};
 use filter_core::filter::{Env, Filter};
-use filter_core::log::RecordedLog;
 use filter_core::metrics::{PerItem, RecordedMetrics};
 use filter_core::request::{Request, Response};
 use filter_core::signature::NoNativeVerifier;
 use filter_core::store::{Cas, MemStore, SharedStore, StoreError, Written};
 use filter_core::time::Time;
+use log::{Level, LevelFilter};
 use rate_limit::{RateLimit, RuleMetric, Stream};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use testkit::logs::{Line, capture, texts};
 
 const T0: u64 = 1_800_000_000;
 
@@ -37,7 +38,6 @@ fn one_rule(limit: &str, extra: &str) -> RateLimit {
 struct World {
     store: MemStore,
     metrics: RecordedMetrics,
-    log: RecordedLog,
 }
 
 impl World {
@@ -45,7 +45,6 @@ impl World {
         Self {
             store: MemStore::new(),
             metrics: RecordedMetrics::default(),
-            log: RecordedLog::default(),
         }
     }
 
@@ -55,7 +54,6 @@ impl World {
             store,
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,
-            log: &self.log,
             random: &filter_core::random::Fixed(0),
         }
     }
@@ -279,13 +277,75 @@ fn a_store_that_stays_contended_follows_on_contention() {
 fn shadow_mode_counts_and_logs_but_refuses_nothing() {
     let f = one_rule(r#"{"requests": 1, "per": "1h"}"#, r#", "shadow": true"#);
     let w = World::new();
-    assert_eq!(w.send(&f, &user("u"), secs(T0)).0, Decision::pass());
-    let (d, h) = w.send(&f, &user("u"), secs(T0));
-    assert_eq!(d, Decision::pass());
-    assert_eq!(header(&h, "ratelimit"), Some("\"r\";r=0;t=3600"));
+    let ((), lines) = capture(LevelFilter::Info, || {
+        assert_eq!(w.send(&f, &user("u"), secs(T0)).0, Decision::pass());
+        let (d, h) = w.send(&f, &user("u"), secs(T0));
+        assert_eq!(d, Decision::pass());
+        assert_eq!(header(&h, "ratelimit"), Some("\"r\";r=0;t=3600"));
+    });
     assert_eq!(metric(&w, 0, RuleMetric::ShadowLimited), 1);
     assert_eq!(metric(&w, 0, RuleMetric::Limited), 0);
-    assert_eq!(w.log.lines(), ["shadow: would refuse GET /api (over r)"]);
+    assert_eq!(
+        lines,
+        [Line {
+            level: Level::Info,
+            text: "rate_limit: shadow mode: would refuse GET /api (over r)".to_owned()
+        }]
+    );
+}
+
+#[test]
+fn a_flood_in_shadow_mode_logs_one_line_per_interval_with_the_count_dropped() {
+    let f = one_rule(r#"{"requests": 1, "per": "1h"}"#, r#", "shadow": true"#);
+    let w = World::new();
+    let ((), lines) = capture(LevelFilter::Info, || {
+        assert_eq!(w.send(&f, &user("u"), secs(T0)).0, Decision::pass());
+        // A would-be refusal every 200 ms for 10 s, then a few spread out.
+        for k in 0..=50 {
+            w.send(&f, &user("u"), secs(T0) + k * 200_000_000);
+        }
+        for s in [25, 26, 40] {
+            w.send(&f, &user("u"), secs(T0 + s));
+        }
+    });
+    assert_eq!(metric(&w, 0, RuleMetric::ShadowLimited), 54);
+    assert_eq!(
+        texts(&lines),
+        [
+            "rate_limit: shadow mode: would refuse GET /api (over r)",
+            "rate_limit: shadow mode: would refuse GET /api (over r) \
+             (49 similar lines dropped in the last 10s)",
+            "rate_limit: shadow mode: would refuse GET /api (over r)",
+            "rate_limit: shadow mode: would refuse GET /api (over r) \
+             (1 similar line dropped in the last 15s)",
+        ]
+    );
+}
+
+#[test]
+fn refusals_are_debug_lines_off_by_default() {
+    let f = one_rule(r#"{"requests": 1, "per": "1h"}"#, "");
+    let w = World::new();
+    let send_three = || {
+        for _ in 0..3 {
+            w.send(&f, &user("u"), secs(T0));
+        }
+    };
+    // One allowed, two refused, and not a line at info.
+    let ((), at_info) = capture(LevelFilter::Info, send_three);
+    assert_eq!(at_info, []);
+    assert_eq!(metric(&w, 0, RuleMetric::Limited), 2);
+    let ((), at_debug) = capture(LevelFilter::Debug, send_three);
+    assert_eq!(
+        at_debug,
+        vec![
+            Line {
+                level: Level::Debug,
+                text: "rate_limit: refused GET /api: over r".to_owned()
+            };
+            3
+        ]
+    );
 }
 
 #[test]
@@ -325,6 +385,34 @@ fn memory_stays_bounded_whatever_the_number_of_clients() {
 }
 
 #[test]
+fn a_table_that_starts_evicting_says_so_once_then_once_a_minute() {
+    let f = one_rule(r#"{"requests": 10, "per": "1h"}"#, r#", "max_keys": 1000"#);
+    let w = World::new();
+    // A new client every millisecond for two minutes: the table fills, then evicts.
+    let ((), lines) = capture(LevelFilter::Info, || {
+        for i in 0..120_000u64 {
+            w.send(&f, &user(&format!("client-{i}")), secs(T0) + i * 1_000_000);
+        }
+    });
+    let evicted = metric(&w, 0, RuleMetric::Evicted);
+    assert!(evicted > 100_000, "{evicted}");
+    let texts = texts(&lines);
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(
+        texts[0],
+        "rate_limit: rule r: key table full (1000 keys): evicting the keys closest to idle"
+    );
+    assert!(
+        texts[1].starts_with(
+            "rate_limit: rule r: key table full (1000 keys): evicting the keys closest to idle ("
+        ) && texts[1].ends_with(" similar lines dropped in the last 60s)"),
+        "{}",
+        texts[1]
+    );
+    assert!(lines.iter().all(|l| l.level == Level::Info));
+}
+
+#[test]
 fn workers_sharing_the_store_admit_exactly_the_burst() {
     // Eight threads, each with its own filter (a worker's VM), one store.
     let store = MemStore::new();
@@ -341,7 +429,6 @@ fn workers_sharing_the_store_admit_exactly_the_burst() {
                         store: &store,
                         metrics: &metrics,
                         verifier: &NoNativeVerifier,
-                        log: &filter_core::log::NoLog,
                         random: &filter_core::random::Fixed(0),
                     };
                     let d = f.on_request(&mut Stream::default(), &user("x"), &env);

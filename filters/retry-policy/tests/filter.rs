@@ -11,7 +11,6 @@
 use filter_core::config::parse;
 use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
-use filter_core::log::NoLog;
 use filter_core::metrics::{MetricId, RecordedMetrics};
 use filter_core::random::Fixed;
 use filter_core::request::{Request, Response};
@@ -43,7 +42,6 @@ impl World {
             store: &self.store,
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,
-            log: &NoLog,
             random: &Fixed(0),
         }
     }

@@ -4,7 +4,9 @@
 //! PS256/384/512 (RSA, 2048 bits unless asked otherwise), ES256 (P-256), ES384 (P-384), EdDSA
 //! (Ed25519) and HS256/384/512. A key signs compact JWS tokens and publishes itself as a JWK, so
 //! tests can serve a JWKS, rotate keys, and forge tokens on purpose. Used by the JWT filter's
-//! unit tests and by the Envoy integration harness.
+//! unit tests and by the Envoy integration harness. [`logs`] captures log lines for tests.
+
+pub mod logs;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
