@@ -114,6 +114,20 @@ impl fmt::Display for FieldPath {
 
 /// Parses a plugin configuration into `T`. Empty (or all-whitespace) input means `{}`, so a
 /// filter whose fields all have defaults can be loaded with no `configuration` at all.
+///
+/// ```
+/// # use filter_config::config::parse;
+/// #[derive(Debug, serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Limit {
+///     requests: u32,
+/// }
+/// let err = parse::<Vec<Limit>>(br#"[{"requests": 1}, {"requests": 2, "brust": 3}]"#);
+/// assert_eq!(
+///     err.unwrap_err().to_string(),
+///     "[1].brust: unknown field `brust`, expected `requests`"
+/// );
+/// ```
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -124,20 +138,19 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let value: T = serde_path_to_error::deserialize(&mut reader)
         .map_err(|e| refusal(field_path(e.path()), e.inner()))?;
     // Anything after the document (`{} {}`) is refused too.
-    reader
-        .end()
-        .map_err(|e| refusal(FieldPath::root(), &e))?;
+    reader.end().map_err(|e| refusal(FieldPath::root(), &e))?;
     Ok(value)
 }
 
 /// serde_path_to_error's path in our `a.b[2].c` form.
 fn field_path(path: &serde_path_to_error::Path) -> FieldPath {
-    path.iter().fold(FieldPath::root(), |at, segment| match segment {
-        Segment::Seq { index } => at.index(*index),
-        Segment::Map { key } | Segment::Enum { variant: key } => at.field(key),
-        // A map key that is not a string: JSON has none.
-        Segment::Unknown => at,
-    })
+    path.iter()
+        .fold(FieldPath::root(), |at, segment| match segment {
+            Segment::Seq { index } => at.index(*index),
+            Segment::Map { key } | Segment::Enum { variant: key } => at.field(key),
+            // A map key that is not a string: JSON has none.
+            Segment::Unknown => at,
+        })
 }
 
 /// serde_json's `error`, met at `at`, as a [`ConfigError`].
@@ -426,9 +439,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_errors() {
-        let err =
-            parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","brust":2}}]}"#)
-                .unwrap_err();
+        let err = parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"1s","brust":2}}]}"#)
+            .unwrap_err();
         assert_eq!(err.path(), "rules[0].limit.brust");
         assert!(err.reason().contains("unknown field `brust`"), "{err}");
         assert_eq!(
@@ -439,8 +451,7 @@ mod tests {
 
     #[test]
     fn bad_duration_names_the_field() {
-        let err =
-            parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"10"}}]}"#).unwrap_err();
+        let err = parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":"10"}}]}"#).unwrap_err();
         assert_eq!(err.path(), "rules[0].limit.per");
         assert!(err.reason().contains("missing unit"), "{err}");
         let err = parse::<Doc>(br#"{"rules":[{"limit":{"requests":1,"per":10}}]}"#).unwrap_err();
@@ -529,7 +540,10 @@ mod tests {
             ("1e3", "invalid type: floating point `1000.0`, expected u32"),
             ("1.0", "invalid type: floating point `1.0`, expected u32"),
             ("-3", "invalid value: integer `-3`, expected u32"),
-            ("4294967296", "invalid value: integer `4294967296`, expected u32"),
+            (
+                "4294967296",
+                "invalid value: integer `4294967296`, expected u32",
+            ),
             ("\"1\"", "invalid type: string \"1\", expected u32"),
         ] {
             let text = format!(r#"{{"rules":[{{"limit":{{"requests":{requests},"per":"1s"}}}}]}}"#);
@@ -551,6 +565,23 @@ mod tests {
             error(r#""rules""#),
             "invalid type: string \"rules\", expected struct Doc"
         );
+    }
+
+    #[test]
+    fn an_internally_tagged_enum_would_lose_the_path_inside_it() {
+        // Why circuit_breaker's window is a struct with a `type` member, not such an enum.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+        enum Window {
+            Count {
+                #[allow(dead_code)]
+                size: u32,
+            },
+        }
+        let err = parse::<Vec<Window>>(br#"[{"type": "count", "size": 1.5}]"#).unwrap_err();
+        assert_eq!(err.path(), "[0]");
+        let err = parse::<Vec<Window>>(br#"[{"type": "count", "size": 1, "x": 2}]"#).unwrap_err();
+        assert_eq!(err.to_string(), "[0]: unknown field `x`, expected `size`");
     }
 
     #[test]

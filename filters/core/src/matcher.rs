@@ -203,7 +203,8 @@ mod tests {
         let m = compile("{}").unwrap();
         assert!(m.matches(&Request::new("DELETE", "/anything?x")));
         assert_eq!(m, RouteMatcher::any());
-        let nulls = r#"{"prefix": null, "path": null, "methods": null, "headers": null, "cluster": null}"#;
+        let nulls =
+            r#"{"prefix": null, "path": null, "methods": null, "headers": null, "cluster": null}"#;
         assert_eq!(compile(nulls).unwrap(), RouteMatcher::any());
     }
 
@@ -305,7 +306,8 @@ mod tests {
         assert_eq!(err.path(), "match.path");
         let err = compile(r#"{"prefx": "/a"}"#).unwrap_err();
         assert_eq!(err.path(), "prefx");
-        let err = compile(r#"{"headers": [{"name": "a", "value": "1", "name": "b"}]}"#).unwrap_err();
+        let err =
+            compile(r#"{"headers": [{"name": "a", "value": "1", "name": "b"}]}"#).unwrap_err();
         assert_eq!(err.path(), "headers[0].name");
         let err = compile(r#"{"methods": ["GET", 1]}"#).unwrap_err();
         assert_eq!(err.path(), "methods[1]");

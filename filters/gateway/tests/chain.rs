@@ -457,7 +457,8 @@ fn the_gateway_behaves_as_the_four_filters_chained() {
 
 #[test]
 fn each_member_is_that_filter_s_configuration() {
-    let parse = |text: &str| parse::<<Gateway as Filter>::Config>(text.as_bytes()).and_then(Gateway::new);
+    let parse =
+        |text: &str| parse::<<Gateway as Filter>::Config>(text.as_bytes()).and_then(Gateway::new);
     let only_retry = parse(r#"{"retry_policy": {"rules": []}}"#).unwrap();
     assert_eq!(only_retry.policies(), ["retry_policy"]);
     let all = Combined::new();
@@ -479,11 +480,15 @@ fn each_member_is_that_filter_s_configuration() {
     );
     // Errors inside a member, found while reading or while validating, name the member first.
     assert_eq!(
-        error(r#"{"rate_limit": {"rules": [{"name": "a", "key": [{"client_ip": {}}], "limit": {"requests": 1.5, "per": "1s"}}]}}"#),
+        error(
+            r#"{"rate_limit": {"rules": [{"name": "a", "key": [{"client_ip": {}}], "limit": {"requests": 1.5, "per": "1s"}}]}}"#
+        ),
         "rate_limit.rules[0].limit.requests: invalid type: floating point `1.5`, expected u32"
     );
     assert_eq!(
-        error(r#"{"circuit_breaker": {"breakers": [{"name": "x", "fallback": {"headers": {"a": "1", "a": "2"}}}]}}"#),
+        error(
+            r#"{"circuit_breaker": {"breakers": [{"name": "x", "fallback": {"headers": {"a": "1", "a": "2"}}}]}}"#
+        ),
         "circuit_breaker.breakers[0].fallback.headers.a: appears twice; each member may appear once"
     );
     assert_eq!(

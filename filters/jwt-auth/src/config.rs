@@ -681,7 +681,9 @@ mod tests {
             "providers.idp.clock_skew: invalid duration \"60\": missing unit (ns, us, ms, s, m or h)"
         );
         assert_eq!(
-            error(&with_provider(r#", "from_headers": [{"name": "x-token", "value_prefix": 1}]"#)),
+            error(&with_provider(
+                r#", "from_headers": [{"name": "x-token", "value_prefix": 1}]"#
+            )),
             "providers.idp.from_headers[0].value_prefix: invalid type: integer `1`, expected a string"
         );
         let rule = |requires: &str| {
@@ -690,7 +692,9 @@ mod tests {
             ))
         };
         assert_eq!(
-            rule(r#"{"any": [{"provider": "idp"}, {"all": [{"provider": "idp", "claims": {"role": "admin"}}]}]}"#),
+            rule(
+                r#"{"any": [{"provider": "idp"}, {"all": [{"provider": "idp", "claims": {"role": "admin"}}]}]}"#
+            ),
             "rules[1].requires.any[1].all[0].claims.role: invalid type: string \"admin\", expected a sequence"
         );
         assert_eq!(

@@ -405,7 +405,10 @@ mod tests {
         )
         .unwrap();
         assert!(c.rules.is_empty());
-        assert_eq!((c.trusted_proxies, c.dialect, c.shadow), (0, Dialect::Draft, false));
+        assert_eq!(
+            (c.trusted_proxies, c.dialect, c.shadow),
+            (0, Dialect::Draft, false)
+        );
         assert_eq!((c.status, c.on_contention), (429, OnContention::Allow));
         let c = compile(
             r#"{"rules": [{"name": "r", "match": null, "key": [{"client_ip": {"ipv6_prefix": null}}],
