@@ -49,14 +49,17 @@ fn base_of(file: &Path, root: &Path) -> PathBuf {
 fn stays_inside(base: &Path, relative: &str, root: &Path) -> bool {
     let mut at = base.to_path_buf();
     for part in Path::new(relative).components() {
-        match part {
-            Component::ParentDir => {
-                if !at.pop() {
-                    return false;
-                }
+        let still_inside = match part {
+            // Climbing above the filesystem root is leaving too.
+            Component::ParentDir => at.pop(),
+            Component::Normal(name) => {
+                at.push(name);
+                true
             }
-            Component::Normal(name) => at.push(name),
-            _ => {}
+            _ => true,
+        };
+        if !still_inside {
+            return false;
         }
     }
     at.starts_with(root)

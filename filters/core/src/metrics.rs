@@ -146,4 +146,25 @@ mod tests {
         assert_eq!(Family::B.id(0), MetricId(1));
         assert_eq!(Family::A.id(1), MetricId(2));
     }
+
+    #[test]
+    fn a_metric_left_out_of_all_never_takes_another_s_id() {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Partial {
+            Listed,
+            Forgotten,
+        }
+        impl PerItem for Partial {
+            const ALL: &'static [Self] = &[Partial::Listed];
+            fn name(self) -> &'static str {
+                "listed"
+            }
+            fn kind(self) -> MetricKind {
+                MetricKind::Counter
+            }
+        }
+        assert_eq!(Partial::Listed.id(1), MetricId(1));
+        assert_eq!(Partial::Forgotten.id(0), MetricId(usize::MAX));
+        assert_eq!(Partial::defs(["x"].into_iter()).len(), 1);
+    }
 }
