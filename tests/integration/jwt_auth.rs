@@ -390,11 +390,11 @@ both_modules! {
 both_modules! {
     /// What an operator chasing 503s finds in Envoy's log: a warning naming the provider, the
     /// cluster and why the fetch failed; the same line from jwt_auth.wasm and gateway.wasm.
-    fn a_failed_key_server_fetch_is_a_warning_with_its_reason() {
+    fn a_failed_key_server_fetch_is_a_warning_with_its_reason(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
         let key_server = Upstream::start(vec![Reply::Status(500)]);
         let upstream = Upstream::echo();
-        let envoy = remote_gateway(&upstream, &key_server, "500ms");
+        let envoy = remote_gateway(layout, &upstream, &key_server, "500ms");
         let token = key.sign(&claims("alice"));
         let r = client::get("/x")
             .header("authorization", &bearer(&token))
@@ -424,11 +424,11 @@ both_modules! {
     /// Refusals are debug lines: none at Envoy's default level, and once the operator turns the
     /// `wasm` log to debug on the admin port, the running module follows within a tick and
     /// says why each request was refused, without the token.
-    fn refusal_lines_follow_envoys_log_level_at_run_time() {
+    fn refusal_lines_follow_envoys_log_level_at_run_time(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
         let impostor = Key::generate(Alg::EdDSA, "k");
         let upstream = Upstream::echo();
-        let envoy = gateway(&upstream, &[&key], json!({}));
+        let envoy = gateway(layout, &upstream, &[&key], json!({}));
         let port = envoy.port("gateway");
         let forged = impostor.sign(&claims("mallory"));
         let refuse = || {
