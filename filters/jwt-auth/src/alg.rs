@@ -106,7 +106,9 @@ mod tests {
         for alg in Alg::ALL {
             assert_eq!(Alg::from_name(alg.name()), Some(alg));
         }
-        for bad in ["none", "None", "nOnE", "none ", "rs256", "es512", "ES521", "HS1", ""] {
+        for bad in [
+            "none", "None", "nOnE", "none ", "rs256", "es512", "ES521", "HS1", "",
+        ] {
             assert_eq!(Alg::from_name(bad), None, "{bad:?}");
         }
     }

@@ -903,13 +903,20 @@ mod tests {
         let key = assert_usable(jwk.clone()).key;
         assert!(key.fits(Alg::ES512));
         assert!(!key.fits(Alg::ES256) && !key.fits(Alg::ES384));
-        assert!(assert_usable(with(&jwk, json!({"alg": "ES512"}))).key.fits(Alg::ES512));
+        assert!(
+            assert_usable(with(&jwk, json!({"alg": "ES512"})))
+                .key
+                .fits(Alg::ES512)
+        );
         assert_ignored(with(&jwk, json!({"alg": "ES384"})), "does not fit");
         // 66 bytes exactly: the top 7 bits of the first byte are always zero, and still sent.
         assert_ignored(with(&jwk, json!({"x": b64(&x[1..])})), "must be 66 bytes");
         let mut y_off = y.clone();
         y_off[65] ^= 1;
-        assert_ignored(with(&jwk, json!({"y": b64(&y_off)})), "point is not on P-521");
+        assert_ignored(
+            with(&jwk, json!({"y": b64(&y_off)})),
+            "point is not on P-521",
+        );
         // A coordinate at or above the prime 2^521 - 1 is not a field element.
         let mut p = vec![0xff; 66];
         p[0] = 0x01;

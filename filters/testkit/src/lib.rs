@@ -332,7 +332,7 @@ pub fn native_verify(digest: &str, spki: &[u8], signature: &[u8], message: &[u8]
     use p256::pkcs8::DecodePublicKey;
     use rsa::signature::Verifier;
     use sha2::{Sha256, Sha384, Sha512};
-    if let Ok(key) = rsa::RsaPublicKey::from_public_key_der(spki) {
+    if let Some(key) = rsa_public_key(spki) {
         let Ok(signature) = rsa::pkcs1v15::Signature::try_from(signature) else {
             return false;
         };
@@ -367,6 +367,20 @@ pub fn native_verify(digest: &str, spki: &[u8], signature: &[u8], message: &[u8]
                 .is_ok_and(|signature| key.verify(message, &signature).is_ok());
     }
     panic!("the native verifier cannot read the key {spki:02x?}")
+}
+
+/// An RSA `SubjectPublicKeyInfo` up to 8192 bits, the filter's limit (`rsa`'s own DER reading
+/// stops at 4096).
+fn rsa_public_key(spki: &[u8]) -> Option<rsa::RsaPublicKey> {
+    use rsa::pkcs1::der::Decode;
+    let info = rsa::pkcs8::SubjectPublicKeyInfoRef::from_der(spki).ok()?;
+    if info.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
+        return None;
+    }
+    let key = rsa::pkcs1::RsaPublicKey::from_der(info.subject_public_key.as_bytes()?).ok()?;
+    let n = rsa::BigUint::from_bytes_be(key.modulus.as_bytes());
+    let e = rsa::BigUint::from_bytes_be(key.public_exponent.as_bytes());
+    rsa::RsaPublicKey::new_with_max_size(n, e, 8192).ok()
 }
 
 /// The demo signing key of `envoy/gateway.yaml` and `envoy/jwt_auth.yaml` (EdDSA, kid `demo`).
@@ -433,7 +447,9 @@ mod tests {
                     use p521::ecdsa::signature::Verifier as _;
                     assert_eq!(sig.len(), 132, "R and S, 66 bytes each");
                     let sig = p521::ecdsa::Signature::from_slice(&sig).unwrap();
-                    p521::ecdsa::VerifyingKey::from(k).verify(input, &sig).unwrap();
+                    p521::ecdsa::VerifyingKey::from(k)
+                        .verify(input, &sig)
+                        .unwrap();
                 }
                 Secret::Rsa(k) => {
                     let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k.to_public_key());
