@@ -125,6 +125,7 @@ both_modules! {
             Alg::PS256,
             Alg::ES256,
             Alg::ES384,
+            Alg::ES512,
             Alg::EdDSA,
             Alg::HS256,
         ]
@@ -154,6 +155,48 @@ both_modules! {
                 "the token must not go upstream"
             );
         }
+    }
+}
+
+both_modules! {
+    /// ES512 (P-521): Envoy's BoringSSL is asked first, the module's p521 code answers when it
+    /// cannot; either way a good token passes and a tampered one does not.
+    fn es512_tokens_pass_end_to_end_and_tampered_ones_do_not(layout) {
+        let key = Key::generate(Alg::ES512, "p521");
+        assert_eq!(key.jwk()["crv"], "P-521");
+        let upstream = Upstream::echo();
+        let envoy = gateway(layout, &upstream, &[&key], json!({}));
+        let port = envoy.port("gateway");
+        let token = key.sign(&claims("alice"));
+        let ok = client::get("/api")
+            .header("authorization", &bearer(&token))
+            .send(port);
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        assert_eq!(ok.json()["headers"]["x-user-id"], "alice");
+
+        // One bit of S flipped, and the payload swapped under the same signature.
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let mut flipped: Vec<char> = signature.chars().collect();
+        let last = flipped.len() - 2;
+        flipped[last] = if flipped[last] == 'A' { 'B' } else { 'A' };
+        let flipped: String = flipped.into_iter().collect();
+        let (header, _) = input.split_once('.').unwrap();
+        let other = key.sign(&claims("mallory"));
+        let other_payload = other.split('.').nth(1).unwrap();
+        for bad in [
+            format!("{input}.{flipped}"),
+            format!("{header}.{other_payload}.{signature}"),
+        ] {
+            let refused = client::get("/api")
+                .header("authorization", &bearer(&bad))
+                .send(port);
+            assert_eq!(refused.status, 401, "{}", refused.text());
+            assert!(challenge(&refused).contains("error=\"invalid_token\""));
+        }
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.jwt_auth.denied_invalid_token", 2),
+            Some(2)
+        );
     }
 }
 

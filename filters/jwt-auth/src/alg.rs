@@ -22,6 +22,8 @@ pub enum Alg {
     ES256,
     /// ECDSA on P-384 with SHA-384, signature `R‖S` (96 bytes).
     ES384,
+    /// ECDSA on P-521 with SHA-512, signature `R‖S` (132 bytes).
+    ES512,
     /// EdDSA on Ed25519 (RFC 8037).
     EdDSA,
     /// HMAC with SHA-256.
@@ -34,7 +36,7 @@ pub enum Alg {
 
 impl Alg {
     /// Every supported algorithm.
-    pub const ALL: [Alg; 12] = [
+    pub const ALL: [Alg; 13] = [
         Alg::RS256,
         Alg::RS384,
         Alg::RS512,
@@ -43,6 +45,7 @@ impl Alg {
         Alg::PS512,
         Alg::ES256,
         Alg::ES384,
+        Alg::ES512,
         Alg::EdDSA,
         Alg::HS256,
         Alg::HS384,
@@ -65,6 +68,7 @@ impl Alg {
             Alg::PS512 => "PS512",
             Alg::ES256 => "ES256",
             Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
             Alg::EdDSA => "EdDSA",
             Alg::HS256 => "HS256",
             Alg::HS384 => "HS384",
@@ -82,7 +86,7 @@ impl Alg {
         match self {
             Alg::RS256 | Alg::PS256 | Alg::ES256 | Alg::HS256 => 32,
             Alg::RS384 | Alg::PS384 | Alg::ES384 | Alg::HS384 => 48,
-            Alg::RS512 | Alg::PS512 | Alg::HS512 | Alg::EdDSA => 64,
+            Alg::RS512 | Alg::PS512 | Alg::ES512 | Alg::HS512 | Alg::EdDSA => 64,
         }
     }
 }
@@ -102,7 +106,9 @@ mod tests {
         for alg in Alg::ALL {
             assert_eq!(Alg::from_name(alg.name()), Some(alg));
         }
-        for bad in ["none", "None", "nOnE", "none ", "rs256", "ES512", "HS1", ""] {
+        for bad in [
+            "none", "None", "nOnE", "none ", "rs256", "es512", "ES521", "HS1", "",
+        ] {
             assert_eq!(Alg::from_name(bad), None, "{bad:?}");
         }
     }

@@ -22,7 +22,7 @@ use filter_core::signature::{Digest, NativeVerifier};
 pub enum PublicKey {
     /// RSA, for `RS*` and `PS*`.
     Rsa(RsaKey),
-    /// ECDSA on P-256 or P-384, for `ES256` or `ES384` respectively.
+    /// ECDSA on P-256, P-384 or P-521, for `ES256`, `ES384` or `ES512` respectively.
     Ec(EcKey),
     /// Ed25519, for `EdDSA` only.
     Ed25519(ed25519_dalek::VerifyingKey),
@@ -80,11 +80,11 @@ pub fn verify(
         (Alg::PS256 | Alg::PS384 | Alg::PS512, PublicKey::Rsa(key)) => {
             rsa_verify::verify_pss(alg, key, signing_input, signature)
         }
-        (Alg::ES256 | Alg::ES384, PublicKey::Ec(key)) => {
+        (Alg::ES256 | Alg::ES384 | Alg::ES512, PublicKey::Ec(key)) => {
             // JWS ECDSA signatures are the fixed-width `R‖S` (RFC 7518 §3.4): any other length
             // is refused before either verifier sees it. fits() made sure the curve is the
             // algorithm's, so the hash is too.
-            if signature.len() != 2 * alg.hash_len() {
+            if signature.len() != key.signature_len() {
                 return false;
             }
             der::ecdsa_signature(signature)
@@ -181,6 +181,13 @@ pub(crate) mod test_keys {
         super::PublicKey::Ec(key)
     }
 
+    /// The verifier's form of a `p521` crate public key.
+    pub(crate) fn p521_public(key: &p521::ecdsa::VerifyingKey) -> super::PublicKey {
+        let point = key.to_encoded_point(false);
+        let key = crate::ecdsa::EcKey::p521(point.x().unwrap(), point.y().unwrap()).unwrap();
+        super::PublicKey::Ec(key)
+    }
+
     /// base64url without padding, as JOSE writes binary values.
     pub(crate) fn b64(bytes: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(bytes)
@@ -214,46 +221,8 @@ mod tests {
     struct DerVerifier;
 
     impl NativeVerifier for DerVerifier {
-        fn verify(
-            &self,
-            digest: Digest,
-            spki: &[u8],
-            signature: &[u8],
-            message: &[u8],
-        ) -> Option<bool> {
-            use p256::pkcs8::DecodePublicKey;
-            use rsa::pkcs1v15;
-            if let Ok(key) = rsa::RsaPublicKey::from_public_key_der(spki) {
-                let Ok(signature) = pkcs1v15::Signature::try_from(signature) else {
-                    return Some(false);
-                };
-                return Some(match digest {
-                    Digest::Sha256 => pkcs1v15::VerifyingKey::<Sha256>::new(key)
-                        .verify(message, &signature)
-                        .is_ok(),
-                    Digest::Sha384 => pkcs1v15::VerifyingKey::<Sha384>::new(key)
-                        .verify(message, &signature)
-                        .is_ok(),
-                    Digest::Sha512 => pkcs1v15::VerifyingKey::<Sha512>::new(key)
-                        .verify(message, &signature)
-                        .is_ok(),
-                });
-            }
-            if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki) {
-                let Ok(signature) = p256::ecdsa::Signature::from_der(signature) else {
-                    return Some(false);
-                };
-                return Some(digest == Digest::Sha256 && key.verify(message, &signature).is_ok());
-            }
-            if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_der(spki) {
-                let Ok(signature) = p384::ecdsa::Signature::from_der(signature) else {
-                    return Some(false);
-                };
-                return Some(digest == Digest::Sha384 && key.verify(message, &signature).is_ok());
-            }
-            // Only RSA and EC keys are handed over: a key it cannot read is a bug in our DER,
-            // which falling back to Wasm would hide.
-            panic!("the native verifier cannot read the key {spki:02x?}")
+        fn verify(&self, digest: Digest, spki: &[u8], sig: &[u8], message: &[u8]) -> Option<bool> {
+            Some(testkit::native_verify(digest.name(), spki, sig, message))
         }
     }
 
@@ -513,6 +482,26 @@ mod tests {
     }
 
     #[test]
+    fn es512_signatures_verify_and_tampering_does_not() {
+        let signing = p521::ecdsa::SigningKey::random(&mut OsRng);
+        let key = test_keys::p521_public(&p521::ecdsa::VerifyingKey::from(&signing));
+        let signature: p521::ecdsa::Signature = signing.sign(INPUT);
+        let raw = signature.to_bytes().to_vec();
+        assert_eq!(raw.len(), 132);
+        assert_only_this_verifies(Alg::ES512, &key, &raw);
+        let der = signature.to_der().to_bytes().to_vec();
+        assert!(!verify(Alg::ES512, &key, INPUT, &der));
+        // 2 x 64 bytes (the hash length) is not 2 x 66.
+        assert!(!verify(Alg::ES512, &key, INPUT, &raw[..128]));
+        assert!(!verify(Alg::ES512, &key, INPUT, &[0; 132]));
+        assert!(!verify(Alg::ES512, &key, INPUT, &[0xff; 132]));
+        let other = test_keys::p521_public(&p521::ecdsa::VerifyingKey::from(
+            &p521::ecdsa::SigningKey::random(&mut OsRng),
+        ));
+        assert!(!verify(Alg::ES512, &other, INPUT, &raw));
+    }
+
+    #[test]
     fn ecdsa_zero_and_out_of_range_scalars_are_refused() {
         // CVE-2022-21449: r = s = 0 passed Java's check for every message and key.
         let p256_key =
@@ -664,6 +653,9 @@ mod tests {
             test_keys::p256_public(p256::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
         let p384 =
             test_keys::p384_public(p384::ecdsa::SigningKey::random(&mut OsRng).verifying_key());
+        let p521 = test_keys::p521_public(&p521::ecdsa::VerifyingKey::from(
+            &p521::ecdsa::SigningKey::random(&mut OsRng),
+        ));
         let ed =
             PublicKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng).verifying_key());
         let hmac = PublicKey::Hmac(vec![0; 64]);
@@ -676,6 +668,7 @@ mod tests {
             );
             assert_eq!(p256.fits(alg), alg == Alg::ES256, "{alg}");
             assert_eq!(p384.fits(alg), alg == Alg::ES384, "{alg}");
+            assert_eq!(p521.fits(alg), alg == Alg::ES512, "{alg}");
             assert_eq!(ed.fits(alg), alg == Alg::EdDSA, "{alg}");
             assert_eq!(hmac.fits(alg), alg.is_hmac(), "{alg}");
         }

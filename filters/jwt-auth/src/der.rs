@@ -12,6 +12,8 @@ const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0
 const P256_CURVE: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// `secp384r1` (1.3.132.0.34).
 const P384_CURVE: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// `secp521r1` (1.3.132.0.35).
+const P521_CURVE: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
 
 const INTEGER: u8 = 0x02;
 const BIT_STRING: u8 = 0x03;
@@ -24,6 +26,8 @@ pub enum Curve {
     P256,
     /// NIST P-384.
     P384,
+    /// NIST P-521.
+    P521,
 }
 
 /// Appends tag, definite length and content.
@@ -86,6 +90,7 @@ pub fn ec_public_key(curve: Curve, x: &[u8], y: &[u8]) -> Vec<u8> {
     algorithm.extend_from_slice(match curve {
         Curve::P256 => P256_CURVE,
         Curve::P384 => P384_CURVE,
+        Curve::P521 => P521_CURVE,
     });
     let mut point = Vec::with_capacity(1 + x.len() + y.len());
     point.push(0x04);
@@ -134,6 +139,11 @@ mod tests {
         let key = p384::SecretKey::random(&mut rand::rngs::OsRng).public_key();
         let point = p384::EncodedPoint::from(key);
         let ours = ec_public_key(Curve::P384, point.x().unwrap(), point.y().unwrap());
+        assert_eq!(ours, key.to_public_key_der().unwrap().as_bytes());
+
+        let key = p521::SecretKey::random(&mut rand::rngs::OsRng).public_key();
+        let point = p521::EncodedPoint::from(key);
+        let ours = ec_public_key(Curve::P521, point.x().unwrap(), point.y().unwrap());
         assert_eq!(ours, key.to_public_key_der().unwrap().as_bytes());
     }
 

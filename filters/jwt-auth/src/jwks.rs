@@ -238,6 +238,7 @@ fn ec_key(obj: &Object) -> Result<PublicKey, String> {
     let coordinate_len = match crv {
         "P-256" => 32,
         "P-384" => 48,
+        "P-521" => 66,
         other => return Err(format!("unsupported EC \"crv\" {}", short_str(other))),
     };
     // RFC 7518 §6.2.1.2: coordinates are full-length, leading zeros included.
@@ -250,10 +251,10 @@ fn ec_key(obj: &Object) -> Result<PublicKey, String> {
     }
     // The point must be on the curve with coordinates below the prime (an off-curve point
     // leaks the verifier's secrets in ECDH, and is never a real key here).
-    let key = if crv == "P-256" {
-        EcKey::p256(&x, &y)
-    } else {
-        EcKey::p384(&x, &y)
+    let key = match coordinate_len {
+        32 => EcKey::p256(&x, &y),
+        48 => EcKey::p384(&x, &y),
+        _ => EcKey::p521(&x, &y),
     };
     key.map(PublicKey::Ec)
         .ok_or_else(|| format!("point is not on {crv}"))
@@ -749,7 +750,7 @@ mod tests {
     #[test]
     fn unknown_alg_is_ignored() {
         let (_, ed) = ed25519_pair();
-        for alg in ["none", "None", "RS1", "ES512", "Ed25519", "eddsa", ""] {
+        for alg in ["none", "None", "RS1", "ES521", "Ed25519", "eddsa", ""] {
             assert_ignored(with(&ed, json!({ "alg": alg })), "unsupported \"alg\"");
         }
         assert_ignored(with(&ed, json!({"alg": 256})), "\"alg\" is not a string");
@@ -893,13 +894,42 @@ mod tests {
     }
 
     #[test]
+    fn p521_keys_import_with_full_width_coordinates() {
+        let signing = p521::ecdsa::SigningKey::random(&mut OsRng);
+        let point = p521::ecdsa::VerifyingKey::from(&signing).to_encoded_point(false);
+        let (x, y) = (point.x().unwrap().to_vec(), point.y().unwrap().to_vec());
+        let jwk = json!({ "kty": "EC", "crv": "P-521", "x": b64(&x), "y": b64(&y) });
+        let key = assert_usable(jwk.clone()).key;
+        assert!(key.fits(Alg::ES512));
+        assert!(!key.fits(Alg::ES256) && !key.fits(Alg::ES384));
+        assert!(
+            assert_usable(with(&jwk, json!({"alg": "ES512"})))
+                .key
+                .fits(Alg::ES512)
+        );
+        assert_ignored(with(&jwk, json!({"alg": "ES384"})), "does not fit");
+        // 66 bytes exactly: the top 7 bits of the first byte are always zero, and still sent.
+        assert_ignored(with(&jwk, json!({"x": b64(&x[1..])})), "must be 66 bytes");
+        let mut y_off = y.clone();
+        y_off[65] ^= 1;
+        assert_ignored(
+            with(&jwk, json!({"y": b64(&y_off)})),
+            "point is not on P-521",
+        );
+        // A coordinate at or above the prime 2^521 - 1 is not a field element.
+        let mut p = vec![0xff; 66];
+        p[0] = 0x01;
+        assert_ignored(with(&jwk, json!({"x": b64(&p)})), "point is not on P-521");
+    }
+
+    #[test]
     fn ec_keys_are_validated() {
         let (_, p256) = p256_pair();
         let (_, p384) = p384_pair();
         assert!(assert_usable(p256.clone()).key.fits(Alg::ES256));
         assert!(assert_usable(p384.clone()).key.fits(Alg::ES384));
 
-        for crv in ["P-521", "secp256k1", "p-256", "Ed25519", ""] {
+        for crv in ["secp256k1", "p-256", "P-512", "Ed25519", ""] {
             assert_ignored(with(&p256, json!({ "crv": crv })), "unsupported EC \"crv\"");
         }
         assert_ignored(with(&p256, json!({"crv": null})), "\"crv\" is missing");
@@ -910,6 +940,7 @@ mod tests {
         // Curve and coordinate size must agree.
         assert_ignored(with(&p256, json!({"crv": "P-384"})), "must be 48 bytes");
         assert_ignored(with(&p384, json!({"crv": "P-256"})), "must be 32 bytes");
+        assert_ignored(with(&p384, json!({"crv": "P-521"})), "must be 66 bytes");
         // A short coordinate (leading zero dropped) is refused, RFC 7518 §6.2.1.2.
         let x = URL_SAFE_NO_PAD.decode(p256["x"].as_str().unwrap()).unwrap();
         assert_ignored(with(&p256, json!({"x": b64(&x[1..])})), "must be 32 bytes");

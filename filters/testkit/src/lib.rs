@@ -1,7 +1,8 @@
 //! Keys generated at test time and real signed JWTs.
 //!
 //! Every algorithm the JWT filter must accept has a [`Key`] kind here: RS256/384/512 and
-//! PS256/384/512 (RSA, 2048 bits unless asked otherwise), ES256 (P-256), ES384 (P-384), EdDSA
+//! PS256/384/512 (RSA, 2048 bits unless asked otherwise), ES256 (P-256), ES384 (P-384), ES512
+//! (P-521), EdDSA
 //! (Ed25519) and HS256/384/512. A key signs compact JWS tokens and publishes itself as a JWK, so
 //! tests can serve a JWKS, rotate keys, and forge tokens on purpose. Used by the JWT filter's
 //! unit tests and by the Envoy integration harness. [`logs`] captures log lines for tests.
@@ -33,6 +34,8 @@ pub enum Alg {
     ES256,
     /// ECDSA on P-384 with SHA-384.
     ES384,
+    /// ECDSA on P-521 with SHA-512.
+    ES512,
     /// Ed25519.
     EdDSA,
     /// HMAC with SHA-256 and a 256-bit secret.
@@ -45,7 +48,7 @@ pub enum Alg {
 
 impl Alg {
     /// Every algorithm.
-    pub const ALL: [Alg; 12] = [
+    pub const ALL: [Alg; 13] = [
         Alg::RS256,
         Alg::RS384,
         Alg::RS512,
@@ -54,6 +57,7 @@ impl Alg {
         Alg::PS512,
         Alg::ES256,
         Alg::ES384,
+        Alg::ES512,
         Alg::EdDSA,
         Alg::HS256,
         Alg::HS384,
@@ -71,6 +75,7 @@ impl Alg {
             Alg::PS512 => "PS512",
             Alg::ES256 => "ES256",
             Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
             Alg::EdDSA => "EdDSA",
             Alg::HS256 => "HS256",
             Alg::HS384 => "HS384",
@@ -91,6 +96,7 @@ enum Secret {
     Rsa(Box<rsa::RsaPrivateKey>),
     Ec(p256::ecdsa::SigningKey),
     Ec384(p384::ecdsa::SigningKey),
+    Ec521(p521::ecdsa::SigningKey),
     Ed(ed25519_dalek::SigningKey),
     Hmac(Vec<u8>),
 }
@@ -140,6 +146,7 @@ impl Key {
             }
             Alg::ES256 => Secret::Ec(p256::ecdsa::SigningKey::random(&mut OsRng)),
             Alg::ES384 => Secret::Ec384(p384::ecdsa::SigningKey::random(&mut OsRng)),
+            Alg::ES512 => Secret::Ec521(p521::ecdsa::SigningKey::random(&mut OsRng)),
             Alg::EdDSA => Secret::Ed(ed25519_dalek::SigningKey::generate(&mut OsRng)),
             Alg::HS256 | Alg::HS384 | Alg::HS512 => {
                 let mut bytes = vec![0u8; alg.hmac_len()];
@@ -220,6 +227,14 @@ impl Key {
                     "y": b64(point.y().expect("y coordinate")),
                 })
             }
+            Secret::Ec521(key) => {
+                let point = p521::ecdsa::VerifyingKey::from(key).to_encoded_point(false);
+                json!({
+                    "kty": "EC", "crv": "P-521",
+                    "x": b64(point.x().expect("x coordinate")),
+                    "y": b64(point.y().expect("y coordinate")),
+                })
+            }
             Secret::Ed(key) => {
                 json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(key.verifying_key().as_bytes()) })
             }
@@ -295,12 +310,79 @@ impl Key {
                 let signature: p384::ecdsa::Signature = key.sign(input);
                 signature.to_bytes().to_vec()
             }
+            (Secret::Ec521(key), _) => {
+                let signature: p521::ecdsa::Signature = key.sign(input);
+                signature.to_bytes().to_vec()
+            }
             (Secret::Ed(key), _) => key.sign(input).to_bytes().to_vec(),
             (Secret::Hmac(secret), Alg::HS384) => hmac::<Sha384>(secret, input),
             (Secret::Hmac(secret), Alg::HS512) => hmac::<Sha512>(secret, input),
             (Secret::Hmac(secret), _) => hmac::<Sha256>(secret, input),
         }
     }
+}
+
+/// A stand-in for the host's native `verify_signature` (Envoy's BoringSSL) in tests: RustCrypto
+/// reading exactly what a filter hands the host, a DER `SubjectPublicKeyInfo` (RSA, P-256,
+/// P-384 or P-521), a PKCS #1 v1.5 or DER ECDSA signature, and the digest's name. An ECDSA key
+/// verifies only with its curve's own hash, as JWS uses them.
+///
+/// # Panics
+/// On a key none of them reads: that is a bug in the filter's DER, which falling back to Wasm
+/// would hide.
+pub fn native_verify(digest: &str, spki: &[u8], signature: &[u8], message: &[u8]) -> bool {
+    use p256::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+    use sha2::{Sha256, Sha384, Sha512};
+    if let Some(key) = rsa_public_key(spki) {
+        let Ok(signature) = rsa::pkcs1v15::Signature::try_from(signature) else {
+            return false;
+        };
+        return match digest {
+            "sha256" => rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
+                .verify(message, &signature)
+                .is_ok(),
+            "sha384" => rsa::pkcs1v15::VerifyingKey::<Sha384>::new(key)
+                .verify(message, &signature)
+                .is_ok(),
+            "sha512" => rsa::pkcs1v15::VerifyingKey::<Sha512>::new(key)
+                .verify(message, &signature)
+                .is_ok(),
+            other => panic!("digest {other:?} is not one a JWS algorithm uses"),
+        };
+    }
+    if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki) {
+        return digest == "sha256"
+            && p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|signature| key.verify(message, &signature).is_ok());
+    }
+    if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_der(spki) {
+        return digest == "sha384"
+            && p384::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|signature| key.verify(message, &signature).is_ok());
+    }
+    if let Ok(key) = p521::PublicKey::from_public_key_der(spki) {
+        let key = p521::ecdsa::VerifyingKey::from_affine(*key.as_affine())
+            .expect("a decoded public key is not the identity");
+        return digest == "sha512"
+            && p521::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|signature| key.verify(message, &signature).is_ok());
+    }
+    panic!("the native verifier cannot read the key {spki:02x?}")
+}
+
+/// An RSA `SubjectPublicKeyInfo` up to 8192 bits, the filter's limit (`rsa`'s own DER reading
+/// stops at 4096).
+fn rsa_public_key(spki: &[u8]) -> Option<rsa::RsaPublicKey> {
+    use rsa::pkcs1::der::Decode;
+    let info = rsa::pkcs8::SubjectPublicKeyInfoRef::from_der(spki).ok()?;
+    if info.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
+        return None;
+    }
+    let key = rsa::pkcs1::RsaPublicKey::from_der(info.subject_public_key.as_bytes()?).ok()?;
+    let n = rsa::BigUint::from_bytes_be(key.modulus.as_bytes());
+    let e = rsa::BigUint::from_bytes_be(key.public_exponent.as_bytes());
+    rsa::RsaPublicKey::new_with_max_size(n, e, 8192).ok()
 }
 
 /// The demo signing key of `envoy/gateway.yaml` and `envoy/jwt_auth.yaml` (EdDSA, kid `demo`).
@@ -353,7 +435,7 @@ mod tests {
     fn every_algorithm_signs_verifiable_tokens() {
         use rsa::signature::Verifier;
         let claims = json!({ "sub": "alice", "exp": now_secs() + 60 });
-        for alg in [Alg::RS256, Alg::ES256, Alg::EdDSA, Alg::HS256] {
+        for alg in [Alg::RS256, Alg::ES256, Alg::ES512, Alg::EdDSA, Alg::HS256] {
             let key = Key::generate(alg, "k1");
             let token = key.sign(&claims);
             let (header, got_claims, sig) = parts(&token);
@@ -363,6 +445,14 @@ mod tests {
             let input = token.rsplit_once('.').unwrap().0.as_bytes();
             match &key.secret {
                 Secret::Ec384(_) => unreachable!("not in this test"),
+                Secret::Ec521(k) => {
+                    use p521::ecdsa::signature::Verifier as _;
+                    assert_eq!(sig.len(), 132, "R and S, 66 bytes each");
+                    let sig = p521::ecdsa::Signature::from_slice(&sig).unwrap();
+                    p521::ecdsa::VerifyingKey::from(k)
+                        .verify(input, &sig)
+                        .unwrap();
+                }
                 Secret::Rsa(k) => {
                     let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k.to_public_key());
                     let sig = rsa::pkcs1v15::Signature::try_from(sig.as_slice()).unwrap();

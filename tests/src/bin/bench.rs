@@ -106,6 +106,28 @@ struct Variant {
     native_peer: Option<&'static str>,
     /// The status a request without a token gets (401 where a JWT filter guards the route).
     status_without_token: u16,
+    /// The key that signs the token every request of this variant carries.
+    signer: Signer,
+}
+
+/// The keys of the benchmark's token issuer; every variant's key set holds all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signer {
+    Rs256,
+    Es256,
+    Es512,
+}
+
+impl Signer {
+    const ALL: [Signer; 3] = [Signer::Rs256, Signer::Es256, Signer::Es512];
+
+    fn alg(self) -> Alg {
+        match self {
+            Signer::Rs256 => Alg::RS256,
+            Signer::Es256 => Alg::ES256,
+            Signer::Es512 => Alg::ES512,
+        }
+    }
 }
 
 const ISSUER: &str = "https://issuer.example";
@@ -168,7 +190,7 @@ fn jwt_auth_config(jwks: &str, cache_size: u64) -> Value {
         "providers": { "idp": {
             "issuer": ISSUER,
             "audiences": [AUDIENCE],
-            "algorithms": ["RS256"],
+            "algorithms": ["RS256", "ES256", "ES512"],
             "local_jwks": { "inline": jwks },
             "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
         } },
@@ -258,6 +280,12 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
         filters,
         native_peer,
         status_without_token,
+        signer: Signer::Rs256,
+    };
+    // Uncached elliptic-curve tokens beside native jwt_authn verifying the same tokens.
+    let signed = |signer, name, filters, native_peer| Variant {
+        signer,
+        ..v(name, filters, native_peer, 401)
     };
     let mut all = vec![
         v("none", vec![], None, 200),
@@ -311,6 +339,30 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
             vec![native_jwt_authn(jwks, false)],
             None,
             401,
+        ),
+        signed(
+            Signer::Es256,
+            "jwt_auth ES256, uncached",
+            vec![jwt_auth(jwks, 0)],
+            Some("native jwt_authn ES256, uncached"),
+        ),
+        signed(
+            Signer::Es256,
+            "native jwt_authn ES256, uncached",
+            vec![native_jwt_authn(jwks, false)],
+            None,
+        ),
+        signed(
+            Signer::Es512,
+            "jwt_auth ES512, uncached",
+            vec![jwt_auth(jwks, 0)],
+            Some("native jwt_authn ES512, uncached"),
+        ),
+        signed(
+            Signer::Es512,
+            "native jwt_authn ES512, uncached",
+            vec![native_jwt_authn(jwks, false)],
+            None,
         ),
         v(
             "rate_limit, hot key (one bucket for all)",
@@ -603,6 +655,7 @@ fn memory_flood(plan: &Plan, jwks: &str) -> String {
         filters,
         native_peer: None,
         status_without_token: 200,
+        signer: Signer::Rs256,
     };
     let variants = [
         loaded("rate_limit", vec![wasm_filter("rate_limit", &per_client())]),
@@ -682,13 +735,25 @@ fn main() {
     let (envoy_core, load_core) = cores();
     let ticks = ticks_per_sec();
 
-    let key = Key::generate(Alg::RS256, "bench");
-    let token = key.sign(&json!({
+    let keys: Vec<(Signer, Key)> = Signer::ALL
+        .into_iter()
+        .map(|signer| (signer, Key::generate(signer.alg(), signer.alg().name())))
+        .collect();
+    let claims = json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": "user-42", "scope": "read write",
         "iat": tokens::now_secs(), "exp": tokens::now_secs() + 86_400,
-    }));
-    let auth = format!("authorization: Bearer {token}");
-    let jwks = tokens::jwks(&[&key]);
+    });
+    let auth_of: Vec<(Signer, String)> = keys
+        .iter()
+        .map(|(signer, key)| (*signer, format!("authorization: Bearer {}", key.sign(&claims))))
+        .collect();
+    let auth = |signer: Signer| -> &str {
+        auth_of
+            .iter()
+            .find(|(s, _)| *s == signer)
+            .map_or("", |(_, header)| header.as_str())
+    };
+    let jwks = tokens::jwks(&keys.iter().map(|(_, key)| key).collect::<Vec<_>>());
     let variants: Vec<Variant> = variants(&jwks, plan.extras)
         .into_iter()
         .filter(|v| {
@@ -710,6 +775,7 @@ fn main() {
 
     // Each variant must do what it is configured to do before it is timed.
     for (i, v) in variants.iter().enumerate() {
+        let token = auth(v.signer).trim_start_matches("authorization: Bearer ");
         let with = client::get("/").header("authorization", &format!("Bearer {token}"));
         let status = with.send(port(i)).status;
         let without = client::get("/").send(port(i)).status;
@@ -729,14 +795,15 @@ fn main() {
             order.reverse();
         }
         for i in order {
-            run_wrk(&tools, &load_core, plan.warmup_secs, port(i), &auth);
+            let auth = auth(variants[i].signer);
+            run_wrk(&tools, &load_core, plan.warmup_secs, port(i), auth);
             let busy_before = cpu_micros(pid, ticks);
             let (closed_rps, closed_requests) =
-                run_wrk(&tools, &load_core, plan.closed_secs, port(i), &auth);
+                run_wrk(&tools, &load_core, plan.closed_secs, port(i), auth);
             let busy_after = cpu_micros(pid, ticks);
             let before = cpu_micros(pid, ticks);
             let (fixed_rps, requests, p50_us, p99_us) =
-                run_oha(&tools, &load_core, &plan, port(i), &auth);
+                run_oha(&tools, &load_core, &plan, port(i), auth);
             let after = cpu_micros(pid, ticks);
             let sample = Sample {
                 busy_cpu_us_per_request: (busy_after - busy_before) as f64 / closed_requests,
