@@ -745,7 +745,12 @@ fn main() {
     });
     let auth_of: Vec<(Signer, String)> = keys
         .iter()
-        .map(|(signer, key)| (*signer, format!("authorization: Bearer {}", key.sign(&claims))))
+        .map(|(signer, key)| {
+            (
+                *signer,
+                format!("authorization: Bearer {}", key.sign(&claims)),
+            )
+        })
         .collect();
     let auth = |signer: Signer| -> &str {
         auth_of
