@@ -272,8 +272,8 @@ fn gateway(jwks: &str) -> Value {
     wasm_filter("gateway", &Value::Object(members))
 }
 
-/// The variants the performance targets are judged on and a few that explain them; `extras` adds ones measured for
-/// earlier issues.
+/// The variants the performance targets are judged on and a few that explain them; `extras`
+/// adds ones measured for earlier issues.
 fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
     let v = |name, filters, native_peer, status_without_token| Variant {
         name,
