@@ -81,9 +81,10 @@ fn log_error<F: Filter>(what: &str) {
 }
 
 /// The one line that says why Envoy refuses the plugin: `<filter>: invalid configuration:
-/// <field path>: <reason>`.
+/// <field path>: <reason>`. A warning, as for anything the operator must fix; Envoy adds its
+/// own error line for the refused plugin.
 fn configuration_refused(filter: &str, reason: &str) {
-    log::error!("{filter}: invalid configuration: {reason}");
+    log::warn!("{filter}: invalid configuration: {reason}");
 }
 
 impl<F: Filter + 'static> Root<F> {
@@ -393,7 +394,7 @@ mod tests {
     use log::{Level, LevelFilter};
 
     #[test]
-    fn a_refused_configuration_is_one_error_line_with_the_field_path() {
+    fn a_refused_configuration_is_one_warning_with_the_field_path() {
         let error = ConfigError::new("rules[0].requests", "must be at least 1");
         let ((), lines) = testkit::logs::capture(LevelFilter::Warn, || {
             configuration_refused("rate_limit", &error.to_string());
@@ -401,7 +402,7 @@ mod tests {
         assert_eq!(
             lines,
             [testkit::logs::Line {
-                level: Level::Error,
+                level: Level::Warn,
                 text: "rate_limit: invalid configuration: rules[0].requests: must be at least 1"
                     .to_owned(),
             }]
