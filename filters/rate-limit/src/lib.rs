@@ -188,14 +188,17 @@ impl RateLimit {
 }
 
 /// Each target's rule with its verdict, for the header fields.
-fn rule_statuses<'a>(targets: &[Target<'a>], verdicts: &[Verdict]) -> Vec<RuleStatus<'a>> {
+fn rule_statuses<'a>(
+    targets: &[Target<'a>],
+    verdicts: impl IntoIterator<Item = Verdict>,
+) -> Vec<RuleStatus<'a>> {
     targets
         .iter()
         .zip(verdicts)
-        .map(|(t, v)| RuleStatus {
+        .map(|(t, verdict)| RuleStatus {
             name: &t.rule.name,
             limit: &t.rule.limit,
-            verdict: *v,
+            verdict,
         })
         .collect()
 }
@@ -307,7 +310,7 @@ impl Filter for RateLimit {
             return Decision::pass();
         }
         let now = self.clock.now(env.now);
-        let headers = |verdicts: &[Verdict]| {
+        let headers = |verdicts: &mut dyn Iterator<Item = Verdict>| {
             reply::headers(self.config.dialect, &rule_statuses(&targets, verdicts))
         };
         match charge(&targets, now.as_nanos(), env.store) {
@@ -319,11 +322,8 @@ impl Filter for RateLimit {
                         self.log_evicting(t, now);
                     }
                 }
-                let verdicts: Vec<Verdict> = charged
-                    .iter()
-                    .map(|c| Verdict::Conforms(c.verdict))
-                    .collect();
-                stream.response_headers = headers(&verdicts);
+                stream.response_headers =
+                    headers(&mut charged.iter().map(|c| Verdict::Conforms(c.verdict)));
                 Decision::pass()
             }
             Outcome::Refused(verdicts) => {
@@ -347,7 +347,7 @@ impl Filter for RateLimit {
                             Over(&violated)
                         );
                     }
-                    stream.response_headers = headers(&verdicts);
+                    stream.response_headers = headers(&mut verdicts.iter().copied());
                     return Decision::pass();
                 }
                 for t in &violated {
@@ -363,7 +363,7 @@ impl Filter for RateLimit {
                 Decision::Respond(reply::refused(
                     self.config.status,
                     self.config.dialect,
-                    &rule_statuses(&targets, &verdicts),
+                    &rule_statuses(&targets, verdicts.iter().copied()),
                 ))
             }
             Outcome::Unavailable(error) => {
