@@ -16,6 +16,10 @@ pub enum Decision {
     /// being fetched in the background arrive). The filter bounds the wait itself: it keeps the
     /// time it started waiting in its stream state and answers once that is too long ago.
     Wait,
+    /// Hold the request until every one of these gRPC calls has answered or failed, then hand
+    /// the results to [`crate::filter::Filter::on_call_response`], in the same order. Each
+    /// call carries its own timeout, so the wait is bounded.
+    Call(Vec<GrpcCall>),
 }
 
 impl Decision {
@@ -114,6 +118,33 @@ pub enum CalloutResult {
     },
     /// No response: the call was reset or could not be made.
     Failed(String),
+}
+
+/// A unary gRPC call made for one request (`dispatch_grpc_call`), to an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// The Envoy cluster (HTTP/2) of the service.
+    pub cluster: String,
+    /// The fully qualified service, e.g. `envoy.service.ratelimit.v3.RateLimitService`.
+    pub service: &'static str,
+    /// The method, e.g. `ShouldRateLimit`.
+    pub method: &'static str,
+    /// The request message, serialized.
+    pub message: Vec<u8>,
+    /// How long Envoy waits for the answer before failing the call.
+    pub timeout: std::time::Duration,
+}
+
+/// What became of a [`GrpcCall`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcResult {
+    /// The call succeeded (`OK`): the response message, serialized.
+    Message(Vec<u8>),
+    /// The call ended with this gRPC status (not `OK`): the service's own error, or Envoy's
+    /// for a call that found no service (`UNAVAILABLE`) or ran out of time.
+    Status(u32),
+    /// The call could not be made at all (for example, Envoy refused to start it).
+    NotSent(String),
 }
 
 /// Header changes, applied in order: removals first, then sets (which replace any value).

@@ -7,7 +7,7 @@
 //! defines [`Filter::METRICS`], and calls [`Filter::on_request`] and [`Filter::on_response`].
 
 use crate::config::ConfigError;
-use crate::decision::{Callout, CalloutResult, Decision, HeaderEdits};
+use crate::decision::{Callout, CalloutResult, Decision, GrpcResult, HeaderEdits};
 use crate::metrics::{MetricDef, Metrics};
 use crate::request::{RequestView, ResponseView};
 use crate::signature::NativeVerifier;
@@ -82,6 +82,18 @@ pub trait Filter: Sized {
         request: &dyn RequestView,
         env: &Env<'_>,
     ) -> Decision;
+
+    /// The results of the calls a [`Decision::Call`] asked for, in the order they were asked
+    /// for: decides the held request again (it may call again, or hold it for a tick).
+    fn on_call_response(
+        &self,
+        _stream: &mut Self::Stream,
+        _request: &dyn RequestView,
+        _results: Vec<GrpcResult>,
+        _env: &Env<'_>,
+    ) -> Decision {
+        Decision::pass()
+    }
 
     /// Whether [`Filter::on_response`] needs to run for this request; when it does not, the host
     /// skips reading the response headers (each host call costs about a microsecond).

@@ -26,6 +26,11 @@ pub trait RequestView {
         None
     }
 
+    /// The name of the Envoy route the request matched (`xds.route_name`), if it has one.
+    fn route_name(&self) -> Option<&str> {
+        None
+    }
+
     /// A value an earlier filter left for later ones ([`crate::decision::RequestEdits::filter_state`]).
     fn filter_state(&self, _name: &str) -> Option<&str> {
         None
@@ -63,6 +68,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     client_address: Option<String>,
     cluster: Option<String>,
+    route_name: Option<String>,
     filter_state: Vec<(String, String)>,
 }
 
@@ -75,6 +81,7 @@ impl Request {
             headers: Vec::new(),
             client_address: None,
             cluster: None,
+            route_name: None,
             filter_state: Vec::new(),
         }
     }
@@ -88,6 +95,12 @@ impl Request {
     /// Sets the cluster the request is routed to.
     pub fn with_cluster(mut self, cluster: impl Into<String>) -> Self {
         self.cluster = Some(cluster.into());
+        self
+    }
+
+    /// Sets the name of the route the request matched.
+    pub fn with_route_name(mut self, name: impl Into<String>) -> Self {
+        self.route_name = Some(name.into());
         self
     }
 
@@ -148,6 +161,10 @@ impl RequestView for Request {
 
     fn cluster(&self) -> Option<&str> {
         self.cluster.as_deref()
+    }
+
+    fn route_name(&self) -> Option<&str> {
+        self.route_name.as_deref()
     }
 
     fn filter_state(&self, name: &str) -> Option<&str> {
@@ -302,6 +319,10 @@ impl RequestView for EditedRequest<'_> {
 
     fn cluster(&self) -> Option<&str> {
         self.request.cluster()
+    }
+
+    fn route_name(&self) -> Option<&str> {
+        self.request.route_name()
     }
 
     fn filter_state(&self, name: &str) -> Option<&str> {

@@ -13,7 +13,8 @@
 //!   once, merged ([`RequestEdits::then`]), instead of one batch of host calls per filter.
 //! - The first policy to answer a request ends it there, as a local reply ends a filter chain.
 //! - A policy that holds a request ([`Decision::Wait`]) is asked again on the next tick, and
-//!   the chain goes on from it with the edits made before it.
+//!   the chain goes on from it with the edits made before it. One that holds it for gRPC
+//!   calls ([`Decision::Call`]) hears their results, and the chain goes on after it.
 //! - Responses go through the policies in reverse order (Envoy's encoder order), each seeing
 //!   the response as the later ones left it ([`EditedResponse`]).
 //! - Each policy keeps its metric names (`rate_limit.<rule>.allowed`, ...), and its log lines
@@ -30,7 +31,9 @@ pub mod stage;
 use crate::stage::{Slot, Stage, Step};
 use circuit_breaker::CircuitBreaker;
 use filter_core::config::ConfigError;
-use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits, RequestEdits};
+use filter_core::decision::{
+    Callout, CalloutResult, Decision, GrpcResult, HeaderEdits, RequestEdits,
+};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::MetricKind;
 use filter_core::request::{EditedRequest, EditedResponse, RequestView, ResponseView};
@@ -86,7 +89,7 @@ slot!(RetryPolicy, retry_policy);
 #[derive(Debug, Default)]
 pub struct GatewayStream {
     streams: Streams,
-    /// The stage a held request resumes at.
+    /// The stage a held request resumes at (for calls: the stage that made them).
     resume_at: usize,
     /// The edits of the stages before `resume_at`, not yet handed to Envoy.
     pending: RequestEdits,
@@ -132,6 +135,52 @@ where
     Ok(())
 }
 
+impl Gateway {
+    /// Runs the stages from `from` on, after `edits` from the stages before it.
+    fn run(
+        &self,
+        stream: &mut GatewayStream,
+        request: &dyn RequestView,
+        env: &Env<'_>,
+        from: usize,
+        mut edits: RequestEdits,
+    ) -> Decision {
+        for (at, stage) in self.stages.iter().enumerate().skip(from) {
+            let seen = EditedRequest::new(request, &edits);
+            match stage.on_request(&mut stream.streams, &seen, env) {
+                Decision::Continue(more) => edits.then(more),
+                other => return self.held_at(stream, at, edits, other),
+            }
+        }
+        Decision::Continue(edits)
+    }
+
+    /// What stage `at` answering, holding or calling means for the whole request.
+    fn held_at(
+        &self,
+        stream: &mut GatewayStream,
+        at: usize,
+        edits: RequestEdits,
+        decision: Decision,
+    ) -> Decision {
+        match decision {
+            // Earlier stages' edits die with the request, as they would in Envoy (none of
+            // them leaves filter state before a stage that can answer).
+            Decision::Respond(reply) => Decision::Respond(reply),
+            Decision::Wait | Decision::Call(_) => {
+                stream.resume_at = at;
+                stream.pending = edits;
+                decision
+            }
+            Decision::Continue(more) => {
+                let mut edits = edits;
+                edits.then(more);
+                Decision::Continue(edits)
+            }
+        }
+    }
+}
+
 impl Filter for Gateway {
     const NAME: &'static str = "gateway";
     type Config = GatewayConfig;
@@ -163,22 +212,30 @@ impl Filter for Gateway {
         request: &dyn RequestView,
         env: &Env<'_>,
     ) -> Decision {
+        let edits = std::mem::take(&mut stream.pending);
+        self.run(stream, request, env, stream.resume_at, edits)
+    }
+
+    fn on_call_response(
+        &self,
+        stream: &mut GatewayStream,
+        request: &dyn RequestView,
+        results: Vec<GrpcResult>,
+        env: &Env<'_>,
+    ) -> Decision {
+        let at = stream.resume_at;
         let mut edits = std::mem::take(&mut stream.pending);
-        for (at, stage) in self.stages.iter().enumerate().skip(stream.resume_at) {
-            let seen = EditedRequest::new(request, &edits);
-            match stage.on_request(&mut stream.streams, &seen, env) {
-                Decision::Continue(more) => edits.then(more),
-                // Earlier stages' edits die with the request, as they would in Envoy (none of
-                // them leaves filter state before a stage that can answer).
-                Decision::Respond(reply) => return Decision::Respond(reply),
-                Decision::Wait => {
-                    stream.resume_at = at;
-                    stream.pending = edits;
-                    return Decision::Wait;
-                }
+        let Some(stage) = self.stages.get(at) else {
+            return Decision::Continue(edits);
+        };
+        let seen = EditedRequest::new(request, &edits);
+        match stage.on_call_response(&mut stream.streams, &seen, results, env) {
+            Decision::Continue(more) => {
+                edits.then(more);
+                self.run(stream, request, env, at + 1, edits)
             }
+            other => self.held_at(stream, at, edits, other),
         }
-        Decision::Continue(edits)
     }
 
     fn wants_response(&self, stream: &GatewayStream) -> bool {

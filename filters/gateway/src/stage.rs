@@ -5,7 +5,7 @@
 //! policy runs inside the gateway exactly as it runs alone. (Its log lines need nothing: each
 //! starts with the policy's own name.)
 
-use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
+use filter_core::decision::{Callout, CalloutResult, Decision, GrpcResult, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricId, MetricKind, Metrics};
 use filter_core::request::{RequestView, ResponseView};
@@ -28,6 +28,14 @@ pub trait Step<S> {
     fn metric_names(&self) -> Vec<(String, MetricKind)>;
     /// [`Filter::on_request`].
     fn on_request(&self, streams: &mut S, request: &dyn RequestView, env: &Env<'_>) -> Decision;
+    /// [`Filter::on_call_response`].
+    fn on_call_response(
+        &self,
+        streams: &mut S,
+        request: &dyn RequestView,
+        results: Vec<GrpcResult>,
+        env: &Env<'_>,
+    ) -> Decision;
     /// [`Filter::wants_response`].
     fn wants_response(&self, streams: &S) -> bool;
     /// [`Filter::on_response`].
@@ -95,6 +103,19 @@ impl<F: Filter, S: Slot<F>> Step<S> for Stage<F> {
     fn on_request(&self, streams: &mut S, request: &dyn RequestView, env: &Env<'_>) -> Decision {
         self.scoped(env, |env| {
             self.filter.on_request(streams.slot_mut(), request, env)
+        })
+    }
+
+    fn on_call_response(
+        &self,
+        streams: &mut S,
+        request: &dyn RequestView,
+        results: Vec<GrpcResult>,
+        env: &Env<'_>,
+    ) -> Decision {
+        self.scoped(env, |env| {
+            self.filter
+                .on_call_response(streams.slot_mut(), request, results, env)
         })
     }
 

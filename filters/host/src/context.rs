@@ -3,16 +3,22 @@
 //! Besides the request path, the root context runs a filter's background work: on each tick it
 //! sends the callouts the filter asks for, hands their answers back, and decides again every
 //! request the filter asked to hold ([`Decision::Wait`]), resuming or answering it.
+//!
+//! A request can also be held for gRPC calls made on its behalf ([`Decision::Call`]): it
+//! stays paused until every call has answered or failed (each has its own timeout), and the
+//! filter then decides it again with the results.
 
 use crate::host::{self, HostMetrics, HostStore, HostVerifier};
 use crate::request::{HostRequest, HostResponse};
 use filter_core::config::parse;
-use filter_core::decision::{CalloutResult, Decision, LocalResponse, RequestEdits};
+use filter_core::decision::{
+    CalloutResult, Decision, GrpcCall, GrpcResult, LocalResponse, RequestEdits,
+};
 use filter_core::filter::{Env, Filter};
 use filter_core::request::{RequestView, Response, ResponseView};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -27,7 +33,7 @@ pub fn register<F: Filter + 'static>() {
     proxy_wasm::set_root_context(|_| {
         Box::new(Root::<F> {
             state: None,
-            parked: Rc::default(),
+            held: Rc::default(),
             callouts: HashMap::new(),
         })
     });
@@ -58,20 +64,249 @@ impl<F> Configured<F> {
 /// [`HostMetrics`]); it is also the tick period of filters that ask for none.
 const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Requests held by [`Decision::Wait`], in the order they were held (and so resumed): HTTP
-/// context id and the filter's stream state.
-type Parked<S> = Rc<RefCell<Vec<(u32, Rc<RefCell<S>>)>>>;
+/// A request's filter state, shared by its HTTP context and whatever holds it.
+type State<S> = Rc<RefCell<S>>;
 
-/// Forgets the held request of context `id`, if any.
-fn unpark<S>(parked: &mut Vec<(u32, S)>, id: u32) {
-    if let Some(at) = parked.iter().position(|(held, _)| *held == id) {
-        parked.remove(at);
+/// Requests held for a tick ([`Decision::Wait`]) or for gRPC calls ([`Decision::Call`]).
+/// Shared by the root context and every HTTP context of the worker.
+struct Held<S> {
+    /// Held for a tick, in the order they were held (and so resumed): HTTP context id and
+    /// the filter's stream state.
+    parked: Vec<(u32, State<S>)>,
+    /// gRPC calls in flight: Envoy's token to the HTTP context they were made for.
+    call_owner: HashMap<u32, u32>,
+    /// Held for calls, by HTTP context id.
+    calling: HashMap<u32, Calling<S>>,
+}
+
+impl<S> Default for Held<S> {
+    fn default() -> Self {
+        Self {
+            parked: Vec::new(),
+            call_owner: HashMap::new(),
+            calling: HashMap::new(),
+        }
     }
+}
+
+/// A request waiting for its gRPC calls.
+struct Calling<S> {
+    state: State<S>,
+    /// Each call's token, in the order the filter asked for them (`None`: not sent).
+    tokens: Vec<Option<u32>>,
+    results: Vec<Option<GrpcResult>>,
+}
+
+impl<S> Held<S> {
+    /// Forgets everything held for context `id`: it has gone.
+    fn forget(&mut self, id: u32) {
+        self.parked.retain(|(held, _)| *held != id);
+        if let Some(calling) = self.calling.remove(&id) {
+            for token in calling.tokens.into_iter().flatten() {
+                self.call_owner.remove(&token);
+            }
+        }
+    }
+
+    /// Records the result of the call `token`; once every call of its request has one, hands
+    /// back the request and the results, in order.
+    fn answer(
+        &mut self,
+        token: u32,
+        result: GrpcResult,
+    ) -> Option<(u32, State<S>, Vec<GrpcResult>)> {
+        let id = self.call_owner.remove(&token)?;
+        let calling = self.calling.get_mut(&id)?;
+        let at = calling.tokens.iter().position(|t| *t == Some(token))?;
+        if let Some(slot) = calling.results.get_mut(at) {
+            *slot = Some(result);
+        }
+        if calling.results.iter().any(Option::is_none) {
+            return None;
+        }
+        let calling = self.calling.remove(&id)?;
+        let results = calling.results.into_iter().flatten().collect();
+        Some((id, calling.state, results))
+    }
+}
+
+type SharedHeld<S> = Rc<RefCell<Held<S>>>;
+
+/// Where a decision leaves a request.
+enum Settled {
+    Continue(RequestEdits),
+    Respond(LocalResponse),
+    /// Held for a tick or for calls: paused until then.
+    Held,
+}
+
+/// Follows `decision` for the request of context `id` (the effective context) until it
+/// continues, is answered, or is held. Calls that cannot even be sent are answered at once,
+/// so the filter decides again here; a filter that keeps asking for calls that cannot be
+/// sent is answered with a 500 after a few rounds rather than looping.
+fn settle<F: Filter>(
+    configured: &Configured<F>,
+    held: &SharedHeld<F::Stream>,
+    id: u32,
+    state: &State<F::Stream>,
+    request: &dyn RequestView,
+    mut decision: Decision,
+    env: &Env<'_>,
+) -> Settled {
+    const ROUNDS: usize = 4;
+    for _ in 0..ROUNDS {
+        match decision {
+            Decision::Continue(edits) => return Settled::Continue(edits),
+            Decision::Respond(reply) => return Settled::Respond(reply),
+            Decision::Wait => {
+                return match held.try_borrow_mut() {
+                    Ok(mut held) => {
+                        held.parked.push((id, state.clone()));
+                        Settled::Held
+                    }
+                    Err(_) => {
+                        Settled::Respond(LocalResponse::new(503).body("cannot hold the request"))
+                    }
+                };
+            }
+            Decision::Call(calls) => {
+                let Some(results) = start_calls::<F>(held, id, state, &calls) else {
+                    return Settled::Held;
+                };
+                decision = match state.try_borrow_mut() {
+                    Ok(mut s) => configured
+                        .filter
+                        .on_call_response(&mut s, request, results, env),
+                    Err(_) => {
+                        return Settled::Respond(LocalResponse::new(500).body("stream state busy"));
+                    }
+                };
+            }
+        }
+    }
+    log_error::<F>("gRPC calls kept failing to start");
+    Settled::Respond(LocalResponse::new(500).body("calls could not be made"))
+}
+
+/// Sends `calls` for context `id`. Returns the results at once when none could be sent
+/// (nothing to wait for); otherwise the request is held until the last one answers.
+fn start_calls<F: Filter>(
+    held: &SharedHeld<F::Stream>,
+    id: u32,
+    state: &State<F::Stream>,
+    calls: &[GrpcCall],
+) -> Option<Vec<GrpcResult>> {
+    let mut tokens = Vec::with_capacity(calls.len());
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        match host::dispatch_grpc(call) {
+            Ok(token) => {
+                tokens.push(Some(token));
+                results.push(None);
+            }
+            Err(why) => {
+                tokens.push(None);
+                results.push(Some(GrpcResult::NotSent(why)));
+            }
+        }
+    }
+    if tokens.iter().all(Option::is_none) {
+        return Some(results.into_iter().flatten().collect());
+    }
+    let Ok(mut held) = held.try_borrow_mut() else {
+        // Unreachable (nothing else holds the map during a callback); the answers will find
+        // no request and be dropped, so answer now rather than hang.
+        return Some(vec![
+            GrpcResult::NotSent(
+                "cannot hold the request".to_owned()
+            );
+            calls.len()
+        ]);
+    };
+    for token in tokens.iter().flatten() {
+        held.call_owner.insert(*token, id);
+    }
+    held.calling.insert(
+        id,
+        Calling {
+            state: state.clone(),
+            tokens,
+            results,
+        },
+    );
+    None
+}
+
+/// What Envoy says became of the call `token` (`status` is its gRPC status; 0 is OK, with a
+/// message of `size` bytes).
+fn grpc_result(status: u32, size: usize) -> GrpcResult {
+    if status != 0 {
+        return GrpcResult::Status(status);
+    }
+    match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size) {
+        Ok(message) => GrpcResult::Message(message.unwrap_or_default()),
+        Err(status) => GrpcResult::NotSent(format!("cannot read the answer: {status:?}")),
+    }
+}
+
+/// Applies where a held request (not the current callback's) has settled: resumes it with its
+/// edits, or answers it.
+fn finish_held<F: Filter>(settled: Settled, request: &dyn RequestView) {
+    match settled {
+        Settled::Held => {}
+        Settled::Continue(edits) => {
+            let resumed =
+                host::apply_request_edits(&edits).and_then(|()| hostcalls::resume_http_request());
+            if let Err(status) = resumed {
+                log_error::<F>(&format!("cannot resume a held request: {status:?}"));
+            }
+        }
+        Settled::Respond(reply) => {
+            if let Err(status) = host::send_local_response(&reply, request.is_grpc()) {
+                log_error::<F>(&format!("cannot answer a held request: {status:?}"));
+            }
+        }
+    }
+}
+
+/// The answer to the gRPC call `token`; once its request has every answer, the filter decides
+/// it again, under its own HTTP context.
+fn deliver_grpc<F: Filter>(
+    configured: &Configured<F>,
+    held: &SharedHeld<F::Stream>,
+    token: u32,
+    result: GrpcResult,
+) {
+    let done = match held.try_borrow_mut() {
+        Ok(mut held) => held.answer(token, result),
+        Err(_) => None,
+    };
+    let Some((id, state, results)) = done else {
+        return;
+    };
+    // Fails when the stream has gone (the client left while it waited).
+    if hostcalls::set_effective_context(id).is_err() {
+        return;
+    }
+    let Some(now) = host::now() else {
+        log_error::<F>("the host clock is unavailable");
+        return;
+    };
+    let env = configured.env(now);
+    let request = HostRequest::default();
+    let decision = match state.try_borrow_mut() {
+        Ok(mut s) => configured
+            .filter
+            .on_call_response(&mut s, &request, results, &env),
+        Err(_) => Decision::Respond(LocalResponse::new(500).body("stream state busy")),
+    };
+    let settled = settle(configured, held, id, &state, &request, decision, &env);
+    finish_held::<F>(settled, &request);
 }
 
 struct Root<F: Filter> {
     state: Option<Rc<Configured<F>>>,
-    parked: Parked<F::Stream>,
+    held: SharedHeld<F::Stream>,
     /// Callouts in flight: Envoy's token to the filter's tag.
     callouts: HashMap<u32, u64>,
 }
@@ -102,48 +337,24 @@ impl<F: Filter + 'static> Root<F> {
         })
     }
 
-    /// Decides every held request again, under its own context.
+    /// Decides every request held for a tick again, under its own context.
     fn wake_parked(&self, configured: &Configured<F>, env: &Env<'_>) {
-        let parked: Vec<(u32, Rc<RefCell<F::Stream>>)> = match self.parked.try_borrow() {
-            Ok(list) => list.clone(),
+        let parked: Vec<(u32, State<F::Stream>)> = match self.held.try_borrow_mut() {
+            Ok(mut held) => std::mem::take(&mut held.parked),
             Err(_) => return,
         };
         for (id, state) in parked {
             // Fails when the stream has gone (the client left while it waited).
-            let decision = if hostcalls::set_effective_context(id).is_err() {
-                None
-            } else {
-                let request = HostRequest::default();
-                match state.try_borrow_mut() {
-                    Ok(mut s) => {
-                        let decision = configured.filter.on_request(&mut s, &request, env);
-                        let grpc = matches!(decision, Decision::Respond(_)) && request.is_grpc();
-                        Some((decision, grpc))
-                    }
-                    Err(_) => None,
-                }
-            };
-            let done = match decision {
-                Some((Decision::Wait, _)) => false,
-                Some((Decision::Continue(edits), _)) => {
-                    let resumed = host::apply_request_edits(&edits)
-                        .and_then(|()| hostcalls::resume_http_request());
-                    if let Err(status) = resumed {
-                        log_error::<F>(&format!("cannot resume a held request: {status:?}"));
-                    }
-                    true
-                }
-                Some((Decision::Respond(reply), grpc)) => {
-                    if let Err(status) = host::send_local_response(&reply, grpc) {
-                        log_error::<F>(&format!("cannot answer a held request: {status:?}"));
-                    }
-                    true
-                }
-                None => true,
-            };
-            if done && let Ok(mut list) = self.parked.try_borrow_mut() {
-                unpark(&mut list, id);
+            if hostcalls::set_effective_context(id).is_err() {
+                continue;
             }
+            let request = HostRequest::default();
+            let decision = match state.try_borrow_mut() {
+                Ok(mut s) => configured.filter.on_request(&mut s, &request, env),
+                Err(_) => continue,
+            };
+            let settled = settle(configured, &self.held, id, &state, &request, decision, env);
+            finish_held::<F>(settled, &request);
         }
     }
 }
@@ -191,6 +402,15 @@ impl<F: Filter + 'static> Context for Root<F> {
         };
         let env = configured.env(now);
         configured.filter.on_callout_response(tag, result, &env);
+    }
+
+    /// The answer to a call made for a request while the root context was deciding it (a
+    /// request held for a tick that then asked for calls).
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(configured) = self.state.clone() {
+            let result = grpc_result(status_code, response_size);
+            deliver_grpc(&configured, &self.held, token, result);
+        }
     }
 }
 
@@ -259,7 +479,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             id: context_id,
             configured: self.state.clone(),
             state: Rc::default(),
-            parked: self.parked.clone(),
+            held: self.held.clone(),
         }))
     }
 
@@ -271,8 +491,8 @@ impl<F: Filter + 'static> RootContext for Root<F> {
 struct Stream<F: Filter> {
     id: u32,
     configured: Option<Rc<Configured<F>>>,
-    state: Rc<RefCell<F::Stream>>,
-    parked: Parked<F::Stream>,
+    state: State<F::Stream>,
+    held: SharedHeld<F::Stream>,
 }
 
 impl<F: Filter> Stream<F> {
@@ -303,14 +523,21 @@ impl<F: Filter> Stream<F> {
 impl<F: Filter> Drop for Stream<F> {
     fn drop(&mut self) {
         // A held request whose client left: forget it (if the map is busy, the next tick finds
-        // the context gone and drops it then).
-        if let Ok(mut list) = self.parked.try_borrow_mut() {
-            unpark(&mut list, self.id);
+        // the context gone and drops it then; Envoy cancels its calls).
+        if let Ok(mut held) = self.held.try_borrow_mut() {
+            held.forget(self.id);
         }
     }
 }
 
-impl<F: Filter> Context for Stream<F> {}
+impl<F: Filter> Context for Stream<F> {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(configured) = self.configured.clone() {
+            let result = grpc_result(status_code, response_size);
+            deliver_grpc(&configured, &self.held, token, result);
+        }
+    }
+}
 
 impl<F: Filter> HttpContext for Stream<F> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -331,19 +558,18 @@ impl<F: Filter> HttpContext for Stream<F> {
                 return self.respond(&reply, &request);
             }
         };
-        match decision {
-            Decision::Continue(edits) => self.apply(&edits, &request),
-            Decision::Respond(reply) => self.respond(&reply, &request),
-            Decision::Wait => match self.parked.try_borrow_mut() {
-                Ok(mut list) => {
-                    list.push((self.id, self.state.clone()));
-                    Action::Pause
-                }
-                Err(_) => {
-                    let reply = LocalResponse::new(503).body("cannot hold the request");
-                    self.respond(&reply, &request)
-                }
-            },
+        match settle(
+            &configured,
+            &self.held,
+            self.id,
+            &self.state,
+            &request,
+            decision,
+            &env,
+        ) {
+            Settled::Continue(edits) => self.apply(&edits, &request),
+            Settled::Respond(reply) => self.respond(&reply, &request),
+            Settled::Held => Action::Pause,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Host calls, each wrapped so that its failure is a value rather than a trap.
 
-use filter_core::decision::{Callout, HeaderEdits, LocalResponse, RequestEdits};
+use filter_core::decision::{Callout, GrpcCall, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::metrics::{MetricId, MetricKind, Metrics};
 use filter_core::signature::{Digest, NativeVerifier};
 use filter_core::store::{Cas, SharedStore, StoreError, Written};
@@ -67,6 +67,52 @@ pub(crate) fn dispatch(callout: &Callout) -> Result<u32, String> {
     ];
     hostcalls::dispatch_http_call(&callout.cluster, headers, None, Vec::new(), callout.timeout)
         .map_err(|status| format!("cannot call cluster {}: {status:?}", callout.cluster))
+}
+
+/// Envoy's `GrpcService` (`envoy/config/core/v3/grpc_service.proto`), as much as a call
+/// needs: the cluster, through Envoy's own gRPC client.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    envoy_grpc: Option<EnvoyGrpc>,
+}
+
+/// `GrpcService.EnvoyGrpc`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+}
+
+/// Sends a unary gRPC call; its answer arrives in the `on_grpc_call_response` of the context
+/// that sent it.
+///
+/// The cluster goes to Envoy as a serialized `GrpcService`, not as a bare name: Envoy first
+/// tries to read the name as that message, and some names (`hi`, say) read as a valid one,
+/// which Envoy then refuses with a status the SDK traps on. A missing cluster is then an
+/// error here or an `UNAVAILABLE` answer, never a trap.
+pub(crate) fn dispatch_grpc(call: &GrpcCall) -> Result<u32, String> {
+    use prost::Message as _;
+    let service = GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: call.cluster.clone(),
+        }),
+    }
+    .encode_to_vec();
+    // The SDK takes the service as text; the bytes of a message need not be UTF-8, but
+    // this one is: field tags and lengths below 128 are ASCII, and the name is UTF-8.
+    let Ok(service) = std::str::from_utf8(&service) else {
+        return Err(format!("cluster name {} too long", call.cluster));
+    };
+    hostcalls::dispatch_grpc_call(
+        service,
+        call.service,
+        call.method,
+        Vec::new(),
+        Some(&call.message),
+        call.timeout,
+    )
+    .map_err(|status| format!("cannot call cluster {}: {status:?}", call.cluster))
 }
 
 /// Applies header edits to the request or response header map.

@@ -99,6 +99,7 @@ pub(crate) struct HostRequest {
     path: OnceCell<String>,
     client_address: OnceCell<Option<String>>,
     cluster: OnceCell<Option<String>>,
+    route_name: OnceCell<Option<String>>,
     /// Filter-state values asked for.
     filter_state: Remembered,
 }
@@ -111,6 +112,7 @@ impl Default for HostRequest {
             path: OnceCell::new(),
             client_address: OnceCell::new(),
             cluster: OnceCell::new(),
+            route_name: OnceCell::new(),
             filter_state: Remembered::default(),
         }
     }
@@ -144,6 +146,12 @@ impl RequestView for HostRequest {
     fn cluster(&self) -> Option<&str> {
         self.cluster
             .get_or_init(|| property(&["xds", "cluster_name"]))
+            .as_deref()
+    }
+
+    fn route_name(&self) -> Option<&str> {
+        self.route_name
+            .get_or_init(|| property(&["xds", "route_name"]))
             .as_deref()
     }
 

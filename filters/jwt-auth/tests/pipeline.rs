@@ -97,7 +97,7 @@ fn passed(d: &Decision) -> &HeaderEdits {
     match d {
         Decision::Continue(edits) => &edits.headers,
         Decision::Respond(r) => panic!("refused with {} ({}): {:?}", r.status, r.detail, r.headers),
-        Decision::Wait => panic!("held, not let through"),
+        Decision::Wait | Decision::Call(_) => panic!("held, not let through"),
     }
 }
 
@@ -105,7 +105,7 @@ fn refused(d: &Decision) -> &LocalResponse {
     match d {
         Decision::Respond(r) => r,
         Decision::Continue(edits) => panic!("let through: {edits:?}"),
-        Decision::Wait => panic!("held, not answered"),
+        Decision::Wait | Decision::Call(_) => panic!("held, not answered"),
     }
 }
 
