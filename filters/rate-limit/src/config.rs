@@ -4,13 +4,21 @@ use crate::gcra::{Limit, LimitError};
 use crate::key::KeyPart;
 use crate::table::Table;
 use filter_core::config::{
-    ConfigDuration, ConfigError, FieldPath, check_name, null_default, quoted,
+    ConfigDuration, ConfigError, FieldPath, NamedMap, check_name, null_default, quoted,
 };
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher};
 use serde::Deserialize;
+use std::time::Duration;
 
 /// Default `max_keys`: distinct keys each rule tracks at once.
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+/// Default `timeout` of a rate limit service call: Envoy's `ratelimit` filter's default.
+pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_millis(20);
+/// The longest `timeout` may be: a request is held for the whole of it.
+pub const MAX_SERVICE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest Envoy cluster name a service may give.
+const MAX_CLUSTER_NAME: usize = 120;
+
 /// The most `max_keys` may be (about 40 bytes of Envoy memory per key: 400 MB).
 pub const MAX_MAX_KEYS: u64 = 10_000_000;
 /// Default `ipv6_prefix` of `client_ip`.
@@ -39,6 +47,78 @@ pub struct RateLimitConfig {
     /// What happens when the shared store stays contended: `allow` (default) or `deny`.
     #[serde(default, deserialize_with = "null_default")]
     pub on_contention: OnContention,
+    /// Rate limit services global rules call, by name.
+    #[serde(default, deserialize_with = "null_default")]
+    pub services: NamedMap<ServiceConfig>,
+}
+
+/// A rate limit service as written: an Envoy cluster speaking
+/// `envoy.service.ratelimit.v3.RateLimitService`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The Envoy cluster (HTTP/2) of the service.
+    pub cluster: String,
+    /// The domain its rules are sent in, unless a rule names its own.
+    pub domain: String,
+    /// How long a request waits for the answer. Default 20ms.
+    pub timeout: Option<ConfigDuration>,
+    /// What each kind of failure does to the request. Default: `allow` for each.
+    #[serde(default, deserialize_with = "null_default")]
+    pub on_failure: FailurePolicyConfig,
+}
+
+/// What each kind of failure of a service call does, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailurePolicyConfig {
+    /// No service answered: no such cluster, no healthy host, connection refused or reset.
+    #[serde(default, deserialize_with = "null_default")]
+    pub unreachable: FailureMode,
+    /// No answer within `timeout`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub timeout: FailureMode,
+    /// The service answered with a gRPC error status.
+    #[serde(default, deserialize_with = "null_default")]
+    pub error: FailureMode,
+    /// The answer could not be read, or said neither OK nor OVER_LIMIT.
+    #[serde(default, deserialize_with = "null_default")]
+    pub invalid_answer: FailureMode,
+}
+
+/// What a failed service call does to the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let it through, as if the service had said OK (Envoy's default).
+    #[default]
+    Allow,
+    /// Refuse it: 503, with the failure in the body's `detail`.
+    Deny,
+}
+
+/// A global rule as written: its requests are counted by a rate limit service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// The service (a name under `services`). Default: the only one.
+    pub service: Option<String>,
+    /// The domain. Default: the service's.
+    pub domain: Option<String>,
+    /// The descriptor's entries, in order.
+    pub descriptor: Vec<EntryConfig>,
+    /// How much one request counts. Default 1.
+    pub hits_addend: Option<u32>,
+}
+
+/// One descriptor entry as written: `{"key": "user", "value": {"header": "x-user-id"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryConfig {
+    /// The descriptor key the service matches on.
+    pub key: String,
+    /// Where its value comes from (any key part).
+    pub value: KeyPartConfig,
 }
 
 /// One rule as written.
@@ -50,10 +130,12 @@ pub struct RuleConfig {
     /// Which requests it counts. Default: all.
     #[serde(rename = "match", default, deserialize_with = "null_default")]
     pub route: RouteMatchConfig,
-    /// What a bucket is per: parts combined.
-    pub key: Vec<KeyPartConfig>,
-    /// The limit of each bucket.
-    pub limit: LimitConfig,
+    /// What a bucket is per: parts combined (local rules).
+    pub key: Option<Vec<KeyPartConfig>>,
+    /// The limit of each bucket (local rules).
+    pub limit: Option<LimitConfig>,
+    /// Counted by a rate limit service instead (global rules).
+    pub global: Option<GlobalConfig>,
 }
 
 /// One part of a key as written: an object with one member naming its kind,
@@ -71,6 +153,10 @@ pub enum KeyPartConfig {
     Method(Empty),
     /// One bucket for the whole rule.
     Rule(Empty),
+    /// A fixed text (for a descriptor entry such as `generic_key`).
+    Literal(String),
+    /// The name of the Envoy route the request matched.
+    Route(Empty),
 }
 
 /// `{}`: a key part without options.
@@ -137,11 +223,95 @@ pub struct Rule {
     pub table: Table,
 }
 
+/// A global rule, compiled.
+#[derive(Debug, Clone)]
+pub struct GlobalRule {
+    /// Its name.
+    pub name: String,
+    /// Which requests it counts.
+    pub matcher: RouteMatcher,
+    /// The service, by index into [`Compiled::services`].
+    pub service: usize,
+    /// The domain it is sent in.
+    pub domain: String,
+    /// The descriptor's entries: key, and where the value comes from.
+    pub descriptor: Vec<(String, KeyPart)>,
+    /// How much one request counts.
+    pub hits_addend: u32,
+}
+
+/// A rate limit service, compiled.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its name.
+    pub name: String,
+    /// The Envoy cluster.
+    pub cluster: String,
+    /// How long a request waits.
+    pub timeout: Duration,
+    /// What each kind of failure does.
+    pub on_failure: FailurePolicy,
+}
+
+/// Why a service call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No service answered.
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// A gRPC error status.
+    Error,
+    /// An answer that cannot be read or says nothing.
+    InvalidAnswer,
+}
+
+impl Failure {
+    /// Its name in metrics, logs and replies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Unreachable => "unreachable",
+            Failure::Timeout => "timeout",
+            Failure::Error => "error",
+            Failure::InvalidAnswer => "invalid_answer",
+        }
+    }
+}
+
+/// What each kind of failure does, compiled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// See [`FailurePolicyConfig::unreachable`].
+    pub unreachable: FailureMode,
+    /// See [`FailurePolicyConfig::timeout`].
+    pub timeout: FailureMode,
+    /// See [`FailurePolicyConfig::error`].
+    pub error: FailureMode,
+    /// See [`FailurePolicyConfig::invalid_answer`].
+    pub invalid_answer: FailureMode,
+}
+
+impl FailurePolicy {
+    /// What `failure` does.
+    pub fn mode(&self, failure: Failure) -> FailureMode {
+        match failure {
+            Failure::Unreachable => self.unreachable,
+            Failure::Timeout => self.timeout,
+            Failure::Error => self.error,
+            Failure::InvalidAnswer => self.invalid_answer,
+        }
+    }
+}
+
 /// The configuration, compiled.
 #[derive(Debug, Clone)]
 pub struct Compiled {
-    /// Every rule, in order.
+    /// Every local rule, in order.
     pub rules: Vec<Rule>,
+    /// Every global rule, in order.
+    pub global_rules: Vec<GlobalRule>,
+    /// The services global rules call.
+    pub services: Vec<Service>,
     /// See [`RateLimitConfig::trusted_proxies`].
     pub trusted_proxies: u32,
     /// See [`RateLimitConfig::headers`].
@@ -170,20 +340,29 @@ impl RateLimitConfig {
                 .field("status")
                 .error(format!("must be a 4xx or 5xx status, got {status}")));
         }
-        let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
+        let services = compile_services(&self.services, &root.field("services"))?;
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut global_rules: Vec<GlobalRule> = Vec::new();
+        let mut names: Vec<String> = Vec::with_capacity(self.rules.len());
         for (i, rule) in self.rules.into_iter().enumerate() {
             let at = root.field("rules").index(i);
-            let compiled = compile_rule(rule, max_keys, &at)?;
-            if rules.iter().any(|r| r.name == compiled.name) {
-                return Err(at.field("name").error(format!(
-                    "{} names an earlier rule too",
-                    quoted(&compiled.name)
-                )));
+            check_name(&rule.name, &at.field("name"))?;
+            if names.contains(&rule.name) {
+                return Err(at
+                    .field("name")
+                    .error(format!("{} names an earlier rule too", quoted(&rule.name))));
             }
-            rules.push(compiled);
+            names.push(rule.name.clone());
+            if rule.global.is_some() {
+                global_rules.push(compile_global_rule(rule, &self.services, &services, &at)?);
+            } else {
+                rules.push(compile_rule(rule, max_keys, &at)?);
+            }
         }
         Ok(Compiled {
             rules,
+            global_rules,
+            services,
             trusted_proxies: self.trusted_proxies,
             dialect: self.headers,
             shadow: self.shadow,
@@ -193,49 +372,190 @@ impl RateLimitConfig {
     }
 }
 
-fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule, ConfigError> {
-    check_name(&rule.name, &at.field("name"))?;
+fn compile_services(
+    written: &NamedMap<ServiceConfig>,
+    at: &FieldPath,
+) -> Result<Vec<Service>, ConfigError> {
+    let mut services = Vec::with_capacity(written.len());
+    for (name, service) in written.iter() {
+        let at = at.field(name);
+        check_name(name, &at)?;
+        if service.cluster.is_empty() || service.cluster.len() > MAX_CLUSTER_NAME {
+            return Err(at.field("cluster").error(format!(
+                "must be an Envoy cluster name of 1 to {MAX_CLUSTER_NAME} bytes"
+            )));
+        }
+        check_domain(&service.domain, &at.field("domain"))?;
+        let timeout = service
+            .timeout
+            .map_or(DEFAULT_SERVICE_TIMEOUT, ConfigDuration::get);
+        if timeout < Duration::from_millis(1) || timeout > MAX_SERVICE_TIMEOUT {
+            return Err(at.field("timeout").error(format!(
+                "must be from 1ms to {}s (Envoy counts whole milliseconds)",
+                MAX_SERVICE_TIMEOUT.as_secs()
+            )));
+        }
+        let failure = &service.on_failure;
+        services.push(Service {
+            name: name.to_owned(),
+            cluster: service.cluster.clone(),
+            timeout,
+            on_failure: FailurePolicy {
+                unreachable: failure.unreachable,
+                timeout: failure.timeout,
+                error: failure.error,
+                invalid_answer: failure.invalid_answer,
+            },
+        });
+    }
+    Ok(services)
+}
+
+fn check_domain(domain: &str, at: &FieldPath) -> Result<(), ConfigError> {
+    if domain.is_empty() {
+        return Err(at.error("must not be empty (the service reads its limits by domain)"));
+    }
+    Ok(())
+}
+
+fn compile_global_rule(
+    rule: RuleConfig,
+    written: &NamedMap<ServiceConfig>,
+    services: &[Service],
+    at: &FieldPath,
+) -> Result<GlobalRule, ConfigError> {
     let matcher = RouteMatcher::compile(&rule.route, &at.field("match"))?;
-    if rule.key.is_empty() {
+    if rule.key.is_some() {
+        return Err(at
+            .field("key")
+            .error("a global rule has no key: its descriptor says what it counts"));
+    }
+    if rule.limit.is_some() {
+        return Err(at
+            .field("limit")
+            .error("a global rule has no limit: its service holds the limits"));
+    }
+    let Some(global) = rule.global else {
+        return Err(at.field("global").error("missing"));
+    };
+    let at = at.field("global");
+    let service = match &global.service {
+        Some(name) => services
+            .iter()
+            .position(|s| s.name == *name)
+            .ok_or_else(|| {
+                at.field("service")
+                    .error(format!("{} is not under services", quoted(name)))
+            })?,
+        None if services.len() == 1 => 0,
+        None if services.is_empty() => {
+            return Err(at.error("names no service, and there are none under services"));
+        }
+        None => {
+            return Err(at
+                .field("service")
+                .error("must name one of the services (there are several)"));
+        }
+    };
+    let domain = match global.domain {
+        Some(domain) => {
+            check_domain(&domain, &at.field("domain"))?;
+            domain
+        }
+        None => written
+            .iter()
+            .nth(service)
+            .map(|(_, s)| s.domain.clone())
+            .unwrap_or_default(),
+    };
+    if global.descriptor.is_empty() {
+        return Err(at.field("descriptor").error(
+            "must list at least one entry, e.g. {\"key\": \"generic_key\", \"value\": {\"literal\": \"api\"}}",
+        ));
+    }
+    let mut descriptor = Vec::with_capacity(global.descriptor.len());
+    for (i, entry) in global.descriptor.into_iter().enumerate() {
+        let entry_at = at.field("descriptor").index(i);
+        if entry.key.is_empty() {
+            return Err(entry_at.field("key").error("must not be empty"));
+        }
+        let part = compile_key_part(entry.value, &entry_at.field("value"))?;
+        descriptor.push((entry.key, part));
+    }
+    let hits_addend = global.hits_addend.unwrap_or(1);
+    if hits_addend == 0 {
+        return Err(at.field("hits_addend").error("must be at least 1"));
+    }
+    Ok(GlobalRule {
+        name: rule.name,
+        matcher,
+        service,
+        domain,
+        descriptor,
+        hits_addend,
+    })
+}
+
+/// One key part; `at` is where it is written (`rules[0].key[1]`).
+fn compile_key_part(part: KeyPartConfig, at: &FieldPath) -> Result<KeyPart, ConfigError> {
+    Ok(match part {
+        KeyPartConfig::ClientIp(options) => {
+            let ipv6_prefix = options.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+            if ipv6_prefix > 128 {
+                return Err(at
+                    .field("client_ip")
+                    .field("ipv6_prefix")
+                    .error(format!("must be from 0 to 128, got {ipv6_prefix}")));
+            }
+            KeyPart::ClientIp { ipv6_prefix }
+        }
+        KeyPartConfig::Header(name) => {
+            let name = name.to_ascii_lowercase();
+            if !filter_core::matcher::is_token(name.trim_start_matches(':')) {
+                return Err(at
+                    .field("header")
+                    .error(format!("{} is not a header name", quoted(&name))));
+            }
+            KeyPart::Header(name)
+        }
+        KeyPartConfig::Path(Empty {}) => KeyPart::Path,
+        KeyPartConfig::Method(Empty {}) => KeyPart::Method,
+        KeyPartConfig::Rule(Empty {}) => KeyPart::Rule,
+        KeyPartConfig::Route(Empty {}) => KeyPart::Route,
+        KeyPartConfig::Literal(text) => {
+            if text.is_empty() {
+                return Err(at.field("literal").error("must not be empty"));
+            }
+            KeyPart::Literal(text)
+        }
+    })
+}
+
+fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule, ConfigError> {
+    let matcher = RouteMatcher::compile(&rule.route, &at.field("match"))?;
+    let Some(parts) = rule.key else {
+        return Err(at.field("key").error(
+            "missing: a local rule needs a key (or give `global` to count at a rate limit service)",
+        ));
+    };
+    let Some(written_limit) = rule.limit else {
+        return Err(at.field("limit").error(
+            "missing: a local rule needs a limit (or give `global` to count at a rate limit service)",
+        ));
+    };
+    if parts.is_empty() {
         return Err(at
             .field("key")
             .error("must list at least one part; {\"rule\": {}} is one bucket for everyone"));
     }
-    let mut key = Vec::with_capacity(rule.key.len());
-    for (i, part) in rule.key.into_iter().enumerate() {
-        key.push(match part {
-            KeyPartConfig::ClientIp(options) => {
-                let ipv6_prefix = options.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
-                if ipv6_prefix > 128 {
-                    return Err(at
-                        .field("key")
-                        .index(i)
-                        .field("client_ip")
-                        .field("ipv6_prefix")
-                        .error(format!("must be from 0 to 128, got {ipv6_prefix}")));
-                }
-                KeyPart::ClientIp { ipv6_prefix }
-            }
-            KeyPartConfig::Header(name) => {
-                let name = name.to_ascii_lowercase();
-                if !filter_core::matcher::is_token(name.trim_start_matches(':')) {
-                    return Err(at
-                        .field("key")
-                        .index(i)
-                        .field("header")
-                        .error(format!("{} is not a header name", quoted(&name))));
-                }
-                KeyPart::Header(name)
-            }
-            KeyPartConfig::Path(Empty {}) => KeyPart::Path,
-            KeyPartConfig::Method(Empty {}) => KeyPart::Method,
-            KeyPartConfig::Rule(Empty {}) => KeyPart::Rule,
-        });
+    let mut key = Vec::with_capacity(parts.len());
+    for (i, part) in parts.into_iter().enumerate() {
+        key.push(compile_key_part(part, &at.field("key").index(i))?);
     }
     let limit_at = at.field("limit");
-    let burst = rule.limit.burst.unwrap_or(rule.limit.requests);
-    let limit =
-        Limit::new(rule.limit.requests, rule.limit.per.get(), burst).map_err(|e| match e {
+    let burst = written_limit.burst.unwrap_or(written_limit.requests);
+    let limit = Limit::new(written_limit.requests, written_limit.per.get(), burst).map_err(
+        |e| match e {
             LimitError::NoRequests => limit_at.field("requests").error(
                 "must be at least 1 (to refuse every request, use a route without upstream)",
             ),
@@ -244,7 +564,8 @@ fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule,
             LimitError::TooFast => limit_at
                 .field("per")
                 .error("is shorter than one nanosecond per request"),
-        })?;
+        },
+    )?;
     Ok(Rule {
         table: Table::new(&rule.name, max_keys),
         name: rule.name,
@@ -351,7 +672,7 @@ mod tests {
         };
         assert_eq!(
             with_key(r#"{"cookie": "x"}"#),
-            "rules[0].key[0]: unknown variant `cookie`, expected one of `client_ip`, `header`, `path`, `method`, `rule`"
+            "rules[0].key[0]: unknown variant `cookie`, expected one of `client_ip`, `header`, `path`, `method`, `rule`, `literal`, `route`"
         );
         // serde_json refuses a second member or none where one names the kind; the position
         // is what it gives.

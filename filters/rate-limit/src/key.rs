@@ -18,8 +18,13 @@ pub enum KeyPart {
     Path,
     /// The method.
     Method,
-    /// Nothing: one bucket for every request the rule matches.
+    /// Nothing: one bucket for every request the rule matches. (As a descriptor value: the
+    /// rule's name.)
     Rule,
+    /// A fixed text.
+    Literal(String),
+    /// The name of the Envoy route the request matched; absent: the rule does not apply.
+    Route,
 }
 
 /// The bytes of a request's key for a rule named `rule`, every part length-prefixed so that
@@ -46,9 +51,57 @@ pub fn material(
             KeyPart::Path => push(&mut out, request.path_only().as_bytes()),
             KeyPart::Method => push(&mut out, request.method().as_bytes()),
             KeyPart::Rule => {}
+            KeyPart::Literal(text) => push(&mut out, text.as_bytes()),
+            KeyPart::Route => push(&mut out, request.route_name()?.as_bytes()),
         }
     }
     Some(out)
+}
+
+/// The text of one descriptor entry's value for a rule named `rule`, as a rate limit service
+/// sees it; `None` if it is missing or empty (the rule does not apply, as Envoy's own
+/// descriptor actions skip a descriptor with a missing header).
+///
+/// A client address is the address text; an IPv6 address outside a whole /128 is its
+/// network in CIDR form (`2001:db8:1:2::/64`), so one subscriber's addresses share a value.
+pub fn value(
+    rule: &str,
+    part: &KeyPart,
+    request: &dyn RequestView,
+    trusted_proxies: u32,
+) -> Option<String> {
+    let text = match part {
+        KeyPart::ClientIp { ipv6_prefix } => {
+            let address = client_address(request, trusted_proxies)?;
+            match address.parse::<IpAddr>() {
+                Ok(ip) => ip_text(ip, *ipv6_prefix),
+                Err(_) => address.to_owned(),
+            }
+        }
+        KeyPart::Header(name) => request.header(name)?.to_owned(),
+        KeyPart::Path => request.path_only().to_owned(),
+        KeyPart::Method => request.method().to_owned(),
+        KeyPart::Rule => rule.to_owned(),
+        KeyPart::Literal(text) => text.clone(),
+        KeyPart::Route => request.route_name()?.to_owned(),
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+/// An address as descriptor text: see [`value`].
+fn ip_text(ip: IpAddr, prefix: u8) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None if prefix >= 128 => v6.to_string(),
+            None => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                let network = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+                format!("{network}/{prefix}")
+            }
+        },
+    }
 }
 
 fn push(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -177,11 +230,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn descriptor_values_are_text() {
+        let r = peer("[2001:db8:1:2::9]:80")
+            .with_header("x-user-id", "alice")
+            .with_header("x-empty", "");
+        let v = |part: KeyPart| value("r", &part, &r, 0);
+        assert_eq!(
+            v(KeyPart::ClientIp { ipv6_prefix: 64 }).as_deref(),
+            Some("2001:db8:1:2::/64")
+        );
+        assert_eq!(
+            v(KeyPart::ClientIp { ipv6_prefix: 128 }).as_deref(),
+            Some("2001:db8:1:2::9")
+        );
+        assert_eq!(
+            value(
+                "r",
+                &KeyPart::ClientIp { ipv6_prefix: 64 },
+                &peer("10.1.2.3:9"),
+                0
+            )
+            .as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(
+            v(KeyPart::Header("x-user-id".into())).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(v(KeyPart::Header("x-empty".into())), None);
+        assert_eq!(v(KeyPart::Header("x-none".into())), None);
+        assert_eq!(v(KeyPart::Path).as_deref(), Some("/a"));
+        assert_eq!(v(KeyPart::Method).as_deref(), Some("GET"));
+        assert_eq!(v(KeyPart::Rule).as_deref(), Some("r"));
+        assert_eq!(v(KeyPart::Literal("api".into())).as_deref(), Some("api"));
+        assert_eq!(v(KeyPart::Route), None);
+        let routed = Request::new("GET", "/").with_route_name("orders");
+        assert_eq!(
+            value("r", &KeyPart::Route, &routed, 0).as_deref(),
+            Some("orders")
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn hostile_addresses_never_panic(xff in ".{0,60}", peer_text in ".{0,40}", n in 0u32..5, prefix in 0u8..=128) {
             let r = Request::new("GET", "/").with_client_address(peer_text).with_header("x-forwarded-for", xff);
             let _ = material("r", &[KeyPart::ClientIp { ipv6_prefix: prefix }], &r, n);
+            let _ = value("r", &KeyPart::ClientIp { ipv6_prefix: prefix }, &r, n);
         }
     }
 }

@@ -7,23 +7,31 @@
 //! compare-and-swap; if any refuses, none is (all or nothing). A write that loses a race undoes
 //! the writes made before it and the whole request is judged again, a bounded number of times.
 //! Answers and header fields come from one table ([`reply`]).
+//!
+//! Global rules ([`global`]) are judged by a rate limit service instead. Local rules run
+//! first: a request they refuse never costs a call. When a request passed the local rules
+//! and a global rule then refuses it (or a failed call refuses it), the local rules' charge is
+//! given back, as a refused request is charged nothing.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod gcra;
+pub mod global;
 pub mod key;
 pub mod reply;
+pub mod rls;
 pub mod table;
 
-use crate::config::{Compiled, OnContention, RateLimitConfig, Rule};
+use crate::config::{Compiled, Failure, FailureMode, OnContention, RateLimitConfig, Rule};
 use crate::gcra::{Conforming, Verdict};
-use crate::reply::RuleStatus;
+use crate::global::{Answer, Plan};
+use crate::reply::{Item, RuleStatus};
 use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
-use filter_core::decision::{Decision, HeaderEdits};
+use filter_core::decision::{Decision, GrpcResult, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::logging::{self, Throttle};
-use filter_core::metrics::{MetricKind, PerItem};
+use filter_core::metrics::{MetricId, MetricKind, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
 use filter_core::time::{Time, WorkerClock};
@@ -46,7 +54,12 @@ pub struct RateLimit {
     /// The "evicting" line of each rule (by index): when its table first pushes a busy key
     /// out, then at most once per [`EVICTING_LINE_INTERVAL`] while it goes on.
     evicting_lines: Vec<Throttle>,
+    /// The failure lines of each service (by index), one throttle per kind of failure.
+    failure_lines: Vec<[Throttle; 4]>,
 }
+
+/// At most one line per service, kind of failure and worker in this interval.
+const FAILURE_LINE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// At most one shadow-mode "would refuse" line per worker in this interval.
 const SHADOW_LINE_INTERVAL: Duration = Duration::from_secs(10);
@@ -56,10 +69,119 @@ const EVICTING_LINE_INTERVAL: Duration = Duration::from_secs(60);
 /// Keys whose fingerprint each worker remembers.
 const MEMO_SLOTS: usize = 256;
 
-/// Per-request state: the header fields to add to the response.
+/// Per-request state: the header fields to add to the response, and what a request waiting
+/// for a rate limit service carries meanwhile.
 #[derive(Debug, Default)]
 pub struct Stream {
     response_headers: Vec<(String, String)>,
+    calling: Option<Box<Calling>>,
+}
+
+/// A request waiting for its calls to rate limit services.
+#[derive(Debug)]
+struct Calling {
+    /// When the calls were made.
+    since: Time,
+    /// What each call carries.
+    plans: Vec<Plan>,
+    /// The local rules that charged the request: (rule index, key), to give back.
+    charged: Vec<(usize, KeyHash)>,
+    /// What the local rules say in the header fields.
+    local_items: Vec<Item>,
+}
+
+/// The metrics each global rule has, named `<rule>.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalRuleMetric {
+    /// Requests its service let through.
+    Allowed,
+    /// Requests its service refused.
+    Limited,
+    /// Requests its service refused, let through in shadow mode.
+    ShadowLimited,
+    /// Requests judged without it: its service's call failed.
+    Failed,
+}
+
+impl PerItem for GlobalRuleMetric {
+    const ALL: &'static [Self] = &[
+        GlobalRuleMetric::Allowed,
+        GlobalRuleMetric::Limited,
+        GlobalRuleMetric::ShadowLimited,
+        GlobalRuleMetric::Failed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            GlobalRuleMetric::Allowed => "allowed",
+            GlobalRuleMetric::Limited => "limited",
+            GlobalRuleMetric::ShadowLimited => "shadow_limited",
+            GlobalRuleMetric::Failed => "failed",
+        }
+    }
+
+    fn kind(self) -> MetricKind {
+        MetricKind::Counter
+    }
+}
+
+/// The metrics each rate limit service has, named `service.<name>.<metric>`: one per
+/// outcome of a call, and the requests refused because a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceMetric {
+    /// Calls answered `OK`.
+    Ok,
+    /// Calls answered `OVER_LIMIT`.
+    OverLimit,
+    /// Calls no service answered.
+    Unreachable,
+    /// Calls not answered in time.
+    Timeout,
+    /// Calls answered with a gRPC error status.
+    Error,
+    /// Calls whose answer could not be read.
+    InvalidAnswer,
+    /// Requests refused because a call failed (`on_failure: deny`).
+    FailureDenied,
+}
+
+impl PerItem for ServiceMetric {
+    const ALL: &'static [Self] = &[
+        ServiceMetric::Ok,
+        ServiceMetric::OverLimit,
+        ServiceMetric::Unreachable,
+        ServiceMetric::Timeout,
+        ServiceMetric::Error,
+        ServiceMetric::InvalidAnswer,
+        ServiceMetric::FailureDenied,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ServiceMetric::Ok => "ok",
+            ServiceMetric::OverLimit => "over_limit",
+            ServiceMetric::Unreachable => "unreachable",
+            ServiceMetric::Timeout => "timeout",
+            ServiceMetric::Error => "error",
+            ServiceMetric::InvalidAnswer => "invalid_answer",
+            ServiceMetric::FailureDenied => "failure_denied",
+        }
+    }
+
+    fn kind(self) -> MetricKind {
+        MetricKind::Counter
+    }
+}
+
+impl ServiceMetric {
+    fn of(failure: Failure) -> Self {
+        match failure {
+            Failure::Unreachable => ServiceMetric::Unreachable,
+            Failure::Timeout => ServiceMetric::Timeout,
+            Failure::Error => ServiceMetric::Error,
+            Failure::InvalidAnswer => ServiceMetric::InvalidAnswer,
+        }
+    }
 }
 
 /// The metrics each rule has, named `<rule>.<name>`.
@@ -130,6 +252,19 @@ enum Outcome {
     Unavailable(StoreError),
 }
 
+/// What the local rules made of a request.
+#[derive(Debug)]
+enum Local {
+    /// Every one allowed it, and was charged; what they say in the header fields.
+    Charged(Vec<Item>),
+    /// Some refused it, in shadow mode: nothing charged, the request goes on.
+    ShadowRefused(Vec<Item>),
+    /// The store failed and `on_contention` lets it through, uncounted.
+    Uncounted,
+    /// Refused.
+    Refused(LocalResponse),
+}
+
 /// The names of the rules a request is over, written only if a line is.
 struct Over<'a>(&'a [&'a Target<'a>]);
 
@@ -159,6 +294,155 @@ impl RateLimit {
                 target.rule.name,
                 target.rule.table.capacity()
             );
+        }
+    }
+
+    /// The id of a global rule's metric.
+    fn global_metric(&self, metric: GlobalRuleMetric, rule: usize) -> MetricId {
+        let base = self.config.rules.len() * RuleMetric::ALL.len();
+        MetricId(base + metric.id(rule).0)
+    }
+
+    /// The id of a service's metric.
+    fn service_metric(&self, metric: ServiceMetric, service: usize) -> MetricId {
+        let base = self.config.rules.len() * RuleMetric::ALL.len()
+            + self.config.global_rules.len() * GlobalRuleMetric::ALL.len();
+        MetricId(base + metric.id(service).0)
+    }
+
+    /// Says, at warn level, that a call failed and what that did (throttled per service and
+    /// kind of failure: an outage fails every request).
+    fn log_failure(
+        &self,
+        service: usize,
+        failure: Failure,
+        reason: &str,
+        mode: FailureMode,
+        now: Time,
+    ) {
+        let kind = match failure {
+            Failure::Unreachable => 0,
+            Failure::Timeout => 1,
+            Failure::Error => 2,
+            Failure::InvalidAnswer => 3,
+        };
+        let throttle = self.failure_lines.get(service).and_then(|t| t.get(kind));
+        let (Some(throttle), Some(config)) = (throttle, self.config.services.get(service)) else {
+            return;
+        };
+        if let Some(dropped) = throttle.admit(now) {
+            let outcome = match mode {
+                FailureMode::Allow => "allowing the request",
+                FailureMode::Deny => "refusing the request",
+            };
+            log::warn!(
+                "{}: rate limit service {} (cluster {}): {}: {reason}; {outcome}{dropped}",
+                Self::NAME,
+                config.name,
+                config.cluster,
+                failure.name()
+            );
+        }
+    }
+
+    /// Takes back a request from the local rules that charged it: a global rule or a failed
+    /// call refused it after all.
+    fn give_back(&self, charged: &[(usize, KeyHash)], env: &Env<'_>) {
+        let targets: Vec<Target<'_>> = charged
+            .iter()
+            .filter_map(|(index, key)| {
+                let rule = self.config.rules.get(*index)?;
+                Some(Target {
+                    index: *index,
+                    rule,
+                    key: *key,
+                    bucket: rule.table.bucket_key(*key),
+                })
+            })
+            .collect();
+        refund(&targets, env.store);
+    }
+
+    /// Judges the request against the local rules that apply (`targets`, not empty).
+    fn judge_locally(
+        &self,
+        targets: &[Target<'_>],
+        request: &dyn RequestView,
+        now: Time,
+        env: &Env<'_>,
+    ) -> Local {
+        let items = |verdicts: &mut dyn Iterator<Item = Verdict>| -> Vec<Item> {
+            rule_statuses(targets, verdicts)
+                .iter()
+                .map(RuleStatus::item)
+                .collect()
+        };
+        match charge(targets, now.as_nanos(), env.store) {
+            Outcome::Allowed(charged) => {
+                for (t, c) in targets.iter().zip(&charged) {
+                    env.metrics.add(RuleMetric::Allowed.id(t.index), 1);
+                    if c.evicted_busy_key {
+                        env.metrics.add(RuleMetric::Evicted.id(t.index), 1);
+                        self.log_evicting(t, now);
+                    }
+                }
+                Local::Charged(items(
+                    &mut charged.iter().map(|c| Verdict::Conforms(c.verdict)),
+                ))
+            }
+            Outcome::Refused(verdicts) => {
+                let violated: Vec<&Target<'_>> = targets
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(_, v)| !v.conforms())
+                    .map(|(t, _)| t)
+                    .collect();
+                if self.config.shadow {
+                    for t in &violated {
+                        env.metrics.add(RuleMetric::ShadowLimited.id(t.index), 1);
+                    }
+                    // What shadow mode is for, so at info; throttled, as a flood repeats it.
+                    if let Some(dropped) = self.shadow_lines.admit(now) {
+                        log::info!(
+                            "{}: shadow mode: would refuse {} {} (over {}){dropped}",
+                            Self::NAME,
+                            request.method(),
+                            request.path_only(),
+                            Over(&violated)
+                        );
+                    }
+                    return Local::ShadowRefused(items(&mut verdicts.iter().copied()));
+                }
+                for t in &violated {
+                    env.metrics.add(RuleMetric::Limited.id(t.index), 1);
+                }
+                log::debug!(
+                    "{}: refused {} {}: over {}",
+                    Self::NAME,
+                    request.method(),
+                    request.path_only(),
+                    Over(&violated)
+                );
+                Local::Refused(reply::refused(
+                    self.config.status,
+                    self.config.dialect,
+                    &items(&mut verdicts.iter().copied()),
+                    &[],
+                ))
+            }
+            Outcome::Unavailable(error) => {
+                for t in targets {
+                    env.metrics.add(RuleMetric::Contention.id(t.index), 1);
+                }
+                match self.config.on_contention {
+                    OnContention::Allow => Local::Uncounted,
+                    OnContention::Deny => {
+                        let reply = reply::contended().detail(error.to_string());
+                        logging::refused(Self::NAME, &reply);
+                        Local::Refused(reply)
+                    }
+                }
+            }
         }
     }
 
@@ -280,11 +564,27 @@ impl Filter for RateLimit {
     type Stream = Stream;
 
     fn config_metrics(&self) -> Vec<(String, MetricKind)> {
-        RuleMetric::defs(self.config.rules.iter().map(|r| r.name.as_str()))
+        let services: Vec<String> = self
+            .config
+            .services
+            .iter()
+            .map(|s| format!("service.{}", s.name))
+            .collect();
+        let mut defs = RuleMetric::defs(self.config.rules.iter().map(|r| r.name.as_str()));
+        defs.extend(GlobalRuleMetric::defs(
+            self.config.global_rules.iter().map(|r| r.name.as_str()),
+        ));
+        defs.extend(ServiceMetric::defs(services.iter().map(String::as_str)));
+        defs
     }
 
     fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
         let config = config.compile()?;
+        let failure_lines = config
+            .services
+            .iter()
+            .map(|_| std::array::from_fn(|_| Throttle::new(FAILURE_LINE_INTERVAL)))
+            .collect();
         let evicting_lines = config
             .rules
             .iter()
@@ -296,6 +596,7 @@ impl Filter for RateLimit {
             memo: RefCell::new(HashMemo::new(MEMO_SLOTS)),
             shadow_lines: Throttle::new(SHADOW_LINE_INTERVAL),
             evicting_lines,
+            failure_lines,
         })
     }
 
@@ -306,80 +607,172 @@ impl Filter for RateLimit {
         env: &Env<'_>,
     ) -> Decision {
         let targets = self.targets(request);
-        if targets.is_empty() {
+        let (calls, plans) = if self.config.global_rules.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            global::calls(&self.config, request)
+        };
+        if targets.is_empty() && calls.is_empty() {
             return Decision::pass();
         }
         let now = self.clock.now(env.now);
-        let headers = |verdicts: &mut dyn Iterator<Item = Verdict>| {
-            reply::headers(self.config.dialect, &rule_statuses(&targets, verdicts))
-        };
-        match charge(&targets, now.as_nanos(), env.store) {
-            Outcome::Allowed(charged) => {
-                for (t, c) in targets.iter().zip(&charged) {
-                    env.metrics.add(RuleMetric::Allowed.id(t.index), 1);
-                    if c.evicted_busy_key {
-                        env.metrics.add(RuleMetric::Evicted.id(t.index), 1);
-                        self.log_evicting(t, now);
-                    }
+        let mut local_items = Vec::new();
+        let mut charged = Vec::new();
+        if !targets.is_empty() {
+            match self.judge_locally(&targets, request, now, env) {
+                Local::Charged(items) => {
+                    local_items = items;
+                    charged = targets.iter().map(|t| (t.index, t.key)).collect();
                 }
-                stream.response_headers =
-                    headers(&mut charged.iter().map(|c| Verdict::Conforms(c.verdict)));
-                Decision::pass()
+                Local::ShadowRefused(items) => local_items = items,
+                Local::Uncounted => {}
+                Local::Refused(reply) => return Decision::Respond(reply),
             }
-            Outcome::Refused(verdicts) => {
-                let violated: Vec<&Target<'_>> = targets
-                    .iter()
-                    .zip(&verdicts)
-                    .filter(|(_, v)| !v.conforms())
-                    .map(|(t, _)| t)
-                    .collect();
-                if self.config.shadow {
-                    for t in &violated {
-                        env.metrics.add(RuleMetric::ShadowLimited.id(t.index), 1);
+        }
+        if calls.is_empty() {
+            stream.response_headers = reply::headers(self.config.dialect, &local_items);
+            return Decision::pass();
+        }
+        stream.calling = Some(Box::new(Calling {
+            since: now,
+            plans,
+            charged,
+            local_items,
+        }));
+        Decision::Call(calls)
+    }
+
+    fn on_call_response(
+        &self,
+        stream: &mut Stream,
+        request: &dyn RequestView,
+        results: Vec<GrpcResult>,
+        env: &Env<'_>,
+    ) -> Decision {
+        let Some(calling) = stream.calling.take() else {
+            return Decision::pass();
+        };
+        let now = self.clock.now(env.now);
+        let elapsed = now.since(calling.since);
+        let mut items = calling.local_items;
+        let mut over: Vec<&str> = Vec::new();
+        let mut over_without_item: Vec<&str> = Vec::new();
+        let mut request_headers = Vec::new();
+        let mut response_headers = Vec::new();
+        let mut denied: Option<String> = None;
+        for (plan, result) in calling.plans.iter().zip(results) {
+            let Some(service) = self.config.services.get(plan.service) else {
+                continue;
+            };
+            let service_metric = |m: ServiceMetric| self.service_metric(m, plan.service);
+            match global::answer(result, elapsed, service.timeout, plan.rules.len()) {
+                Answer::Judged {
+                    over: call_over,
+                    statuses,
+                    request_headers: to_request,
+                    response_headers: to_response,
+                } => {
+                    let outcome = if call_over {
+                        ServiceMetric::OverLimit
+                    } else {
+                        ServiceMetric::Ok
+                    };
+                    env.metrics.add(service_metric(outcome), 1);
+                    request_headers.extend(to_request);
+                    response_headers.extend(to_response);
+                    for (at, rule_index) in plan.rules.iter().enumerate() {
+                        let Some(rule) = self.config.global_rules.get(*rule_index) else {
+                            continue;
+                        };
+                        let status = statuses.get(at);
+                        // Without statuses, an over-limit answer refuses every rule it carried.
+                        let rule_over = match status {
+                            Some(status) => status.code == rls::CODE_OVER_LIMIT,
+                            None => call_over,
+                        };
+                        match status.and_then(|s| reply::service_item(&rule.name, s)) {
+                            Some(item) => items.push(item),
+                            None if rule_over => over_without_item.push(&rule.name),
+                            None => {}
+                        }
+                        let metric = if !rule_over {
+                            GlobalRuleMetric::Allowed
+                        } else if self.config.shadow {
+                            GlobalRuleMetric::ShadowLimited
+                        } else {
+                            GlobalRuleMetric::Limited
+                        };
+                        env.metrics.add(self.global_metric(metric, *rule_index), 1);
+                        if rule_over {
+                            over.push(&rule.name);
+                        }
                     }
-                    // What shadow mode is for, so at info; throttled, as a flood repeats it.
-                    if let Some(dropped) = self.shadow_lines.admit(now) {
-                        log::info!(
-                            "{}: shadow mode: would refuse {} {} (over {}){dropped}",
-                            Self::NAME,
-                            request.method(),
-                            request.path_only(),
-                            Over(&violated)
-                        );
+                }
+                Answer::Failed(failure, reason) => {
+                    env.metrics
+                        .add(service_metric(ServiceMetric::of(failure)), 1);
+                    for rule_index in &plan.rules {
+                        let metric = self.global_metric(GlobalRuleMetric::Failed, *rule_index);
+                        env.metrics.add(metric, 1);
                     }
-                    stream.response_headers = headers(&mut verdicts.iter().copied());
-                    return Decision::pass();
+                    let mode = service.on_failure.mode(failure);
+                    self.log_failure(plan.service, failure, &reason, mode, now);
+                    if mode == FailureMode::Deny && denied.is_none() {
+                        env.metrics
+                            .add(service_metric(ServiceMetric::FailureDenied), 1);
+                        denied = Some(format!(
+                            "rate limit service {}: {}: {reason}",
+                            service.name,
+                            failure.name()
+                        ));
+                    }
                 }
-                for t in &violated {
-                    env.metrics.add(RuleMetric::Limited.id(t.index), 1);
+            }
+        }
+        if !over.is_empty() {
+            if self.config.shadow {
+                if let Some(dropped) = self.shadow_lines.admit(now) {
+                    log::info!(
+                        "{}: shadow mode: would refuse {} {} (over {}){dropped}",
+                        Self::NAME,
+                        request.method(),
+                        request.path_only(),
+                        over.join(", ")
+                    );
                 }
+            } else {
+                self.give_back(&calling.charged, env);
                 log::debug!(
                     "{}: refused {} {}: over {}",
                     Self::NAME,
                     request.method(),
                     request.path_only(),
-                    Over(&violated)
+                    over.join(", ")
                 );
-                Decision::Respond(reply::refused(
+                let mut reply = reply::refused(
                     self.config.status,
                     self.config.dialect,
-                    &rule_statuses(&targets, verdicts.iter().copied()),
-                ))
-            }
-            Outcome::Unavailable(error) => {
-                for t in &targets {
-                    env.metrics.add(RuleMetric::Contention.id(t.index), 1);
+                    &items,
+                    &over_without_item,
+                );
+                for (name, value) in response_headers {
+                    reply = reply.header(name, value);
                 }
-                match self.config.on_contention {
-                    OnContention::Allow => Decision::pass(),
-                    OnContention::Deny => {
-                        let reply = reply::contended().detail(error.to_string());
-                        logging::refused(Self::NAME, &reply);
-                        Decision::Respond(reply)
-                    }
-                }
+                return Decision::Respond(reply);
             }
         }
+        if let Some(detail) = denied {
+            self.give_back(&calling.charged, env);
+            let reply = reply::service_failed(&detail);
+            logging::refused(Self::NAME, &reply);
+            return Decision::Respond(reply);
+        }
+        stream.response_headers = reply::headers(self.config.dialect, &items);
+        stream.response_headers.extend(response_headers);
+        Decision::Continue(RequestEdits::from(HeaderEdits {
+            remove: Vec::new(),
+            set: request_headers,
+        }))
     }
 
     fn wants_response(&self, stream: &Stream) -> bool {

@@ -23,6 +23,7 @@
 
 use crate::config::Dialect;
 use crate::gcra::{Limit, Verdict, whole_seconds, whole_seconds_at_least_one};
+use crate::rls;
 use filter_core::decision::LocalResponse;
 
 /// One rule's verdict on a request, for the header fields.
@@ -44,6 +45,68 @@ impl RuleStatus<'_> {
             Verdict::Conforms(conforming) => whole_seconds(conforming.reset),
         }
     }
+
+    /// What the header fields say of it.
+    pub fn item(&self) -> Item {
+        let (q, w) = quota(self.limit);
+        Item {
+            name: self.name.to_owned(),
+            q,
+            w,
+            r: u64::from(self.verdict.remaining()),
+            t: self.t(),
+            limit: u64::from(self.limit.burst()),
+            retry_after: self.verdict.retry_after().map(whole_seconds_at_least_one),
+        }
+    }
+}
+
+/// What the header fields say of one rule: a local rule's verdict, or what a rate limit
+/// service reported for a global rule's descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The rule's name.
+    pub name: String,
+    /// Requests per `w` seconds.
+    pub q: u128,
+    /// The window, in whole seconds.
+    pub w: u64,
+    /// Requests that may still pass.
+    pub r: u64,
+    /// Seconds until the rule's window resets (or, when refused, until it lets one through).
+    pub t: u64,
+    /// `X-RateLimit-Limit` in the legacy fields.
+    pub limit: u64,
+    /// When refused: whole seconds until a request may pass, at least 1.
+    pub retry_after: Option<u64>,
+}
+
+/// What a service's status for a global rule's descriptor says, if it says enough (a limit
+/// with a fixed unit). A month or a year has no fixed length, so such a limit gets no
+/// fields.
+pub fn service_item(rule: &str, status: &rls::DescriptorStatus) -> Option<Item> {
+    let limit = status.current_limit.as_ref()?;
+    let w = rls::unit_seconds(limit.unit)?;
+    let reset = status
+        .duration_until_reset
+        .as_ref()
+        .and_then(rls::Duration::to_std)
+        .map_or(0, whole_seconds);
+    let over = status.code == rls::CODE_OVER_LIMIT;
+    let retry_after = over.then(|| reset.max(1));
+    Some(Item {
+        name: rule.to_owned(),
+        q: u128::from(limit.requests_per_unit),
+        w,
+        r: if over {
+            0
+        } else {
+            u64::from(status.limit_remaining)
+        },
+        t: retry_after.unwrap_or(reset),
+        limit: u64::from(limit.requests_per_unit),
+        retry_after,
+    })
 }
 
 /// `q` and `w` of `RateLimit-Policy`.
@@ -53,24 +116,21 @@ fn quota(limit: &Limit) -> (u128, u64) {
     (q, w)
 }
 
-/// The header fields describing `statuses`, for any response.
-pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, String)> {
-    if statuses.is_empty() {
+/// The header fields describing `items`, for any response.
+pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(String, String)> {
+    if items.is_empty() {
         return Vec::new();
     }
     match dialect {
         Dialect::None => Vec::new(),
         Dialect::Draft => {
-            let policy: Vec<String> = statuses
+            let policy: Vec<String> = items
                 .iter()
-                .map(|s| {
-                    let (q, w) = quota(s.limit);
-                    format!("\"{}\";q={q};w={w}", s.name)
-                })
+                .map(|i| format!("\"{}\";q={};w={}", i.name, i.q, i.w))
                 .collect();
-            let state: Vec<String> = statuses
+            let state: Vec<String> = items
                 .iter()
-                .map(|s| format!("\"{}\";r={};t={}", s.name, s.verdict.remaining(), s.t()))
+                .map(|i| format!("\"{}\";r={};t={}", i.name, i.r, i.t))
                 .collect();
             vec![
                 ("ratelimit-policy".to_owned(), policy.join(", ")),
@@ -78,17 +138,12 @@ pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, St
             ]
         }
         Dialect::Legacy => {
-            let closest = statuses
-                .iter()
-                .min_by_key(|s| (s.verdict.remaining(), std::cmp::Reverse(s.t())));
+            let closest = items.iter().min_by_key(|i| (i.r, std::cmp::Reverse(i.t)));
             match closest {
-                Some(s) => vec![
-                    ("x-ratelimit-limit".to_owned(), s.limit.burst().to_string()),
-                    (
-                        "x-ratelimit-remaining".to_owned(),
-                        s.verdict.remaining().to_string(),
-                    ),
-                    ("x-ratelimit-reset".to_owned(), s.t().to_string()),
+                Some(i) => vec![
+                    ("x-ratelimit-limit".to_owned(), i.limit.to_string()),
+                    ("x-ratelimit-remaining".to_owned(), i.r.to_string()),
+                    ("x-ratelimit-reset".to_owned(), i.t.to_string()),
                 ],
                 None => Vec::new(),
             }
@@ -96,21 +151,26 @@ pub fn headers(dialect: Dialect, statuses: &[RuleStatus<'_>]) -> Vec<(String, St
     }
 }
 
-/// The refusal of a request some rules refused.
-pub fn refused(status: u16, dialect: Dialect, statuses: &[RuleStatus<'_>]) -> LocalResponse {
-    let violated: Vec<&RuleStatus<'_>> =
-        statuses.iter().filter(|s| !s.verdict.conforms()).collect();
-    // The request passes only once every refusing rule would let it through.
-    let retry_after = violated
+/// The refusal of a request: `items` describe the rules that counted it (the refusing ones
+/// carry a `retry_after`); `also_over` names refusing rules no item describes (a service that
+/// sent no status for them).
+pub fn refused(status: u16, dialect: Dialect, items: &[Item], also_over: &[&str]) -> LocalResponse {
+    let violated: Vec<&str> = items
         .iter()
-        .filter_map(|s| s.verdict.retry_after())
-        .max()
-        .map_or(1, whole_seconds_at_least_one);
-    let names: Vec<String> = violated.iter().map(|s| format!("\"{}\"", s.name)).collect();
-    let mut reply = LocalResponse::new(status)
-        .header("retry-after", retry_after.to_string())
-        .header("content-type", "application/problem+json");
-    for (name, value) in headers(dialect, statuses) {
+        .filter(|i| i.retry_after.is_some())
+        .map(|i| i.name.as_str())
+        .chain(also_over.iter().copied())
+        .collect();
+    // The request passes only once every refusing rule would let it through; with nothing
+    // known of when that is, no Retry-After is promised.
+    let retry_after = items.iter().filter_map(|i| i.retry_after).max();
+    let names: Vec<String> = violated.iter().map(|n| format!("\"{n}\"")).collect();
+    let mut reply = LocalResponse::new(status);
+    if let Some(seconds) = retry_after {
+        reply = reply.header("retry-after", seconds.to_string());
+    }
+    reply = reply.header("content-type", "application/problem+json");
+    for (name, value) in headers(dialect, items) {
         reply = reply.header(name, value);
     }
     reply
@@ -134,6 +194,20 @@ pub fn contended() -> LocalResponse {
         .detail("shared data contended")
 }
 
+/// The refusal when a rate limit service call failed and its `on_failure` says `deny`;
+/// `detail` says which service and how (it names no client data).
+pub fn service_failed(detail: &str) -> LocalResponse {
+    let detail_json = serde_json::Value::from(detail).to_string();
+    LocalResponse::new(503)
+        .header("retry-after", "1")
+        .header("content-type", "application/problem+json")
+        .body(format!(
+            "{{\"type\":\"https://iana.org/assignments/http-problem-types#temporary-reduced-capacity\",\
+             \"title\":\"rate limit service unavailable\",\"status\":503,\"detail\":{detail_json}}}"
+        ))
+        .detail(detail.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,12 +215,13 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000_000_000_000;
 
-    fn status<'a>(name: &'a str, limit: &'a Limit, verdict: Verdict) -> RuleStatus<'a> {
+    fn status(name: &str, limit: &Limit, verdict: Verdict) -> Item {
         RuleStatus {
             name,
             limit,
             verdict,
         }
+        .item()
     }
 
     #[test]
@@ -184,7 +259,7 @@ mod tests {
         let second = l.decide(first, NOW).conforming().map(|c| c.next);
         let refused_verdict = l.decide(second, NOW);
         let statuses = [status("r", &l, refused_verdict)];
-        let reply = refused(429, Dialect::Draft, &statuses);
+        let reply = refused(429, Dialect::Draft, &statuses, &[]);
         assert_eq!(reply.status, 429);
         let header = |n: &str| {
             reply
