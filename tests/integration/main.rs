@@ -34,6 +34,7 @@ macro_rules! both_modules {
 
 mod circuit_breaker;
 mod dist;
+mod global_rate_limit;
 mod examples;
 mod harness;
 mod istio;

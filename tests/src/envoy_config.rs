@@ -55,6 +55,9 @@ pub struct TestEnvoyConfig {
     direct_response: bool,
     request_headers: Vec<(String, String)>,
     internal_clients: bool,
+    grpc_clusters: Vec<(String, u16)>,
+    native_filters: Vec<String>,
+    route_rate_limits: Option<String>,
 }
 
 impl TestEnvoyConfig {
@@ -69,6 +72,9 @@ impl TestEnvoyConfig {
             direct_response: false,
             request_headers: Vec::new(),
             internal_clients: false,
+            grpc_clusters: Vec::new(),
+            native_filters: Vec::new(),
+            route_rate_limits: None,
         }
     }
 
@@ -121,6 +127,26 @@ impl TestEnvoyConfig {
         self
     }
 
+    /// Adds an HTTP/2 cluster `name` reaching `127.0.0.1:port`: a gRPC service such as a rate
+    /// limit service.
+    pub fn grpc_cluster(mut self, name: &str, port: u16) -> Self {
+        self.grpc_clusters.push((name.to_owned(), port));
+        self
+    }
+
+    /// Puts a native Envoy HTTP filter before the Wasm ones: `yaml` is one list item of
+    /// `http_filters` (`name:` and `typed_config:`), indented as a top-level YAML document.
+    pub fn native_filter(mut self, yaml: &str) -> Self {
+        self.native_filters.push(yaml.to_owned());
+        self
+    }
+
+    /// The route's `rate_limits` (for Envoy's native `ratelimit` filter), as a YAML flow list.
+    pub fn route_rate_limits(mut self, flow_yaml: &str) -> Self {
+        self.route_rate_limits = Some(flow_yaml.to_owned());
+        self
+    }
+
     /// The route timeout (Envoy's default is 15 s).
     pub fn route_timeout(mut self, timeout: &str) -> Self {
         self.route_timeout = timeout.to_owned();
@@ -161,6 +187,12 @@ impl TestEnvoyConfig {
     /// The configuration as Envoy YAML.
     pub fn render(&self) -> String {
         let mut filters = String::new();
+        for native in &self.native_filters {
+            for (i, line) in native.trim().lines().enumerate() {
+                let lead = if i == 0 { "- " } else { "  " };
+                let _ = write!(filters, "\n          {lead}{line}");
+            }
+        }
         for (i, Entry { name, config, code }) in self.entries().iter().enumerate() {
             let code = match code {
                 Code::Built => format!(
@@ -218,6 +250,24 @@ impl TestEnvoyConfig {
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
             );
         }
+        for (name, port) in &self.grpc_clusters {
+            let _ = write!(
+                clusters,
+                r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
+            );
+        }
         format!(
             r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -257,8 +307,12 @@ static_resources:
             action = if self.direct_response {
                 "direct_response: { status: 200, body: { inline_string: ok } }".to_owned()
             } else {
+                let rate_limits = match &self.route_rate_limits {
+                    Some(list) => format!(", rate_limits: {list}"),
+                    None => String::new(),
+                };
                 format!(
-                    "route: {{ cluster: upstream, timeout: {} }}",
+                    "route: {{ cluster: upstream, timeout: {}{rate_limits} }}",
                     self.route_timeout
                 )
             },

@@ -9,7 +9,10 @@
 //! - the call could not be started, or ended `UNAVAILABLE` before its timeout: no service
 //!   answered ([`Failure::Unreachable`]: no such cluster, no healthy host, connection refused
 //!   or reset);
-//! - `DEADLINE_EXCEEDED`, or any failure once the timeout had passed: [`Failure::Timeout`];
+//! - `DEADLINE_EXCEEDED`, or any failure once the timeout had (all but) passed:
+//!   [`Failure::Timeout`]. Envoy reports its own timeout as `UNAVAILABLE`, so the time is
+//!   what tells the two apart; its timer may fire a little before the wall clock shows the
+//!   whole timeout gone, so the last tenth of it counts as timed out;
 //! - any other gRPC status: the service's own [`Failure::Error`];
 //! - an `OK` whose message cannot be read, or that says neither `OK` nor `OVER_LIMIT`:
 //!   [`Failure::InvalidAnswer`].
@@ -151,7 +154,7 @@ pub fn answer(
     timeout: Duration,
     descriptors: usize,
 ) -> Answer {
-    let timed_out = elapsed >= timeout;
+    let timed_out = elapsed.saturating_mul(10) >= timeout.saturating_mul(9);
     match result {
         GrpcResult::NotSent(why) => Answer::Failed(Failure::Unreachable, why),
         GrpcResult::Status(code) => {
