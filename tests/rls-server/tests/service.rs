@@ -57,9 +57,14 @@ struct Server {
 
 impl Server {
     fn start(limits: &str, redis: Option<u16>) -> Server {
+        Self::start_with(limits, redis, &[])
+    }
+
+    fn start_with(limits: &str, redis: Option<u16>, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rls-server"));
         cmd.args(["--listen", "127.0.0.1:0", "--limits"])
-            .arg(write_limits(limits));
+            .arg(write_limits(limits))
+            .args(args);
         if let Some(port) = redis {
             cmd.arg("--redis").arg(format!("redis://127.0.0.1:{port}"));
         }
@@ -269,6 +274,17 @@ async fn negative_hits_are_refused_before_anything_is_charged() {
     )
     .await;
     assert_eq!(response.statuses[0].limit_remaining, 2);
+}
+
+#[tokio::test]
+async fn delay_ms_makes_every_answer_late() {
+    let server = Server::start_with(LIMITS, None, &["--delay-ms", "600"]);
+    let mut client = server.client().await;
+    let henry = || request("test", vec![descriptor(&[("user", "henry")])]);
+    let early = tokio::time::timeout(Duration::from_millis(300), call(&mut client, henry())).await;
+    assert!(early.is_err(), "answered within 300 ms: {early:?}");
+    let late = tokio::time::timeout(Duration::from_secs(10), call(&mut client, henry())).await;
+    assert_eq!(overall(&late.unwrap()), Code::Ok);
 }
 
 #[test]
