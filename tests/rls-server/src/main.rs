@@ -46,8 +46,9 @@
 //!   unknown domain) gets `OK` with no `current_limit`.
 //! - Not supported: a descriptor's `limit` override is ignored (the file's limits apply);
 //!   `is_negative_hits` gets `INVALID_ARGUMENT` before anything is charged. A Redis failure
-//!   gets `UNAVAILABLE`, a limit whose expression cannot be evaluated `INTERNAL` (descriptors
-//!   before it stay charged).
+//!   gets `UNAVAILABLE`, a limit whose condition or variable cannot be evaluated for the
+//!   descriptor (a condition that yields no boolean, say) `INTERNAL`; descriptors before it
+//!   stay charged.
 //!
 //! # Which Limitador
 //!
@@ -67,7 +68,7 @@ mod service;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use limitador::storage::redis::AsyncRedisStorage;
 use limitador::{AsyncRateLimiter, RateLimiter};
-use service::{Limiter, MEMORY_COUNTERS, Service};
+use service::{Conditions, Limiter, MEMORY_COUNTERS, Service};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,6 +152,7 @@ async fn main() -> ExitCode {
 
 async fn run(options: Options) -> Result<(), String> {
     let limits = limits::load(&options.limits)?;
+    let conditions = Conditions::of(&limits);
     let limiter = match &options.redis {
         None => Limiter::Memory(RateLimiter::new(MEMORY_COUNTERS)),
         Some(url) => {
@@ -180,6 +182,7 @@ async fn run(options: Options) -> Result<(), String> {
 
     let service = Service {
         limiter,
+        conditions,
         delay: options.delay,
         verbose: options.verbose,
     };

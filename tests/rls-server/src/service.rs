@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use limitador::counter::Counter;
 use limitador::errors::LimitadorError;
-use limitador::limit::{Context, Limit, Namespace};
+use limitador::limit::{Context, Expression, Limit, Namespace, Predicate};
 use limitador::{AsyncRateLimiter, CheckResult, RateLimiter};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -57,9 +57,53 @@ impl Limiter {
     }
 }
 
+/// Every limit's conditions, by namespace, to evaluate before Limitador does: Limitador
+/// unwraps a condition's result (`Limit::applies`), so a condition that yields no boolean
+/// (`descriptors[0].user` alone, say) would abort the server instead of failing one call.
+#[derive(Default)]
+pub(crate) struct Conditions(HashMap<Namespace, Vec<(String, Predicate)>>);
+
+impl Conditions {
+    pub(crate) fn of(limits: &[Limit]) -> Self {
+        let mut conditions = Conditions::default();
+        for limit in limits {
+            for source in limit.conditions() {
+                // A condition about the limit itself (`limit.name == ...`) needs the binding
+                // Limitador adds per limit, which it does not export: left to Limitador.
+                let about_limit = Expression::parse(&source)
+                    .is_ok_and(|e| e.variables().iter().any(|v| v == "limit"));
+                if about_limit {
+                    continue;
+                }
+                // Limitador parsed it already, so this cannot fail.
+                if let Ok(predicate) = Predicate::parse(&source) {
+                    conditions
+                        .0
+                        .entry(limit.namespace().clone())
+                        .or_default()
+                        .push((source, predicate));
+                }
+            }
+        }
+        conditions
+    }
+
+    fn check(&self, namespace: &Namespace, ctx: &Context<'_>) -> Result<(), Status> {
+        for (source, predicate) in self.0.get(namespace).into_iter().flatten() {
+            if let Err(e) = predicate.test(ctx) {
+                return Err(Status::internal(format!(
+                    "the condition `{source}` cannot be evaluated for this descriptor: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The gRPC service.
 pub(crate) struct Service {
     pub(crate) limiter: Limiter,
+    pub(crate) conditions: Conditions,
     /// Every answer waits this long first (for tests of a slow service).
     pub(crate) delay: Duration,
     /// One line per request on stderr.
@@ -97,6 +141,7 @@ impl Service {
         for descriptor in &request.descriptors {
             let ctx = context(descriptor);
             let hits = hits(descriptor, request.hits_addend);
+            self.conditions.check(&namespace, &ctx)?;
             let result = self
                 .limiter
                 .check_and_update(&namespace, &ctx, hits)

@@ -287,6 +287,32 @@ async fn delay_ms_makes_every_answer_late() {
     assert_eq!(overall(&late.unwrap()), Code::Ok);
 }
 
+#[tokio::test]
+async fn a_condition_that_is_no_boolean_fails_the_call_not_the_server() {
+    let limits = format!(
+        "{LIMITS}- namespace: test\n  max_value: 1\n  seconds: 60\n  \
+         conditions: [\"descriptors[0].mood\"]\n  variables: []\n"
+    );
+    let server = Server::start(&limits, None);
+    let mut client = server.client().await;
+    let status = client
+        .should_rate_limit(request("test", vec![descriptor(&[("mood", "sunny")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal);
+    assert!(
+        status.message().contains("`descriptors[0].mood`"),
+        "{status:?}"
+    );
+    // Still serving.
+    let response = call(
+        &mut client,
+        request("test", vec![descriptor(&[("user", "ivan")])]),
+    )
+    .await;
+    assert_eq!(overall(&response), Code::Ok);
+}
+
 #[test]
 fn a_bad_limits_file_names_the_problem() {
     let path = write_limits(
