@@ -15,8 +15,9 @@
 //! - `--listen ADDR`: where to listen (default `127.0.0.1:0`; port 0 picks a free port).
 //!   Once listening, the server prints exactly one line to stdout, `listening on ADDR:PORT`.
 //! - `--redis URL`: counters in Redis (Limitador's `AsyncRedisStorage`: every check goes to
-//!   Redis, so servers on one Redis share their counters). Without it, counters are in memory
-//!   (exact, this process only).
+//!   Redis, so servers on one Redis share their counters; Redis must answer within 5 s of the
+//!   start, or the server exits with status 1). Without it, counters are in memory (exact,
+//!   this process only).
 //! - `--delay-ms N`: answer every call N ms late (tests of a slow service).
 //! - `--verbose`: one line per request on stderr.
 //!
@@ -79,6 +80,9 @@ use tonic::transport::server::TcpIncoming;
 
 const USAGE: &str = "usage: rls-server --limits FILE [--listen 127.0.0.1:0] \
                      [--redis redis://127.0.0.1:PORT] [--delay-ms N] [--verbose]";
+
+/// How long the server waits for Redis at start.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Options {
@@ -156,8 +160,16 @@ async fn run(options: Options) -> Result<(), String> {
     let limiter = match &options.redis {
         None => Limiter::Memory(RateLimiter::new(MEMORY_COUNTERS)),
         Some(url) => {
-            let storage = AsyncRedisStorage::new(url)
+            // The connection manager retries an unreachable Redis forever: a server that
+            // cannot count should say so and stop, not wait silently.
+            let storage = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, AsyncRedisStorage::new(url))
                 .await
+                .map_err(|_| {
+                    format!(
+                        "cannot use Redis at {url}: no connection within {} s",
+                        REDIS_CONNECT_TIMEOUT.as_secs()
+                    )
+                })?
                 .map_err(|e| format!("cannot use Redis at {url}: {e}"))?;
             Limiter::Redis(AsyncRateLimiter::new_with_storage(Box::new(storage)))
         }
