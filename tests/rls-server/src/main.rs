@@ -34,9 +34,10 @@
 //!   as 1 (Envoy's rule for the request's field, applied to both).
 //! - Descriptors are checked and updated one after another, each with Limitador's
 //!   `check_rate_limited_and_update` (for one descriptor, all its counters are charged or
-//!   none). A descriptor's counters are charged even when a later descriptor is over its
-//!   limit, as Envoy's own rate limit service does. A limit that applies to two descriptors of
-//!   one request is charged twice. The answer is `OVER_LIMIT` when any descriptor is over.
+//!   none). Each descriptor is charged whether or not another descriptor of the request is
+//!   over its limit, as in Envoy's own rate limit service. A limit that applies to two
+//!   descriptors of one request is charged twice. The answer is `OVER_LIMIT` when any
+//!   descriptor is over.
 //! - `statuses` has one entry per descriptor, in order: `code` (`OK` or `OVER_LIMIT`), and from
 //!   the counter closest to its limit (fewest remaining; of those, the longest until reset):
 //!   `current_limit` (`name` = the limit's `name` or empty, `requests_per_unit` = `max_value`,
@@ -46,10 +47,10 @@
 //!   `duration_until_reset` (the counter's expiry). A descriptor no limit applies to (or an
 //!   unknown domain) gets `OK` with no `current_limit`.
 //! - Not supported: a descriptor's `limit` override is ignored (the file's limits apply);
-//!   `is_negative_hits` gets `INVALID_ARGUMENT` before anything is charged. A Redis failure
-//!   gets `UNAVAILABLE`, a limit whose condition or variable cannot be evaluated for the
-//!   descriptor (a condition that yields no boolean, say) `INTERNAL`; descriptors before it
-//!   stay charged.
+//!   `is_negative_hits` gets `INVALID_ARGUMENT` before anything is charged.
+//! - Errors: a Redis failure gets `UNAVAILABLE`; a limit whose condition or variable cannot be
+//!   evaluated for the descriptor (a condition that yields no boolean, say) `INTERNAL`. The
+//!   descriptors before the failing one stay charged.
 //!
 //! # Which Limitador
 //!
