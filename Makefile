@@ -40,11 +40,14 @@ ENVOY_MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 
 export ENVOY_VERSION ENVOY_MODE IMAGE_REPO
 export ENVOY_BIN := $(abspath $(ENVOY_BIN))
+# The rate limit service and Redis that global rules are tested against (`make rls-tools`).
+export RLS_SERVER_BIN := $(abspath target/release/rls-server)
+export REDIS_SERVER_BIN := $(or $(shell command -v redis-server 2>/dev/null),/usr/bin/redis-server)
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint unit build check-imports validate-envoy integration envoy envoy-image \
         toolchain nextest binaryen bench bench-smoke bench-tools clean dist dist-tools test-compat \
-        compat-oldest
+        compat-oldest rls-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,18 +89,18 @@ validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 # The whole suite in one runner, so its summary is the last word: unit and property tests of
 # every crate, then the Envoy integration suite (plus a native-mode smoke test when the suite
 # runs in Docker).
-integration: build envoy nextest dist dist-tools $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
+integration: build envoy nextest dist dist-tools rls-tools $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
 	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p')$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
 	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
 
 # The integration suite (less the harness's own checks) on each Envoy in COMPAT_VERSIONS,
 # natively, one after another; the table goes to target/compat.md.
-test-compat: build nextest dist dist-tools $(foreach v,$(COMPAT_VERSIONS),$(call envoy_stamp,$(v))) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
+test-compat: build nextest dist dist-tools rls-tools $(foreach v,$(COMPAT_VERSIONS),$(call envoy_stamp,$(v))) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
 	cargo build --quiet --locked -p filter-tests --bin compat
 	target/debug/compat $(foreach v,$(COMPAT_VERSIONS),$(v)=$(call envoy_bin,$(v)))
 
 # The same for the oldest Envoy only (part of `make test`; the pinned one is the newest).
-compat-oldest: build nextest dist dist-tools $(call envoy_stamp,$(OLDEST_ENVOY))
+compat-oldest: build nextest dist dist-tools rls-tools $(call envoy_stamp,$(OLDEST_ENVOY))
 	cargo build --quiet --locked -p filter-tests --bin compat
 	target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(call envoy_bin,$(OLDEST_ENVOY))
 
@@ -135,6 +138,16 @@ dist-tools: ## Install docker-registry and skopeo if missing
 	@command -v docker-registry >/dev/null 2>&1 && command -v skopeo >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null; } \
 	  || { echo "docker-registry and skopeo are missing and could not be installed: apt-get install docker-registry skopeo"; exit 1; }
+
+# A real rate limit service for global rules: tests/rls-server (Envoy's RateLimitService gRPC
+# protocol over the limitador crate), with counters in memory or in Debian's redis-server, which
+# Limitador's Redis scripts need at 7 or newer (`EXPIRE ... NX`, `PEXPIRETIME`).
+rls-tools: ## Build the rate limit service (rls-server) and install redis-server 7+ if missing
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } \
+	  || { echo "redis-server is missing and could not be installed: apt-get install redis-server"; exit 1; }
+	@v="$$(redis-server --version)"; major=$$(echo "$$v" | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'); \
+	  [ "$${major:-0}" -ge 7 ] || { echo "redis-server 7 or newer is needed, found: $$v"; exit 1; }
+	cargo build --release --locked -p rls-server
 
 # BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
 bench: build envoy bench-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)

@@ -91,3 +91,23 @@ fn a_served_jwks_carries_every_generated_key() {
         .collect();
     assert_eq!(kids, ["RS256", "ES256", "EdDSA", "HS256"]);
 }
+
+#[test]
+fn rate_limit_service_and_redis_start_listen_and_stop() {
+    use filter_tests::rls::{Redis, RlsServer, Storage};
+    use std::net::TcpStream;
+    let limits = std::fs::read_to_string(filter_tests::repo_root().join("envoy/rls/limits.yaml"))
+        .expect("read envoy/rls/limits.yaml");
+    let redis = Redis::start();
+    redis.flushall();
+    let mut in_memory = RlsServer::start(&limits, Storage::Memory);
+    let on_redis = RlsServer::start(&limits, Storage::Redis(redis.port()));
+    for port in [in_memory.port(), on_redis.port()] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "port {port}"
+        );
+    }
+    in_memory.kill();
+    assert!(TcpStream::connect(("127.0.0.1", in_memory.port())).is_err());
+}

@@ -10,12 +10,15 @@
 //! - [`wasm`]: where the built modules are, and what they import.
 //! - [`oci`]: `dist/`, a local OCI registry and registry client, and Istio's image rules.
 //! - [`k8s_schema`]: Kubernetes resources checked against a CRD's schema (the Istio manifests).
+//! - [`rls`]: a real rate limit service (`rls-server`, over Limitador) and Redis for global
+//!   rules.
 
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
 pub mod k8s_schema;
 pub mod oci;
+pub mod rls;
 /// Keys generated per run and real signed JWTs (the `testkit` crate).
 pub use testkit as tokens;
 pub mod upstream;
