@@ -34,8 +34,8 @@ macro_rules! both_modules {
 
 mod circuit_breaker;
 mod dist;
-mod global_rate_limit;
 mod examples;
+mod global_rate_limit;
 mod harness;
 mod istio;
 mod jwt_auth;
