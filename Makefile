@@ -52,7 +52,7 @@ export REDIS_SERVER_BIN := $(or $(shell command -v redis-server 2>/dev/null),/us
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-run: build envoy $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Start the demo gateway (all four filters) and print curls to try; Ctrl-C stops it
+run: build envoy rls-tools $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Start the demo gateway (all four filters) and print curls to try; Ctrl-C stops it
 	@ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image)" cargo run --quiet -p filter-tests --bin gateway-demo
 
 test: lint build check-imports validate-envoy bench-smoke dist compat-oldest integration ## Everything: lint, bench smoke, the oldest Envoy, unit and integration tests against the pinned one
@@ -150,13 +150,13 @@ rls-tools: ## Build the rate limit service (rls-server) and install redis-server
 	cargo build --release --locked -p rls-server
 
 # BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
-bench: build envoy bench-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)
+bench: build envoy bench-tools rls-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)
 	cargo build --quiet --locked -p filter-tests --bin bench
 	ENVOY_BIN=$(ENVOY_BIN) target/debug/bench $(BENCH_ARGS)
 
 # The benchmark once, in seconds, so that it cannot rot; its figures are not judged (and go to
 # target/bench-smoke.md, not over a real run's table).
-bench-smoke: build envoy bench-tools ## make bench in smoke mode (seconds; judges nothing)
+bench-smoke: build envoy bench-tools rls-tools ## make bench in smoke mode (seconds; judges nothing)
 	cargo build --quiet --locked -p filter-tests --bin bench
 	ENVOY_BIN=$(ENVOY_BIN) target/debug/bench --smoke >/dev/null
 

@@ -7,6 +7,7 @@ use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{TestEnvoyConfig, yaml_files};
 use filter_tests::k8s_schema::{Crd, documents};
 use filter_tests::oci::DIST_MODULES;
+use filter_tests::rls::{RlsServer, Storage};
 use filter_tests::tokens::{Alg, Key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
@@ -342,4 +343,46 @@ fn the_gateway_plugin_runs_in_envoy() {
         .filter("gateway", &config.to_string());
     let envoy = Envoy::start(&gateway.render());
     exercise(&envoy, &issuer, &config["jwt_auth"], &upstream);
+}
+
+/// The WasmPlugin with global rules: its service is registered as gRPC (HTTP/2) under the
+/// cluster name it calls, and its configuration limits a fleet in a real Envoy whose cluster
+/// of that name reaches a real rate limit service.
+#[test]
+fn the_global_rate_limit_plugin_calls_a_registered_grpc_service() {
+    let (file, plugin) = of_kind("WasmPlugin")
+        .into_iter()
+        .find(|(_, doc)| doc["metadata"]["name"] == "rate-limit-global")
+        .expect("a WasmPlugin named rate-limit-global");
+    let config = plugin["spec"]["pluginConfig"].clone();
+    let clusters: Vec<String> = config["services"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, s)| s["cluster"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(clusters.len(), 1, "{file}");
+    let cluster = &clusters[0];
+    let (port, _) = service_entry_port(cluster);
+    assert_eq!(port["protocol"], "GRPC", "{file}: {cluster} must be HTTP/2");
+
+    let rls = RlsServer::start(
+        "- namespace: gateway\n  max_value: 3\n  seconds: 60\n  conditions: []\n  variables: [\"descriptors[0].user\"]\n",
+        Storage::Memory,
+    );
+    let upstream = Upstream::start(vec![Reply::Echo]);
+    let envoy = Envoy::start(
+        &TestEnvoyConfig::new(upstream.port())
+            .grpc_cluster(cluster, rls.port())
+            .filter("rate_limit", &config.to_string())
+            .render(),
+    );
+    let send = || {
+        client::get("/api/orders")
+            .header("x-user-id", "mesh-user")
+            .send(envoy.port("gateway"))
+            .status
+    };
+    let statuses: Vec<u16> = (0..5).map(|_| send()).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
 }

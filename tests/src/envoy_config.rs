@@ -389,8 +389,21 @@ pub fn adapt_example_keeping_free_ports(text: &str) -> String {
     adapt(text, true)
 }
 
+/// Like [`adapt_example`], but each `(from, to)` of `fixed` maps port `from` to `to` (a
+/// service the test started itself).
+pub fn adapt_example_with_ports(text: &str, fixed: &[(u16, u16)]) -> String {
+    adapt_seeded(text, false, fixed)
+}
+
 fn adapt(text: &str, keep_free_ports: bool) -> String {
-    let mut ports: BTreeMap<String, u16> = BTreeMap::new();
+    adapt_seeded(text, keep_free_ports, &[])
+}
+
+fn adapt_seeded(text: &str, keep_free_ports: bool, fixed: &[(u16, u16)]) -> String {
+    let mut ports: BTreeMap<String, u16> = fixed
+        .iter()
+        .map(|(from, to)| (from.to_string(), *to))
+        .collect();
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         out.push_str(&remap_port(line, &mut ports, keep_free_ports));

@@ -270,10 +270,12 @@ fn finish_held<F: Filter>(settled: Settled, request: &dyn RequestView) {
 }
 
 /// The answer to the gRPC call `token`; once its request has every answer, the filter decides
-/// it again, under its own HTTP context.
+/// it again, under its own HTTP context (`current` is the context the answer arrived in: the
+/// request's own, or the root's for a call made while the root context decided it).
 fn deliver_grpc<F: Filter>(
     configured: &Configured<F>,
     held: &SharedHeld<F::Stream>,
+    current: Option<u32>,
     token: u32,
     result: GrpcResult,
 ) {
@@ -285,7 +287,7 @@ fn deliver_grpc<F: Filter>(
         return;
     };
     // Fails when the stream has gone (the client left while it waited).
-    if hostcalls::set_effective_context(id).is_err() {
+    if current != Some(id) && hostcalls::set_effective_context(id).is_err() {
         return;
     }
     let Some(now) = host::now() else {
@@ -409,7 +411,7 @@ impl<F: Filter + 'static> Context for Root<F> {
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
         if let Some(configured) = self.state.clone() {
             let result = grpc_result(status_code, response_size);
-            deliver_grpc(&configured, &self.held, token, result);
+            deliver_grpc(&configured, &self.held, None, token, result);
         }
     }
 }
@@ -534,7 +536,7 @@ impl<F: Filter> Context for Stream<F> {
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
         if let Some(configured) = self.configured.clone() {
             let result = grpc_result(status_code, response_size);
-            deliver_grpc(&configured, &self.held, token, result);
+            deliver_grpc(&configured, &self.held, Some(self.id), token, result);
         }
     }
 }

@@ -10,7 +10,9 @@
 //!   a `|`, on response headers), in order, to price a filter's sequence of calls without its
 //!   logic: `get=<header>`, `now`, `metric` (one counter increment), `remove=<header>`,
 //!   `set=<header>` (value `1`), `sget=<key>` and `sset=<key>` (shared data, 200 bytes),
-//!   `prop=<a/b>` (a property; `/` separates path elements, which may hold dots).
+//!   `prop=<a/b>` (a property; `/` separates path elements, which may hold dots);
+//! - `rls:<cluster>`: one fixed `ShouldRateLimit` call to the cluster per request, the request
+//!   held until the answer is read, then resumed: the floor of a global rate-limit rule.
 #![cfg(target_arch = "wasm32")]
 #![allow(
     unsafe_code,
@@ -27,7 +29,13 @@ enum Mode {
     Noop,
     /// Calls at request headers, then at response headers.
     Ops(Rc<[Op]>, Rc<[Op]>),
+    /// A rate limit service call per request, to this cluster.
+    Rls(Rc<str>),
 }
+
+/// `RateLimitRequest { domain: "bench-wasm", descriptors: [{ entries: [{ user: user-42 }] }] }`,
+/// serialized by hand (a fixture on the bare SDK has no protobuf library).
+const RLS_REQUEST: &[u8] = b"\x0a\x0abench-wasm\x12\x11\x0a\x0f\x0a\x04user\x12\x07user-42";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
@@ -85,6 +93,10 @@ impl Mode {
         match config.trim_ascii() {
             b"" | b"one" => Some(Mode::One),
             b"noop" => Some(Mode::Noop),
+            other if other.starts_with(b"rls:") => {
+                let cluster = std::str::from_utf8(other.get(4..)?).ok()?;
+                Some(Mode::Rls(Rc::from(cluster)))
+            }
             other => {
                 let ops = std::str::from_utf8(other).ok()?.strip_prefix("ops:")?;
                 let (request, response) = ops.split_once('|').unwrap_or((ops, ""));
@@ -148,6 +160,9 @@ impl RootContext for Root {
                 metric: self.metric,
             }),
             Mode::One => Box::new(One),
+            Mode::Rls(cluster) => Box::new(Rls {
+                cluster: cluster.clone(),
+            }),
         })
     }
 
@@ -182,6 +197,38 @@ impl HttpContext for Ops {
             op.run(self.metric, proxy_wasm::types::MapType::HttpResponseHeaders);
         }
         Action::Continue
+    }
+}
+
+/// `rls:<cluster>`: a held request per rate limit service call.
+struct Rls {
+    cluster: Rc<str>,
+}
+
+impl Context for Rls {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        if status == 0 {
+            let _ = proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size);
+        }
+        let _ = proxy_wasm::hostcalls::resume_http_request();
+    }
+}
+
+impl HttpContext for Rls {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let sent = proxy_wasm::hostcalls::dispatch_grpc_call(
+            &self.cluster,
+            "envoy.service.ratelimit.v3.RateLimitService",
+            "ShouldRateLimit",
+            Vec::new(),
+            Some(RLS_REQUEST),
+            std::time::Duration::from_secs(1),
+        );
+        if sent.is_ok() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 
 use filter_tests::client;
 use filter_tests::envoy::{Envoy, Launch, Mode};
+use filter_tests::rls::{RlsServer, Storage};
 use filter_tests::tokens::{self, Alg, Key};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -108,6 +109,10 @@ struct Variant {
     status_without_token: u16,
     /// The key that signs the token every request of this variant carries.
     signer: Signer,
+    /// Whether its route goes to a cluster (a second listener of the same Envoy that answers
+    /// directly) rather than answering itself: Envoy's `ratelimit` filter does nothing on a
+    /// route without a cluster.
+    routed: bool,
 }
 
 /// The keys of the benchmark's token issuer; every variant's key set holds all of them.
@@ -248,6 +253,63 @@ fn native_local_ratelimit() -> Value {
     })
 }
 
+/// The rate limit service's cluster, and the domains the two global variants use (each its own,
+/// so the service's log shows that both called it).
+const RLS_CLUSTER: &str = "rls";
+const NATIVE_DOMAIN: &str = "bench-native";
+const WASM_DOMAIN: &str = "bench-wasm";
+
+/// Limitador limits no benchmark reaches, per user, in both domains.
+fn rls_limits() -> String {
+    [NATIVE_DOMAIN, WASM_DOMAIN]
+        .iter()
+        .map(|domain| {
+            format!(
+                "- namespace: {domain}\n  max_value: 1000000000000\n  seconds: 60\n  \
+                 conditions: []\n  variables: [\"descriptors[0].user\"]\n"
+            )
+        })
+        .collect()
+}
+
+/// A global rule for one user (a fixed descriptor, as the benchmark's requests carry no user
+/// header), counted by the service on loopback; 1 s timeout, so a slow
+/// moment of this machine is measured rather than failed open.
+fn rate_limit_global() -> Value {
+    wasm_filter(
+        "rate_limit",
+        &json!({
+            "services": { "rls": { "cluster": RLS_CLUSTER, "domain": WASM_DOMAIN, "timeout": "1s" } },
+            // Like for like: Envoy's filter adds no header fields unless asked.
+            "headers": "none",
+            "rules": [ { "name": "bench", "global": {
+                "descriptor": [ { "key": "user", "value": { "literal": "user-42" } } ],
+            } } ],
+        }),
+    )
+}
+
+/// Envoy's `ratelimit` filter with the same descriptor, against the same service.
+fn native_ratelimit() -> Value {
+    json!({
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": NATIVE_DOMAIN,
+            "timeout": "1s",
+            "rate_limit_service": {
+                "transport_api_version": "V3",
+                "grpc_service": { "envoy_grpc": { "cluster_name": RLS_CLUSTER } },
+            },
+            // Filter-level descriptors: the benchmark's routes answer directly, and
+            // route-level rate_limits live on a route to a cluster.
+            "rate_limits": [ { "actions": [ {
+                "generic_key": { "descriptor_key": "user", "descriptor_value": "user-42" },
+            } ] } ],
+        },
+    })
+}
+
 /// The four filters, in the gateway's order.
 const FOUR: [&str; 4] = filter_tests::wasm::FILTERS;
 
@@ -272,6 +334,14 @@ fn gateway(jwks: &str) -> Value {
     wasm_filter("gateway", &Value::Object(members))
 }
 
+/// `variant`, routed through a cluster (see [`Variant::routed`]).
+fn routed(variant: Variant) -> Variant {
+    Variant {
+        routed: true,
+        ..variant
+    }
+}
+
 /// The variants the performance targets are judged on and a few that explain them; `extras`
 /// adds ones measured for earlier issues.
 fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
@@ -281,6 +351,7 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
         native_peer,
         status_without_token,
         signer: Signer::Rs256,
+        routed: false,
     };
     // Uncached elliptic-curve tokens beside native jwt_authn verifying the same tokens.
     let signed = |signer, name, filters, native_peer| Variant {
@@ -421,6 +492,28 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
             None,
             200,
         ),
+        routed(v("routed, no filter", vec![], None, 200)),
+        routed(v(
+            "rate_limit, global rule (routed; service on loopback)",
+            vec![rate_limit_global()],
+            Some("native ratelimit (routed; service on loopback)"),
+            200,
+        )),
+        routed(v(
+            "rls call (bare SDK; routed; service on loopback)",
+            vec![wasm_filter(
+                "passthrough",
+                &json!(format!("rls:{RLS_CLUSTER}")),
+            )],
+            None,
+            200,
+        )),
+        routed(v(
+            "native ratelimit (routed; service on loopback)",
+            vec![native_ratelimit()],
+            None,
+            200,
+        )),
     ];
     if extras {
         all.extend([
@@ -448,7 +541,16 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
     all
 }
 
+/// The cluster routed variants go to, and the listener behind it.
+const SINK: &str = "sink";
+
 fn listener(index: usize, variant: &Variant) -> Value {
+    let mut route = json!({ "match": { "prefix": "/" } });
+    if variant.routed {
+        route["route"] = json!({ "cluster": SINK });
+    } else {
+        route["direct_response"] = json!({ "status": 200, "body": { "inline_string": "ok" } });
+    }
     let mut filters = variant.filters.clone();
     filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -469,10 +571,7 @@ fn listener(index: usize, variant: &Variant) -> Value {
                 "route_config": { "virtual_hosts": [ {
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [ {
-                        "match": { "prefix": "/" },
-                        "direct_response": { "status": 200, "body": { "inline_string": "ok" } },
-                    } ],
+                    "routes": [ route ],
                 } ] },
                 "http_filters": filters,
             },
@@ -480,12 +579,63 @@ fn listener(index: usize, variant: &Variant) -> Value {
     })
 }
 
-/// Envoy's configuration as JSON (which Envoy reads as YAML).
-fn envoy_config(variants: &[Variant]) -> String {
+/// A static cluster of one endpoint on 127.0.0.1.
+fn cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                "socket_address": { "address": "127.0.0.1", "port_value": port },
+            } } } ] } ],
+        },
+    })
+}
+
+/// Envoy's configuration as JSON (which Envoy reads as YAML), with the rate limit service's
+/// cluster (HTTP/2) at `rls_port`, and the sink routed variants go to.
+fn envoy_config(variants: &[Variant], rls_port: u16) -> String {
+    let sink_port = filter_tests::free_port();
+    let sink = Variant {
+        name: SINK,
+        filters: Vec::new(),
+        native_peer: None,
+        status_without_token: 200,
+        signer: Signer::Rs256,
+        routed: false,
+    };
+    let mut sink_listener = listener(variants.len(), &sink);
+    sink_listener["name"] = json!(SINK);
+    sink_listener["address"]["socket_address"]["port_value"] = json!(sink_port);
+    let mut listeners: Vec<Value> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| listener(i, v))
+        .collect();
+    listeners.push(sink_listener);
     json!({
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
         "static_resources": {
-            "listeners": variants.iter().enumerate().map(|(i, v)| listener(i, v)).collect::<Vec<_>>(),
+            "listeners": listeners,
+            "clusters": [ cluster(SINK, sink_port), {
+                "name": RLS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} },
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": RLS_CLUSTER,
+                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": {
+                        "socket_address": { "address": "127.0.0.1", "port_value": rls_port },
+                    } } } ] } ],
+                },
+            } ],
         },
     })
     .to_string()
@@ -656,6 +806,7 @@ fn memory_flood(plan: &Plan, jwks: &str) -> String {
         native_peer: None,
         status_without_token: 200,
         signer: Signer::Rs256,
+        routed: false,
     };
     let variants = [
         loaded("rate_limit", vec![wasm_filter("rate_limit", &per_client())]),
@@ -674,7 +825,13 @@ fn memory_flood(plan: &Plan, jwks: &str) -> String {
         cpus: None,
         log_level: "error",
     };
-    let envoy = Envoy::start_with(&Mode::native(), &envoy_config(&variants), &launch);
+    // The rate limit service the global variants call, on the load generator's side.
+    let rls = RlsServer::start(&rls_limits(), Storage::Memory);
+    let envoy = Envoy::start_with(
+        &Mode::native(),
+        &envoy_config(&variants, rls.port()),
+        &launch,
+    );
     let pid = envoy
         .pid()
         .unwrap_or_else(|| fail("Envoy's process id is unknown"));
@@ -771,7 +928,13 @@ fn main() {
         cpus: Some(envoy_core.clone()),
         log_level: "error",
     };
-    let envoy = Envoy::start_with(&Mode::native(), &envoy_config(&variants), &launch);
+    // The rate limit service the global variants call, on the load generator's side.
+    let rls = RlsServer::start(&rls_limits(), Storage::Memory);
+    let envoy = Envoy::start_with(
+        &Mode::native(),
+        &envoy_config(&variants, rls.port()),
+        &launch,
+    );
     let pid = envoy
         .pid()
         .unwrap_or_else(|| fail("Envoy's process id is unknown"));
@@ -788,6 +951,22 @@ fn main() {
             fail(&format!(
                 "{}: {status} with the token and {without} without it (expected 200 and {})",
                 v.name, v.status_without_token
+            ));
+        }
+    }
+
+    // And the global variants must really call the service (the native filter skips a route
+    // it finds no descriptors for).
+    let log = rls.log();
+    for (variant, domain) in [
+        ("rate_limit, global rule", WASM_DOMAIN),
+        ("rls call (bare SDK", WASM_DOMAIN),
+        ("native ratelimit", NATIVE_DOMAIN),
+    ] {
+        let selected = variants.iter().any(|v| v.name.starts_with(variant));
+        if selected && !log.contains(&format!("domain={domain} [user=user-42]")) {
+            fail(&format!(
+                "{variant}: the rate limit service saw no call:\n{log}"
             ));
         }
     }
@@ -922,6 +1101,29 @@ fn main() {
         let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         let _ = writeln!(sizes, "| `{module}.wasm` | {bytes} |");
     }
+    // #18's target: the global rule costs at most native ratelimit's CPU + 15 µs.
+    let global_target = match (
+        variants
+            .iter()
+            .position(|v| v.name.starts_with("rate_limit, global rule")),
+        variants
+            .iter()
+            .position(|v| v.name.starts_with("native ratelimit")),
+    ) {
+        (Some(ours), Some(native)) => {
+            let gap = med(ours, |s| s.busy_cpu_us_per_request)
+                - med(native, |s| s.busy_cpu_us_per_request);
+            let p99 = |i: usize| med(i, |s| s.p99_us);
+            format!(
+                "Global rule over native `ratelimit`, same service: {gap:+.1} µs CPU per request \
+                 (target: at most +15.0; {}); p99 {:.0} µs against {:.0} µs.\n\n",
+                if gap <= 15.0 { "met" } else { "missed" },
+                p99(ours),
+                p99(native)
+            )
+        }
+        _ => String::new(),
+    };
     let memory = memory_flood(&plan, &jwks);
     let smoke = if plan.smoke {
         " **Smoke run: the figures mean nothing.**"
@@ -931,7 +1133,7 @@ fn main() {
     let report = format!(
         "Envoy {version}, `--concurrency 1` on core {envoy_core}, load on core {load_core}; \
          {rounds} round(s); closed loop, 16 connections, for {closed} s (CPU, rps); fixed \
-         rate {rate} rps for {fixed} s (p50, p99); medians.{smoke}\n\n{table}\n\
+         rate {rate} rps for {fixed} s (p50, p99); medians.{smoke}\n\n{table}\n{global_target}\
          Envoy resident memory with every variant loaded: {idle} MiB idle, {loaded} MiB after \
          the run.\n\n{memory}\n\n| Module | Bytes |\n|---|---:|\n{sizes}",
         rounds = plan.rounds,

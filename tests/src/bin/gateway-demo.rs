@@ -1,11 +1,14 @@
-//! `make run`: starts the demo gateway (`envoy/gateway.yaml`) and prints requests to try.
+//! `make run`: starts the demo gateway (`envoy/gateway.yaml`) and a fleet of two Envoys sharing
+//! one limit through a rate limit service (`envoy/rate_limit_global.yaml` and `rls-server`
+//! with `envoy/rls/limits.yaml`), and prints requests to try.
 //!
 //! Uses the harness, so it runs Envoy the same way the tests do: in Docker when a daemon
 //! answers (or `ENVOY_MODE=docker`), else the native binary. The example's ports are kept when
 //! free and replaced otherwise. Ctrl-C stops Envoy and removes its container.
 
 use filter_tests::envoy::{Envoy, Mode};
-use filter_tests::envoy_config::adapt_example_keeping_free_ports;
+use filter_tests::envoy_config::{adapt_example_keeping_free_ports, adapt_example_with_ports};
+use filter_tests::rls::{RlsServer, Storage};
 use filter_tests::tokens::{demo_claims, demo_key};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -27,6 +30,24 @@ fn main() {
     );
     let mut envoy = Envoy::start_in(&mode, &adapt_example_keeping_free_ports(&text));
     let gateway = envoy.port("gateway");
+
+    // The fleet: one rate limit service, two Envoys calling it.
+    let root = filter_tests::repo_root();
+    let read = |path: &str| {
+        std::fs::read_to_string(root.join(path))
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    };
+    let rls = RlsServer::start(&read("envoy/rls/limits.yaml"), Storage::Memory);
+    let fleet_text = read("envoy/rate_limit_global.yaml");
+    let fleet: Vec<Envoy> = (0..2)
+        .map(|_| {
+            // Each its own listener and admin ports (the example's are remapped to free ones);
+            // both with the service's port.
+            let text = adapt_example_with_ports(&fleet_text, &[(8081, rls.port())]);
+            Envoy::start_in(&mode, &text)
+        })
+        .collect();
+    let (fleet_a, fleet_b) = (fleet[0].port("gateway"), fleet[1].port("gateway"));
 
     // The demo issuer's key is public on purpose (see envoy/gateway.yaml): demo only.
     let token = demo_key().sign(&demo_claims("demo-user", "read"));
@@ -77,9 +98,20 @@ answers for it for 10 s, and the upstream is left alone:
     -> 503 with x-circuit-breaker: flaky, x-circuit-breaker-state: open, Retry-After
   (stats: /stats?filter=circuit_breaker, wasmcustom.circuit_breaker.flaky.state is 1 while open)
 
+A fleet limit: two more Envoys (envoy/rate_limit_global.yaml) on :{fleet_a} and :{fleet_b}
+share one rate limit service (rls-server, Limitador's counting, on :{rls_port}), which allows
+each user 10 requests a minute however many Envoys ask. Alternate between the two:
+  for i in $(seq 1 12); do port=$(( i % 2 ? {fleet_a} : {fleet_b} )); curl -s -o /dev/null \
+    -w '%{{http_code}} ' http://127.0.0.1:$port/api/x -H 'x-user-id: fleet-demo'; done; echo
+    -> 200 200 200 200 200 200 200 200 200 200 429 429
+  curl -i http://127.0.0.1:{fleet_a}/api/x -H 'x-user-id: fleet-demo'
+    -> 429 with Retry-After and RateLimit-Policy: "per-user-fleet";q=10;w=60, from the
+       service's own count (rate_limit.service.fleet.* in each Envoy's /stats)
+
 
 Press Ctrl-C to stop."#,
         admin = envoy.admin_port(),
+        rls_port = rls.port(),
     );
 
     loop {
@@ -92,5 +124,7 @@ Press Ctrl-C to stop."#,
             break;
         }
     }
+    drop(fleet);
+    drop(rls);
     drop(envoy);
 }
