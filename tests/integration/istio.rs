@@ -384,5 +384,11 @@ fn the_global_rate_limit_plugin_calls_a_registered_grpc_service() {
             .status
     };
     let statuses: Vec<u16> = (0..5).map(|_| send()).collect();
-    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let clusters = envoy.admin("/clusters").text();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429],
+        "{clusters}\n{}",
+        rls.log()
+    );
 }

@@ -236,31 +236,24 @@ impl TestEnvoyConfig {
             );
         }
         let mut clusters = String::new();
-        for (name, port) in &self.clusters {
-            let _ = write!(
-                clusters,
-                r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
-            );
-        }
-        for (name, port) in &self.grpc_clusters {
-            let _ = write!(
-                clusters,
-                r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
+        let plain = self.clusters.iter().map(|(name, port)| (name, port, ""));
+        // gRPC needs HTTP/2 to the service.
+        let http2 = "
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }";
+        let grpc = self
+            .grpc_clusters
+            .iter()
+            .map(|(name, port)| (name, port, http2));
+        for (name, port, options) in plain.chain(grpc) {
+            let _ = write!(
+                clusters,
+                r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s{options}
     load_assignment:
       cluster_name: {name}
       endpoints:

@@ -125,6 +125,8 @@ pub enum CalloutResult {
 pub struct GrpcCall {
     /// The Envoy cluster (HTTP/2) of the service.
     pub cluster: String,
+    /// The call's `:authority`; `None`: the cluster's name (Envoy's default).
+    pub authority: Option<String>,
     /// The fully qualified service, e.g. `envoy.service.ratelimit.v3.RateLimitService`.
     pub service: &'static str,
     /// The method, e.g. `ShouldRateLimit`.

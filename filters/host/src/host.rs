@@ -82,6 +82,9 @@ struct GrpcService {
 struct EnvoyGrpc {
     #[prost(string, tag = "1")]
     cluster_name: String,
+    /// Empty: the cluster's name.
+    #[prost(string, tag = "2")]
+    authority: String,
 }
 
 /// Sends a unary gRPC call; its answer arrives in the `on_grpc_call_response` of the context
@@ -96,13 +99,17 @@ pub(crate) fn dispatch_grpc(call: &GrpcCall) -> Result<u32, String> {
     let service = GrpcService {
         envoy_grpc: Some(EnvoyGrpc {
             cluster_name: call.cluster.clone(),
+            authority: call.authority.clone().unwrap_or_default(),
         }),
     }
     .encode_to_vec();
     // The SDK takes the service as text; the bytes of a message need not be UTF-8, but
     // this one is: field tags and lengths below 128 are ASCII, and the name is UTF-8.
     let Ok(service) = std::str::from_utf8(&service) else {
-        return Err(format!("cluster name {} too long", call.cluster));
+        return Err(format!(
+            "cluster name {} or authority too long",
+            call.cluster
+        ));
     };
     hostcalls::dispatch_grpc_call(
         service,

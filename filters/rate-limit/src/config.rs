@@ -61,6 +61,9 @@ pub struct ServiceConfig {
     pub cluster: String,
     /// The domain its rules are sent in, unless a rule names its own.
     pub domain: String,
+    /// The calls' `:authority`: the service's host name. Default: the cluster's name (Envoy's
+    /// default), which must then be a valid authority.
+    pub authority: Option<String>,
     /// How long a request waits for the answer. Default 20ms.
     pub timeout: Option<ConfigDuration>,
     /// What each kind of failure does to the request. Default: `allow` for each.
@@ -247,6 +250,8 @@ pub struct Service {
     pub name: String,
     /// The Envoy cluster.
     pub cluster: String,
+    /// The calls' `:authority`, if not the cluster's name.
+    pub authority: Option<String>,
     /// How long a request waits.
     pub timeout: Duration,
     /// What each kind of failure does.
@@ -386,6 +391,23 @@ fn compile_services(
             )));
         }
         check_domain(&service.domain, &at.field("domain"))?;
+        match &service.authority {
+            Some(authority) if !is_authority(authority) => {
+                return Err(at.field("authority").error(format!(
+                    "{} is not a host name (RFC 3986 authority, at most {MAX_CLUSTER_NAME} bytes)",
+                    quoted(authority)
+                )));
+            }
+            // A gRPC server refuses an :authority such as Istio's `outbound|8081||host`.
+            None if !is_authority(&service.cluster) => {
+                return Err(at.field("authority").error(format!(
+                    "missing: the cluster name {} is not a valid :authority (the default), so give \
+                     the service's host name",
+                    quoted(&service.cluster)
+                )));
+            }
+            _ => {}
+        }
         let timeout = service
             .timeout
             .map_or(DEFAULT_SERVICE_TIMEOUT, ConfigDuration::get);
@@ -399,6 +421,7 @@ fn compile_services(
         services.push(Service {
             name: name.to_owned(),
             cluster: service.cluster.clone(),
+            authority: service.authority.clone(),
             timeout,
             on_failure: FailurePolicy {
                 unreachable: failure.unreachable,
@@ -409,6 +432,15 @@ fn compile_services(
         });
     }
     Ok(services)
+}
+
+/// Whether `text` can be an HTTP/2 `:authority` (RFC 3986: host and port characters).
+fn is_authority(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_CLUSTER_NAME
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@[]%".contains(&b))
 }
 
 fn check_domain(domain: &str, at: &FieldPath) -> Result<(), ConfigError> {

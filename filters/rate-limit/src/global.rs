@@ -74,6 +74,7 @@ pub fn calls(config: &Compiled, request: &dyn RequestView) -> (Vec<GrpcCall>, Ve
         move_common_addend(&mut message);
         calls.push(GrpcCall {
             cluster: service.cluster.clone(),
+            authority: service.authority.clone(),
             service: rls::SERVICE,
             method: rls::METHOD,
             message: message.encode(),

@@ -297,6 +297,19 @@ impl RateLimit {
         }
     }
 
+    /// Says, at info level, what shadow mode let through: what it is for; throttled, as a
+    /// flood repeats it.
+    fn log_shadow(&self, request: &dyn RequestView, over: impl std::fmt::Display, now: Time) {
+        if let Some(dropped) = self.shadow_lines.admit(now) {
+            log::info!(
+                "{}: shadow mode: would refuse {} {} (over {over}){dropped}",
+                Self::NAME,
+                request.method(),
+                request.path_only(),
+            );
+        }
+    }
+
     /// The id of a global rule's metric.
     fn global_metric(&self, metric: GlobalRuleMetric, rule: usize) -> MetricId {
         let base = self.config.rules.len() * RuleMetric::ALL.len();
@@ -401,16 +414,7 @@ impl RateLimit {
                     for t in &violated {
                         env.metrics.add(RuleMetric::ShadowLimited.id(t.index), 1);
                     }
-                    // What shadow mode is for, so at info; throttled, as a flood repeats it.
-                    if let Some(dropped) = self.shadow_lines.admit(now) {
-                        log::info!(
-                            "{}: shadow mode: would refuse {} {} (over {}){dropped}",
-                            Self::NAME,
-                            request.method(),
-                            request.path_only(),
-                            Over(&violated)
-                        );
-                    }
+                    self.log_shadow(request, Over(&violated), now);
                     return Local::ShadowRefused(items(&mut verdicts.iter().copied()));
                 }
                 for t in &violated {
@@ -731,15 +735,7 @@ impl Filter for RateLimit {
         }
         if !over.is_empty() {
             if self.config.shadow {
-                if let Some(dropped) = self.shadow_lines.admit(now) {
-                    log::info!(
-                        "{}: shadow mode: would refuse {} {} (over {}){dropped}",
-                        Self::NAME,
-                        request.method(),
-                        request.path_only(),
-                        over.join(", ")
-                    );
-                }
+                self.log_shadow(request, over.join(", "), now);
             } else {
                 self.give_back(&calling.charged, env);
                 log::debug!(

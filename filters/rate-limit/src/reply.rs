@@ -3,8 +3,14 @@
 //! | Decision | Status | Header fields |
 //! |---|---|---|
 //! | allowed (or shadow-refused) | the upstream's | `RateLimit-Policy` and `RateLimit` (draft 11), or `X-RateLimit-*` (legacy), or none |
-//! | refused | `status` (429) | the same, plus `Retry-After` (whole seconds, rounded up, at least 1) and `Cache-Control: no-store`; body `application/problem+json` of type `quota-exceeded` naming the violated rules |
+//! | refused (by a local rule, or a global rule's service) | `status` (429) | the same, plus `Retry-After` (whole seconds, rounded up, at least 1) and `Cache-Control: no-store`; body `application/problem+json` of type `quota-exceeded` naming the violated rules |
 //! | store contended, `on_contention: deny` | 503 | `Retry-After: 1`, `Cache-Control: no-store`; problem type `temporary-reduced-capacity` |
+//! | a rate limit service call failed, its `on_failure` says `deny` | 503 | `Retry-After: 1`, `Cache-Control: no-store`; problem type `temporary-reduced-capacity`, the failure in `detail` |
+//!
+//! A global rule's items come from the service's status for its descriptor ([`service_item`]):
+//! `q` is the limit's requests per unit, `w` the unit, `r` what remains, `t` the time until
+//! the window resets; a refused rule's `Retry-After` is that reset. A rule the service said
+//! nothing about has no item, and a refusal by it alone promises no `Retry-After`.
 //!
 //! gRPC callers get `RESOURCE_EXHAUSTED` for a 429 and `UNAVAILABLE` for a 503 (the shared
 //! local-reply mapping).

@@ -183,6 +183,7 @@ fn a_global_rule_calls_its_service_with_the_descriptor() {
     assert_eq!(call.service, "envoy.service.ratelimit.v3.RateLimitService");
     assert_eq!(call.method, "ShouldRateLimit");
     assert_eq!(call.timeout, Duration::from_millis(50));
+    assert_eq!(call.authority, None);
     let sent = decode(call);
     assert_eq!(sent.domain, "api");
     // The default addend of 1 is left unsaid, as Envoy's own filter leaves it.
@@ -546,6 +547,8 @@ fn configuration_errors_name_the_field() {
         (r#"{"services": {"rls": {"cluster": "c", "domain": "api", "on_failure": {"slow": "deny"}}}}"#.to_owned(), "services.rls.on_failure.slow: unknown field `slow`"),
         (r#"{"services": {"rls": {"cluster": "c"}}}"#.to_owned(), "services.rls: missing field `domain`"),
         (r#"{"services": {"a b": {"cluster": "c", "domain": "d"}}}"#.to_owned(), "services.a b: \"a b\": use 1 to 64 letters"),
+        (r#"{"services": {"rls": {"cluster": "outbound|8081||rls.ns.svc", "domain": "d"}}}"#.to_owned(), "services.rls.authority: missing: the cluster name \"outbound|8081||rls.ns.svc\" is not a valid :authority"),
+        (r#"{"services": {"rls": {"cluster": "c", "domain": "d", "authority": "a b"}}}"#.to_owned(), "services.rls.authority: \"a b\" is not a host name"),
     ];
     for (json, expected) in cases {
         let error = config_error(&json);
