@@ -65,6 +65,20 @@ fn stays_inside(base: &Path, relative: &str, root: &Path) -> bool {
     at.starts_with(root)
 }
 
+/// The string literals that follow a file-naming call in `text`, each with whether it is taken
+/// from the file's own folder (`include_str!` and `include_bytes!`) rather than the crate's.
+fn named_paths_from(text: &str) -> Vec<(String, bool)> {
+    named_paths(text)
+        .into_iter()
+        .map(|path| {
+            let from_file = ["include_str!(\"", "include_bytes!(\""]
+                .iter()
+                .any(|call| text.contains(&format!("{call}{path}\"")));
+            (path, from_file)
+        })
+        .collect()
+}
+
 /// The string literals that follow a file-naming call in `text`.
 fn named_paths(text: &str) -> Vec<String> {
     const CALLS: [&str; 7] = [
@@ -104,12 +118,14 @@ fn no_test_reads_outside_the_repository() {
     let mut escapes = Vec::new();
     for file in &files {
         let text = fs::read_to_string(file).unwrap_or_default();
-        let base = base_of(file, &root);
-        for path in named_paths(&text) {
+        let crate_base = base_of(file, &root);
+        let file_base = file.parent().unwrap_or(&root).to_path_buf();
+        for (path, from_file) in named_paths_from(&text) {
+            let base = if from_file { &file_base } else { &crate_base };
             let outside = if Path::new(&path).is_absolute() {
                 Path::new(&path).starts_with(beside) && !Path::new(&path).starts_with(&root)
             } else {
-                !stays_inside(&base, &path, &root)
+                !stays_inside(base, &path, &root)
             };
             if outside {
                 escapes.push(format!("{}: {path:?}", file.display()));
@@ -142,5 +158,10 @@ fn the_scan_sees_an_escape() {
     assert_eq!(
         base_of(&crate_dir.join("tests").join("pipeline.rs"), &root),
         crate_dir
+    );
+    // An include is taken from the including file's folder, other calls from the crate's.
+    assert_eq!(
+        named_paths_from(r#"include_str!("../../x.yaml"); p.join("y")"#),
+        [("../../x.yaml".to_owned(), true), ("y".to_owned(), false)]
     );
 }
