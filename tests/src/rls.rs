@@ -55,7 +55,7 @@ impl RlsServer {
     pub fn start_delayed(limits_yaml: &str, storage: Storage, delay: Duration) -> RlsServer {
         let bin = binary(
             "RLS_SERVER_BIN",
-            &crate::repo_root().join("target/release/rls-server"),
+            &crate::repo_root().join("target/debug/rls-server"),
             "the rate limit service (rls-server)",
         );
         let dir = crate::envoy::fresh_dir();
