@@ -1,11 +1,12 @@
 //! The `circuit_breaker` configuration, parsed strictly and compiled once.
 
-use crate::state::Policy;
+use crate::state::{OpenInterval, Policy};
 use crate::window::Shape;
 use filter_core::config::{
     ConfigDuration, ConfigError, FieldPath, NamedMap, check_name, null_default, parse_duration,
     quoted, show_duration,
 };
+use filter_core::decision::grpc;
 use filter_core::matcher::{RouteMatchConfig, RouteMatcher, is_token};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -46,14 +47,17 @@ pub struct BreakerConfig {
     pub slow_call_duration: Option<ConfigDuration>,
     /// Percent, default 100.
     pub slow_call_rate_threshold: Option<u32>,
-    /// Default `"30s"`.
-    pub open_duration: Option<ConfigDuration>,
+    /// Default `"30s"`; a fixed duration or a growing [`OpenBackoffConfig`].
+    pub open_duration: Option<OpenDurationConfig>,
     /// Default 3.
     pub half_open_calls: Option<u32>,
     /// Default `"10s"`.
     pub half_open_timeout: Option<ConfigDuration>,
     /// Default `[500, 502, 503, 504]`.
     pub failure_statuses: Option<Vec<u16>>,
+    /// gRPC calls only; default `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`,
+    /// `RESOURCE_EXHAUSTED`.
+    pub failure_grpc_statuses: Option<Vec<GrpcCodeConfig>>,
     /// Default `enforce`.
     #[serde(default, deserialize_with = "null_default")]
     pub mode: Mode,
@@ -76,6 +80,94 @@ pub struct WindowConfig {
     pub size: WindowSize,
     /// Count windows only: calls older than this no longer count. Default `"60s"`.
     pub max_age: Option<ConfigDuration>,
+}
+
+/// `open_duration` as written: `"30s"` (fixed), or
+/// `{"initial": "5s", "multiplier": 2, "max": "5m", "jitter": 0.1}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OpenDurationConfig {
+    /// The same interval after every trip.
+    Fixed(Duration),
+    /// An interval that grows with consecutive trips.
+    Backoff(OpenBackoffConfig),
+}
+
+/// A growing open interval as written.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBackoffConfig {
+    /// The first trip's interval (required).
+    pub initial: ConfigDuration,
+    /// Growth per consecutive trip; default 2.
+    pub multiplier: Option<f64>,
+    /// The longest interval; default 10 times `initial`.
+    pub max: Option<ConfigDuration>,
+    /// The random spread, a fraction of the interval from 0 to 1; default 0.1.
+    pub jitter: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for OpenDurationConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+
+        impl<'de> Visitor<'de> for Either {
+            type Value = OpenDurationConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a duration such as \"30s\", or a backoff such as \
+                     {\"initial\": \"5s\", \"multiplier\": 2, \"max\": \"5m\"}",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                parse_duration(text)
+                    .map(OpenDurationConfig::Fixed)
+                    .map_err(E::custom)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                // The map access as given keeps the field path for errors inside it.
+                OpenBackoffConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(OpenDurationConfig::Backoff)
+            }
+        }
+
+        deserializer.deserialize_any(Either)
+    }
+}
+
+/// A gRPC status code as written: its canonical name (`"UNAVAILABLE"`) or its number (`14`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcCodeConfig {
+    /// A name, checked when compiled.
+    Name(String),
+    /// A number, checked when compiled.
+    Number(u64),
+}
+
+impl<'de> Deserialize<'de> for GrpcCodeConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Code;
+
+        impl Visitor<'_> for Code {
+            type Value = GrpcCodeConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a gRPC status code name such as \"UNAVAILABLE\" or its number")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(GrpcCodeConfig::Name(text.to_owned()))
+            }
+
+            fn visit_u64<E: de::Error>(self, code: u64) -> Result<Self::Value, E> {
+                Ok(GrpcCodeConfig::Number(code))
+            }
+        }
+
+        deserializer.deserialize_any(Code)
+    }
 }
 
 /// The kinds of window.
@@ -174,6 +266,8 @@ pub struct Breaker {
     pub policy: Policy,
     /// Statuses that are failures.
     pub failure_statuses: Vec<u16>,
+    /// gRPC status codes that are failures, for gRPC calls.
+    pub failure_grpc_statuses: Vec<u32>,
     /// Its mode.
     pub mode: Mode,
     /// The answer while open, if configured.
@@ -272,12 +366,7 @@ fn compile_breaker(b: BreakerConfig, at: &FieldPath) -> Result<Breaker, ConfigEr
             100,
             &at.field("slow_call_rate_threshold"),
         )?,
-        open_duration: duration(
-            b.open_duration,
-            Duration::from_secs(30),
-            Duration::from_millis(1)..=Duration::from_secs(86_400),
-            &at.field("open_duration"),
-        )?,
+        open: compile_open_duration(b.open_duration, &at.field("open_duration"))?,
         half_open_calls,
         half_open_timeout: duration(
             b.half_open_timeout,
@@ -297,19 +386,109 @@ fn compile_breaker(b: BreakerConfig, at: &FieldPath) -> Result<Breaker, ConfigEr
                 .error(format!("{status} is not an HTTP status")));
         }
     }
+    let failure_grpc_statuses = match b.failure_grpc_statuses {
+        None => DEFAULT_FAILURE_GRPC_STATUSES.to_vec(),
+        Some(codes) => codes
+            .iter()
+            .enumerate()
+            .map(|(i, code)| grpc_code(code, &at.field("failure_grpc_statuses").index(i)))
+            .collect::<Result<_, _>>()?,
+    };
     let fallback = match b.fallback {
         None => None,
         Some(f) => Some(compile_fallback(f, &at.field("fallback"))?),
     };
     Ok(Breaker {
-        key: format!("cb1/{}", b.name),
+        key: format!("cb2/{}", b.name),
         name: b.name,
         matcher,
         policy,
         failure_statuses,
+        failure_grpc_statuses,
         mode: b.mode,
         fallback,
     })
+}
+
+/// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, `RESOURCE_EXHAUSTED`: the server
+/// is down, slow, broken or out of capacity. Client errors (`INVALID_ARGUMENT`, `NOT_FOUND`,
+/// ...) say nothing about the upstream's health.
+pub const DEFAULT_FAILURE_GRPC_STATUSES: [u32; 5] = [14, 4, 13, 2, 8];
+
+/// The longest open interval (a day).
+const MAX_OPEN: Duration = Duration::from_secs(86_400);
+
+fn grpc_code(code: &GrpcCodeConfig, at: &FieldPath) -> Result<u32, ConfigError> {
+    match code {
+        GrpcCodeConfig::Name(name) => grpc::code_named(name).ok_or_else(|| {
+            at.error(format!(
+                "{} is not a gRPC status code name ({})",
+                quoted(name),
+                grpc::NAMES.join(", ")
+            ))
+        }),
+        GrpcCodeConfig::Number(n) => u32::try_from(*n)
+            .ok()
+            .filter(|n| grpc::name_of(*n).is_some())
+            .ok_or_else(|| at.error(format!("{n} is not a gRPC status code (0 to 16)"))),
+    }
+}
+
+fn fraction(
+    value: Option<f64>,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+    at: &FieldPath,
+) -> Result<f64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(at.error(format!(
+            "must be from {} to {}, got {v}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+fn compile_open_duration(
+    open: Option<OpenDurationConfig>,
+    at: &FieldPath,
+) -> Result<OpenInterval, ConfigError> {
+    let range = Duration::from_millis(1)..=MAX_OPEN;
+    match open {
+        None => Ok(OpenInterval::fixed(Duration::from_secs(30))),
+        Some(OpenDurationConfig::Fixed(d)) => Ok(OpenInterval::fixed(duration(
+            Some(ConfigDuration(d)),
+            d,
+            range,
+            at,
+        )?)),
+        Some(OpenDurationConfig::Backoff(b)) => {
+            let initial = duration(
+                Some(b.initial),
+                Duration::ZERO,
+                range.clone(),
+                &at.field("initial"),
+            )?;
+            let default_max = initial.saturating_mul(10).min(MAX_OPEN);
+            let max = duration(b.max, default_max, range, &at.field("max"))?;
+            if max < initial {
+                return Err(at.field("max").error(format!(
+                    "must be at least initial ({}), got {}",
+                    show_duration(initial),
+                    show_duration(max)
+                )));
+            }
+            Ok(OpenInterval {
+                initial,
+                multiplier: fraction(b.multiplier, 2.0, 1.0..=100.0, &at.field("multiplier"))?,
+                max,
+                jitter: fraction(b.jitter, 0.1, 0.0..=1.0, &at.field("jitter"))?,
+            })
+        }
+    }
 }
 
 fn compile_window(w: WindowConfig, at: &FieldPath) -> Result<Shape, ConfigError> {
@@ -412,7 +591,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b[0].policy.minimum_calls, 10);
-        assert_eq!(b[0].key, "cb1/orders");
+        assert_eq!(b[0].key, "cb2/orders");
         let d = compile(r#"{"breakers": [{"name": "d"}]}"#).unwrap();
         let p = d[0].policy;
         assert_eq!(
@@ -431,7 +610,7 @@ mod tests {
             (20, 50, 100, 3)
         );
         assert_eq!(p.slow_call_duration, Duration::from_secs(5));
-        assert_eq!(p.open_duration, Duration::from_secs(30));
+        assert_eq!(p.open, OpenInterval::fixed(Duration::from_secs(30)));
         assert_eq!(p.half_open_timeout, Duration::from_secs(10));
         assert_eq!(d[0].failure_statuses, [500, 502, 503, 504]);
         assert_eq!(d[0].mode, Mode::Enforce);
@@ -558,12 +737,81 @@ mod tests {
         );
         assert_eq!(
             error(r#""open_duration": 30"#),
-            "breakers[0].open_duration: invalid type: integer `30`, expected a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\""
+            "breakers[0].open_duration: invalid type: integer `30`, expected a duration such as \"30s\", or a backoff such as {\"initial\": \"5s\", \"multiplier\": 2, \"max\": \"5m\"}"
+        );
+        assert_eq!(
+            error(r#""open_duration": {"initial": "1s", "multplier": 2}"#),
+            "breakers[0].open_duration.multplier: unknown field `multplier`, expected one of `initial`, `multiplier`, `max`, `jitter`"
+        );
+        assert_eq!(
+            error(r#""open_duration": {"initial": 5}"#),
+            "breakers[0].open_duration.initial: invalid type: integer `5`, expected a duration: a string with a unit such as \"250ms\", \"1.5s\", \"10m\""
+        );
+        assert_eq!(
+            error(r#""open_duration": {"max": "1m"}"#),
+            "breakers[0].open_duration: missing field `initial`"
+        );
+        assert_eq!(
+            error(r#""open_duration": {"initial": "10s", "max": "5s"}"#),
+            "breakers[0].open_duration.max: must be at least initial (10s), got 5s"
+        );
+        assert_eq!(
+            error(r#""open_duration": {"initial": "1s", "multiplier": 0.5}"#),
+            "breakers[0].open_duration.multiplier: must be from 1 to 100, got 0.5"
+        );
+        assert_eq!(
+            error(r#""open_duration": {"initial": "1s", "jitter": 1.5}"#),
+            "breakers[0].open_duration.jitter: must be from 0 to 1, got 1.5"
+        );
+        assert_eq!(
+            error(r#""failure_grpc_statuses": ["UNAVAILABLE", "UNAVALABLE"]"#),
+            "breakers[0].failure_grpc_statuses[1]: \"UNAVALABLE\" is not a gRPC status code name (OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED)"
+        );
+        assert_eq!(
+            error(r#""failure_grpc_statuses": [14, 17]"#),
+            "breakers[0].failure_grpc_statuses[1]: 17 is not a gRPC status code (0 to 16)"
+        );
+        assert_eq!(
+            error(r#""failure_grpc_statuses": [true]"#),
+            "breakers[0].failure_grpc_statuses[0]: invalid type: boolean `true`, expected a gRPC status code name such as \"UNAVAILABLE\" or its number"
         );
         assert_eq!(
             error(r#""mode": "enforce", "mode": "shadow""#),
             "breakers[0].mode: appears twice; each member may appear once"
         );
+    }
+
+    #[test]
+    fn open_duration_is_fixed_or_a_backoff_and_grpc_codes_take_names_or_numbers() {
+        let b = compile(
+            r#"{"breakers": [{"name": "a", "open_duration": {"initial": "2s"},
+                "failure_grpc_statuses": ["UNAVAILABLE", 4, "INTERNAL"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b[0].policy.open,
+            OpenInterval {
+                initial: Duration::from_secs(2),
+                multiplier: 2.0,
+                max: Duration::from_secs(20),
+                jitter: 0.1,
+            }
+        );
+        assert_eq!(b[0].failure_grpc_statuses, [14, 4, 13]);
+        let b = compile(
+            r#"{"breakers": [{"name": "a",
+                "open_duration": {"initial": "1s", "multiplier": 1.5, "max": "1m", "jitter": 0}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(b[0].policy.open.multiplier, 1.5);
+        assert_eq!(b[0].policy.open.max, Duration::from_secs(60));
+        assert_eq!(b[0].policy.open.jitter, 0.0);
+        let d = compile(r#"{"breakers": [{"name": "d", "open_duration": "5s"}]}"#).unwrap();
+        assert_eq!(
+            d[0].policy.open,
+            OpenInterval::fixed(Duration::from_secs(5))
+        );
+        assert_eq!(d[0].failure_grpc_statuses, [14, 4, 13, 2, 8]);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! window) lives in shared data ([`state`], [`window`]); the request asks it for a permit with a
 //! compare-and-swap, and the response (or the stream's end, for a client that left) reports
 //! the outcome with another. Refusals and fallbacks come from one table ([`reply`]).
+//!
+//! A gRPC call (by its request's `content-type`) is judged by its `grpc-status`, where it
+//! arrives: in the response headers of a trailers-only answer, else in the trailers. Its
+//! outcome is recorded once, when that status is known (or the stream ends without one).
 #![deny(unsafe_code)]
 
 pub mod config;
@@ -15,10 +19,10 @@ pub mod window;
 use crate::config::{Breaker, CircuitBreakerConfig, Mode};
 use crate::state::{Admission, Outcome, Record, State, Transition};
 use filter_core::config::ConfigError;
-use filter_core::decision::{Decision, HeaderEdits, RequestEdits};
+use filter_core::decision::{Decision, HeaderEdits, RequestEdits, grpc};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricKind, PerItem};
-use filter_core::request::{RequestView, ResponseView};
+use filter_core::request::{RequestView, ResponseView, response_flags};
 use filter_core::store::{self, StoreError};
 use filter_core::time::WorkerClock;
 
@@ -45,12 +49,30 @@ struct Admitted {
     generation: u64,
     probe: bool,
     started: u64,
+    /// A gRPC call: judged by its `grpc-status`.
+    grpc: bool,
 }
 
 /// Per-request state.
 #[derive(Debug, Default)]
 pub struct Stream {
     admitted: Option<Admitted>,
+    /// A gRPC call whose headers came without a status: it is in the trailers, or missing.
+    awaiting_status: bool,
+}
+
+/// What a response's headers say about the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The call counts: failed or not.
+    Counts {
+        /// A failure.
+        failed: bool,
+    },
+    /// The call says nothing about the upstream.
+    Ignored,
+    /// A gRPC call's status comes later, in the trailers (or never).
+    AwaitStatus,
 }
 
 /// The metrics each breaker has, named `<breaker>.<name>`.
@@ -80,6 +102,8 @@ pub enum BreakerMetric {
     Discarded,
     /// Decisions or outcomes the shared store could not take.
     Contention,
+    /// The interval chosen at the latest trip, in milliseconds (a gauge).
+    OpenIntervalMs,
 }
 
 impl PerItem for BreakerMetric {
@@ -96,6 +120,7 @@ impl PerItem for BreakerMetric {
         BreakerMetric::ShadowRejected,
         BreakerMetric::Discarded,
         BreakerMetric::Contention,
+        BreakerMetric::OpenIntervalMs,
     ];
 
     fn name(self) -> &'static str {
@@ -112,12 +137,13 @@ impl PerItem for BreakerMetric {
             BreakerMetric::ShadowRejected => "shadow_rejected",
             BreakerMetric::Discarded => "discarded",
             BreakerMetric::Contention => "contention",
+            BreakerMetric::OpenIntervalMs => "open_interval_ms",
         }
     }
 
     fn kind(self) -> MetricKind {
         match self {
-            BreakerMetric::State => MetricKind::Gauge,
+            BreakerMetric::State | BreakerMetric::OpenIntervalMs => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
     }
@@ -137,14 +163,100 @@ fn refuse(reply: filter_core::decision::LocalResponse) -> Decision {
     Decision::Respond(reply)
 }
 
+/// How a call's response headers classify it. Envoy's own replies (a failed connection, a
+/// timeout, a reset: `code_details` other than `via_upstream`) count as failures; another
+/// filter's reply says nothing about the upstream.
+pub fn classify_headers(
+    breaker: &Breaker,
+    grpc_call: bool,
+    response: &dyn ResponseView,
+) -> Verdict {
+    let Some(status) = response.status() else {
+        return Verdict::Ignored;
+    };
+    let details = response.code_details();
+    if grpc_call {
+        if let Some(details) = details.filter(|d| *d != "via_upstream") {
+            // Envoy answers a gRPC caller's failed call itself (HTTP 200, trailers-only).
+            return if upstream_failed(details) {
+                Verdict::Counts { failed: true }
+            } else {
+                Verdict::Ignored
+            };
+        }
+        if let Some(code) = response.header("grpc-status") {
+            return Verdict::Counts {
+                failed: grpc_failed(breaker, code),
+            };
+        }
+        if status != 200 {
+            // Not a gRPC answer at all; the client maps the HTTP status to a code.
+            return Verdict::Counts {
+                failed: breaker.failure_statuses.contains(&status),
+            };
+        }
+        return Verdict::AwaitStatus;
+    }
+    let failure_status = breaker.failure_statuses.contains(&status);
+    // A 5xx may be Envoy's own reply: a failed upstream, or a later filter.
+    if !failure_status && status < 500 {
+        return Verdict::Counts { failed: false };
+    }
+    match details {
+        None | Some("via_upstream") => Verdict::Counts {
+            failed: failure_status,
+        },
+        Some(details) if upstream_failed(details) => Verdict::Counts { failed: true },
+        Some(_) => Verdict::Ignored,
+    }
+}
+
+/// Whether a `grpc-status` value is one of the breaker's failure codes. A value that is not a
+/// number is what a client reads as `UNKNOWN`.
+fn grpc_failed(breaker: &Breaker, value: &str) -> bool {
+    let code = grpc::parse_status(value.trim()).unwrap_or(grpc::UNKNOWN);
+    breaker.failure_grpc_statuses.contains(&code)
+}
+
+/// A gRPC call's verdict from its trailers: a missing status is a failure (the client reads an
+/// error it cannot act on).
+pub fn classify_trailers(breaker: &Breaker, trailers: &dyn ResponseView) -> bool {
+    trailers
+        .header("grpc-status")
+        .is_none_or(|code| grpc_failed(breaker, code))
+}
+
+/// A gRPC call that ended with its headers but without a status: the client cancelling counts
+/// as nothing; an upstream reset, a timeout or a stream that just ended is a failure.
+pub fn classify_unfinished(ending: &dyn ResponseView) -> Verdict {
+    let flags = ending.response_flags().unwrap_or(0);
+    if flags & response_flags::UPSTREAM_FAILED == 0 && flags & response_flags::CLIENT_LEFT != 0 {
+        Verdict::Ignored
+    } else {
+        Verdict::Counts { failed: true }
+    }
+}
+
 impl CircuitBreaker {
     fn now(&self, env: &Env<'_>) -> u64 {
         self.clock.now(env.now).as_nanos()
     }
 
-    /// Counts, logs and gauges the changes of state one worker made.
-    fn report(&self, index: usize, breaker: &Breaker, transitions: &[Transition], env: &Env<'_>) {
+    /// Counts, logs and gauges the changes of state one worker made at `now`.
+    fn report(
+        &self,
+        index: usize,
+        breaker: &Breaker,
+        transitions: &[Transition],
+        now: u64,
+        env: &Env<'_>,
+    ) {
         for t in transitions {
+            if let State::Open { until } = t.to {
+                let interval_ms = until.saturating_sub(now) / 1_000_000;
+                env.metrics
+                    .record(BreakerMetric::OpenIntervalMs.id(index), interval_ms);
+            }
             let which = match t.to {
                 State::Open { .. } => BreakerMetric::ToOpen,
                 State::HalfOpen { .. } => BreakerMetric::ToHalfOpen,
@@ -172,6 +284,7 @@ impl CircuitBreaker {
             return;
         };
         let now = self.now(env);
+        let draw = env.random.next_u64();
         let result = store::update(env.store, &breaker.key, MAX_ATTEMPTS, |bytes| {
             let mut record = decode(bytes, breaker);
             let mut transitions = Vec::new();
@@ -181,6 +294,7 @@ impl CircuitBreaker {
                 admitted.probe,
                 outcome,
                 now,
+                draw,
                 &mut transitions,
             );
             let write = counted.then(|| record.encode());
@@ -199,7 +313,7 @@ impl CircuitBreaker {
                 if let (true, Outcome::Call { slow: true, .. }) = (counted, outcome) {
                     env.metrics.add(BreakerMetric::Slow.id(index), 1);
                 }
-                self.report(index, breaker, &transitions, env);
+                self.report(index, breaker, &transitions, now, env);
             }
             Err(_) => env.metrics.add(BreakerMetric::Contention.id(index), 1),
         }
@@ -252,10 +366,11 @@ impl Filter for CircuitBreaker {
             Mode::Enforce | Mode::Shadow => {}
         }
         let now = self.now(env);
+        let draw = env.random.next_u64();
         let result = store::update(env.store, &breaker.key, MAX_ATTEMPTS, |bytes| {
             let mut record = decode(bytes, breaker);
             let mut transitions = Vec::new();
-            let admission = record.acquire(&breaker.policy, now, &mut transitions);
+            let admission = record.acquire(&breaker.policy, now, draw, &mut transitions);
             // Acquiring changes the record only by a change of state or a probe's permit: a
             // closed breaker's requests write nothing.
             let changed = !transitions.is_empty()
@@ -271,7 +386,7 @@ impl Filter for CircuitBreaker {
                 return Decision::pass();
             }
         };
-        self.report(index, breaker, &transitions, env);
+        self.report(index, breaker, &transitions, now, env);
         match admission {
             Admission::Permit { generation, probe } => {
                 stream.admitted = Some(Admitted {
@@ -279,6 +394,7 @@ impl Filter for CircuitBreaker {
                     generation,
                     probe,
                     started: now,
+                    grpc: request.is_grpc(),
                 });
                 let mut edits = RequestEdits::default();
                 if state != State::Closed {
@@ -306,7 +422,7 @@ impl Filter for CircuitBreaker {
     }
 
     fn wants_response(&self, stream: &Stream) -> bool {
-        stream.admitted.is_some()
+        stream.admitted.is_some() && !stream.awaiting_status
     }
 
     fn on_response(
@@ -315,50 +431,67 @@ impl Filter for CircuitBreaker {
         response: &dyn ResponseView,
         env: &Env<'_>,
     ) -> HeaderEdits {
-        let Some(admitted) = stream.admitted.take() else {
+        let Some(admitted) = stream.admitted else {
             return HeaderEdits::default();
         };
         let Some(breaker) = self.breakers.get(admitted.breaker) else {
             return HeaderEdits::default();
         };
-        let outcome = match response.status() {
-            None => Outcome::Ignored,
-            Some(status) => {
-                let failure_status = breaker.failure_statuses.contains(&status);
-                // A 5xx may be Envoy's own reply: a failed upstream, or a later filter.
-                let failed = if failure_status || status >= 500 {
-                    match response.code_details() {
-                        None | Some("via_upstream") => Some(failure_status),
-                        Some(details) if upstream_failed(details) => Some(true),
-                        Some(_) => None,
-                    }
-                } else {
-                    Some(false)
-                };
-                match failed {
-                    None => Outcome::Ignored,
-                    Some(failed) => {
-                        let took = self.now(env).saturating_sub(admitted.started);
-                        let slow = u128::from(took) > breaker.policy.slow_call_duration.as_nanos();
-                        Outcome::Call { failed, slow }
-                    }
-                }
-            }
-        };
-        self.settle(admitted, outcome, env);
+        match classify_headers(breaker, admitted.grpc, response) {
+            Verdict::AwaitStatus => stream.awaiting_status = true,
+            verdict => self.conclude(stream, verdict, env),
+        }
         HeaderEdits::default()
+    }
+
+    fn wants_trailers(&self, stream: &Stream) -> bool {
+        stream.awaiting_status
+    }
+
+    fn on_trailers(&self, stream: &mut Stream, trailers: &dyn ResponseView, env: &Env<'_>) {
+        let Some(breaker) = stream.admitted.and_then(|a| self.breakers.get(a.breaker)) else {
+            return;
+        };
+        let failed = classify_trailers(breaker, trailers);
+        self.conclude(stream, Verdict::Counts { failed }, env);
     }
 
     fn wants_end(&self, stream: &Stream) -> bool {
         stream.admitted.is_some()
     }
 
-    fn on_end(&self, stream: &mut Stream, env: &Env<'_>) {
-        // No response ever came (the client went away): the call says nothing about the
-        // upstream, but a probe must hand its permit back.
-        if let Some(admitted) = stream.admitted.take() {
-            self.settle(admitted, Outcome::Ignored, env);
-        }
+    fn on_end(&self, stream: &mut Stream, ending: &dyn ResponseView, env: &Env<'_>) {
+        let verdict = if stream.awaiting_status {
+            classify_unfinished(ending)
+        } else {
+            // No response ever came (the client went away): the call says nothing about the
+            // upstream, but a probe must hand its permit back.
+            Verdict::Ignored
+        };
+        self.conclude(stream, verdict, env);
+    }
+}
+
+impl CircuitBreaker {
+    /// Records the call's outcome, once: the stream forgets its admission.
+    fn conclude(&self, stream: &mut Stream, verdict: Verdict, env: &Env<'_>) {
+        stream.awaiting_status = false;
+        let Some(admitted) = stream.admitted.take() else {
+            return;
+        };
+        let Some(breaker) = self.breakers.get(admitted.breaker) else {
+            return;
+        };
+        let outcome = match verdict {
+            Verdict::Counts { failed } => {
+                // Slow calls are timed to the end of the call: trailers, for gRPC.
+                let took = self.now(env).saturating_sub(admitted.started);
+                let slow = u128::from(took) > breaker.policy.slow_call_duration.as_nanos();
+                Outcome::Call { failed, slow }
+            }
+            Verdict::Ignored | Verdict::AwaitStatus => Outcome::Ignored,
+        };
+        self.settle(admitted, outcome, env);
     }
 }
 

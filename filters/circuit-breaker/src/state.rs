@@ -15,6 +15,12 @@
 //! (≥). Half-open hands out `half_open_calls` permits; a probe that has not finished when
 //! `half_open_timeout` runs out counts as failed. Each change of state bumps the generation,
 //! and an outcome admitted under an older generation is discarded.
+//!
+//! How long open lasts grows with each trip that follows a failed recovery ([`OpenInterval`]:
+//! `initial × multiplier^(trips − 1)`, capped at `max`, jittered): the record counts the trips
+//! (`open_attempt`), and a close that holds for a whole window (the window's length, or a count
+//! window's `max_age`) starts the count again. The interval lives in the shared record, so every
+//! worker refuses until the same instant.
 
 use crate::window::{Counts, Shape, Window};
 use std::time::Duration;
@@ -60,8 +66,52 @@ impl State {
     }
 }
 
+/// How long open lasts on the `k`-th consecutive trip: `initial × multiplier^(k − 1)`, at most
+/// `max`, then scaled by a random factor in `[1 − jitter, 1 + jitter]` and kept within
+/// `[1 ms, max]`. A fixed interval is `multiplier` 1 and `jitter` 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenInterval {
+    /// The first trip's interval.
+    pub initial: Duration,
+    /// Growth per consecutive trip, at least 1.
+    pub multiplier: f64,
+    /// The longest interval.
+    pub max: Duration,
+    /// The random spread, a fraction from 0 to 1.
+    pub jitter: f64,
+}
+
+impl OpenInterval {
+    /// A fixed interval.
+    pub fn fixed(duration: Duration) -> Self {
+        Self {
+            initial: duration,
+            multiplier: 1.0,
+            max: duration,
+            jitter: 0.0,
+        }
+    }
+
+    /// The interval of trip `attempt` (1 for the first), with `draw` a uniformly random `u64`.
+    pub fn wait(&self, attempt: u32, draw: u64) -> Duration {
+        let max = self.max.as_secs_f64();
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        // `powi` saturates to infinity, which `min` turns into the cap.
+        let grown = (self.initial.as_secs_f64() * self.multiplier.powi(exponent)).min(max);
+        if self.jitter == 0.0 {
+            return Duration::try_from_secs_f64(grown).unwrap_or(self.max);
+        }
+        // draw / 2^64 is uniform in [0, 1); map it to [−1, 1).
+        #[allow(clippy::cast_precision_loss, reason = "53 random bits are plenty")]
+        let unit = (draw >> 11) as f64 / (1u64 << 53) as f64;
+        let factor = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        let jittered = (grown * factor).clamp(0.001, max.max(0.001));
+        Duration::try_from_secs_f64(jittered).unwrap_or(self.max)
+    }
+}
+
 /// The thresholds of one breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     /// The window closed-state outcomes go to.
     pub window: Shape,
@@ -74,20 +124,36 @@ pub struct Policy {
     /// Slow-call rate (percent, 1 to 100) that trips.
     pub slow_call_rate: u32,
     /// How long open lasts.
-    pub open_duration: Duration,
+    pub open: OpenInterval,
     /// Probes in half-open.
     pub half_open_calls: u32,
     /// How long the probes have to finish.
     pub half_open_timeout: Duration,
 }
 
-/// The shared record: state, generation and window.
+impl Policy {
+    /// How long a close must hold before the next trip counts as a first one again: the
+    /// window's length (a count window's `max_age`).
+    pub fn reset_after(&self) -> Duration {
+        match self.window {
+            Shape::Time { size } => size,
+            Shape::Count { max_age, .. } => max_age,
+        }
+    }
+}
+
+/// The shared record: state, generation, trips and window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The state.
     pub state: State,
     /// Bumped on every change of state.
     pub generation: u64,
+    /// Consecutive trips without a close that held (0 before the first): picks the open
+    /// interval.
+    pub open_attempt: u32,
+    /// When the breaker last closed after half-open (ns; 0 if never).
+    pub closed_since: u64,
     /// Closed-state outcomes.
     pub window: Window,
 }
@@ -147,6 +213,8 @@ impl Record {
         Self {
             state: State::Closed,
             generation: 0,
+            open_attempt: 0,
+            closed_since: 0,
             window: Window::empty(shape),
         }
     }
@@ -160,13 +228,25 @@ impl Record {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    fn open(&mut self, policy: &Policy, now: u64, transitions: &mut Vec<Transition>) {
-        let until = now.saturating_add(nanos(policy.open_duration));
+    /// Opens: the interval grows with each trip since the last close that held a whole
+    /// window.
+    fn open(&mut self, policy: &Policy, now: u64, draw: u64, transitions: &mut Vec<Transition>) {
+        let held = match self.state {
+            State::Closed => now.saturating_sub(self.closed_since) >= nanos(policy.reset_after()),
+            State::Open { .. } | State::HalfOpen { .. } => false,
+        };
+        self.open_attempt = if held {
+            1
+        } else {
+            self.open_attempt.saturating_add(1)
+        };
+        let wait = policy.open.wait(self.open_attempt, draw);
+        let until = now.saturating_add(nanos(wait));
         self.go(State::Open { until }, transitions);
     }
 
     /// Moves on by time alone: open ends, or half-open runs out of time.
-    fn advance(&mut self, policy: &Policy, now: u64, transitions: &mut Vec<Transition>) {
+    fn advance(&mut self, policy: &Policy, now: u64, draw: u64, transitions: &mut Vec<Transition>) {
         match self.state {
             State::Open { until } if now >= until => self.go(
                 State::HalfOpen {
@@ -180,20 +260,22 @@ impl Record {
             State::HalfOpen { since, .. }
                 if now.saturating_sub(since) >= nanos(policy.half_open_timeout) =>
             {
-                self.open(policy, now, transitions);
+                self.open(policy, now, draw, transitions);
             }
             _ => {}
         }
     }
 
-    /// Decides whether a request may go to the upstream.
+    /// Decides whether a request may go to the upstream. `draw` is a random `u64` for the
+    /// open interval's jitter, should the breaker open.
     pub fn acquire(
         &mut self,
         policy: &Policy,
         now: u64,
+        draw: u64,
         transitions: &mut Vec<Transition>,
     ) -> Admission {
-        self.advance(policy, now, transitions);
+        self.advance(policy, now, draw, transitions);
         match &mut self.state {
             State::Closed => Admission::Permit {
                 generation: self.generation,
@@ -217,7 +299,8 @@ impl Record {
     }
 
     /// Records how an admitted call ended. Returns false if its generation is gone (the
-    /// outcome was discarded).
+    /// outcome was discarded). `draw` as for [`Record::acquire`].
+    #[allow(clippy::too_many_arguments, reason = "each is one fact about the call")]
     pub fn record(
         &mut self,
         policy: &Policy,
@@ -225,9 +308,10 @@ impl Record {
         probe: bool,
         outcome: Outcome,
         now: u64,
+        draw: u64,
         transitions: &mut Vec<Transition>,
     ) -> bool {
-        self.advance(policy, now, transitions);
+        self.advance(policy, now, draw, transitions);
         if generation != self.generation {
             return false;
         }
@@ -249,7 +333,7 @@ impl Record {
                     && (at_least(c.failed, c.total, policy.failure_rate)
                         || at_least(c.slow, c.total, policy.slow_call_rate))
                 {
-                    self.open(policy, now, transitions);
+                    self.open(policy, now, draw, transitions);
                 }
             }
             State::HalfOpen { probes, .. } => {
@@ -262,14 +346,15 @@ impl Record {
                 if at_least(p.failed, all, policy.failure_rate)
                     || at_least(p.slow, all, policy.slow_call_rate)
                 {
-                    self.open(policy, now, transitions);
+                    self.open(policy, now, draw, transitions);
                 } else if p.total >= all {
                     if at_least(p.failed, p.total, policy.failure_rate)
                         || at_least(p.slow, p.total, policy.slow_call_rate)
                     {
-                        self.open(policy, now, transitions);
+                        self.open(policy, now, draw, transitions);
                     } else {
                         self.window = Window::empty(policy.window);
+                        self.closed_since = now;
                         self.go(State::Closed, transitions);
                     }
                 }
@@ -281,8 +366,10 @@ impl Record {
 
     /// The record's bytes in shared data.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(80);
         out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.open_attempt.to_le_bytes());
+        out.extend_from_slice(&self.closed_since.to_le_bytes());
         match self.state {
             State::Closed => out.push(0),
             State::Open { until } => {
@@ -308,6 +395,8 @@ impl Record {
     /// Reads a record; `None` if malformed (the caller starts closed).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let (generation, rest) = bytes.split_first_chunk::<8>()?;
+        let (open_attempt, rest) = rest.split_first_chunk::<4>()?;
+        let (closed_since, rest) = rest.split_first_chunk::<8>()?;
         let (&tag, mut rest) = rest.split_first()?;
         let u64_at = |r: &mut &[u8]| -> Option<u64> {
             let (v, tail) = r.split_first_chunk::<8>()?;
@@ -339,6 +428,8 @@ impl Record {
         rest.is_empty().then_some(Self {
             state,
             generation: u64::from_le_bytes(*generation),
+            open_attempt: u32::from_le_bytes(*open_attempt),
+            closed_since: u64::from_le_bytes(*closed_since),
             window,
         })
     }
@@ -360,7 +451,7 @@ mod tests {
             failure_rate: 50,
             slow_call_duration: Duration::from_secs(2),
             slow_call_rate: 100,
-            open_duration: Duration::from_secs(30),
+            open: OpenInterval::fixed(Duration::from_secs(30)),
             half_open_calls: 2,
             half_open_timeout: Duration::from_secs(10),
         }
@@ -376,9 +467,9 @@ mod tests {
     /// Acquires and records one call at `now`.
     fn run(r: &mut Record, p: &Policy, now: u64, outcome: Outcome) -> Admission {
         let mut t = Vec::new();
-        let a = r.acquire(p, now, &mut t);
+        let a = r.acquire(p, now, 0, &mut t);
         if let Admission::Permit { generation, probe } = a {
-            r.record(p, generation, probe, outcome, now, &mut t);
+            r.record(p, generation, probe, outcome, now, 0, &mut t);
         }
         a
     }
@@ -456,18 +547,18 @@ mod tests {
         let mut r = tripped(&p);
         let mut t = Vec::new();
         assert_eq!(
-            r.acquire(&p, T0 + 29 * SEC + 1, &mut t),
+            r.acquire(&p, T0 + 29 * SEC + 1, 0, &mut t),
             Admission::Reject {
                 retry_after: Duration::from_nanos(SEC - 1)
             }
         );
         assert!(t.is_empty());
-        let first = r.acquire(&p, T0 + 30 * SEC, &mut t);
+        let first = r.acquire(&p, T0 + 30 * SEC, 0, &mut t);
         assert!(matches!(first, Admission::Permit { probe: true, .. }));
         assert_eq!(t.len(), 1);
-        assert!(is_permit(r.acquire(&p, T0 + 30 * SEC, &mut t)));
+        assert!(is_permit(r.acquire(&p, T0 + 30 * SEC, 0, &mut t)));
         assert_eq!(
-            r.acquire(&p, T0 + 30 * SEC, &mut t),
+            r.acquire(&p, T0 + 30 * SEC, 0, &mut t),
             Admission::Reject {
                 retry_after: Duration::from_secs(1)
             }
@@ -478,7 +569,7 @@ mod tests {
         let mut r = tripped(p);
         let mut t = Vec::new();
         let now = T0 + 30 * SEC;
-        let a = r.acquire(p, now, &mut t);
+        let a = r.acquire(p, now, 0, &mut t);
         let Admission::Permit { generation, .. } = a else {
             panic!("{a:?}")
         };
@@ -491,11 +582,11 @@ mod tests {
         let (mut r, g) = half_open(&p);
         let now = T0 + 30 * SEC;
         let mut t = Vec::new();
-        let second = r.acquire(&p, now, &mut t);
+        let second = r.acquire(&p, now, 0, &mut t);
         assert!(is_permit(second));
-        assert!(r.record(&p, g, true, call(false), now, &mut t));
+        assert!(r.record(&p, g, true, call(false), now, 0, &mut t));
         assert!(matches!(r.state, State::HalfOpen { .. }));
-        assert!(r.record(&p, g, true, call(false), now, &mut t));
+        assert!(r.record(&p, g, true, call(false), now, 0, &mut t));
         assert_eq!(r.state, State::Closed);
         assert_eq!(r.window.counts(p.window, now).total, 0);
     }
@@ -506,7 +597,7 @@ mod tests {
         let (mut r, g) = half_open(&p);
         let now = T0 + 31 * SEC;
         let mut t = Vec::new();
-        assert!(r.record(&p, g, true, call(true), now, &mut t));
+        assert!(r.record(&p, g, true, call(true), now, 0, &mut t));
         assert_eq!(
             r.state,
             State::Open {
@@ -521,14 +612,14 @@ mod tests {
         let (mut r, g) = half_open(&p);
         let now = T0 + 30 * SEC;
         let mut t = Vec::new();
-        assert!(is_permit(r.acquire(&p, now, &mut t)));
+        assert!(is_permit(r.acquire(&p, now, 0, &mut t)));
         assert!(matches!(
-            r.acquire(&p, now, &mut t),
+            r.acquire(&p, now, 0, &mut t),
             Admission::Reject { .. }
         ));
-        r.record(&p, g, true, Outcome::Ignored, now, &mut t);
+        r.record(&p, g, true, Outcome::Ignored, now, 0, &mut t);
         assert!(matches!(r.state, State::HalfOpen { .. }));
-        assert!(is_permit(r.acquire(&p, now, &mut t)));
+        assert!(is_permit(r.acquire(&p, now, 0, &mut t)));
     }
 
     #[test]
@@ -538,12 +629,12 @@ mod tests {
         let mut t = Vec::new();
         let late = T0 + 40 * SEC;
         assert!(matches!(
-            r.acquire(&p, late - 1, &mut t),
+            r.acquire(&p, late - 1, 0, &mut t),
             Admission::Permit { .. }
         ));
         assert!(matches!(r.state, State::HalfOpen { .. }));
         assert!(matches!(
-            r.acquire(&p, late, &mut t),
+            r.acquire(&p, late, 0, &mut t),
             Admission::Reject { .. }
         ));
         assert_eq!(
@@ -561,7 +652,7 @@ mod tests {
         let mut t = Vec::new();
         let Admission::Permit {
             generation: old, ..
-        } = r.acquire(&p, T0, &mut t)
+        } = r.acquire(&p, T0, 0, &mut t)
         else {
             panic!()
         };
@@ -569,8 +660,8 @@ mod tests {
             run(&mut r, &p, T0, call(true));
         }
         // Half-open now; the slow call from the closed days finally fails.
-        assert!(is_permit(r.acquire(&p, T0 + 30 * SEC, &mut t)));
-        assert!(!r.record(&p, old, false, call(true), T0 + 30 * SEC, &mut t));
+        assert!(is_permit(r.acquire(&p, T0 + 30 * SEC, 0, &mut t)));
+        assert!(!r.record(&p, old, false, call(true), T0 + 30 * SEC, 0, &mut t));
         assert!(matches!(r.state, State::HalfOpen { .. }));
     }
 
@@ -585,6 +676,156 @@ mod tests {
         let mut trailing = r.encode();
         trailing.push(0);
         assert_eq!(Record::decode(&trailing), None);
+    }
+
+    fn backoff() -> Policy {
+        Policy {
+            open: OpenInterval {
+                initial: Duration::from_secs(1),
+                multiplier: 2.0,
+                max: Duration::from_secs(5),
+                jitter: 0.0,
+            },
+            ..policy()
+        }
+    }
+
+    /// Trips the closed breaker at `now` (four failures).
+    fn trip(r: &mut Record, p: &Policy, now: u64) -> u64 {
+        for _ in 0..4 {
+            run(r, p, now, call(true));
+        }
+        let State::Open { until } = r.state else {
+            panic!("not open: {:?}", r.state)
+        };
+        until - now
+    }
+
+    /// Lets open end at `at` and answers the probes with `failed`.
+    fn probe(r: &mut Record, p: &Policy, at: u64, failed: bool) {
+        for _ in 0..p.half_open_calls {
+            run(r, p, at, call(failed));
+        }
+    }
+
+    #[test]
+    fn the_open_interval_grows_with_each_failed_recovery_up_to_its_cap() {
+        let p = backoff();
+        let mut r = Record::new(p.window);
+        assert_eq!(trip(&mut r, &p, T0), SEC);
+        let mut intervals = Vec::new();
+        for _ in 0..5 {
+            let State::Open { until: now } = r.state else {
+                panic!()
+            };
+            probe(&mut r, &p, now, true);
+            let State::Open { until } = r.state else {
+                panic!()
+            };
+            intervals.push((until - now) / SEC);
+        }
+        assert_eq!(intervals, [2, 4, 5, 5, 5]);
+        assert_eq!(r.open_attempt, 6);
+        // A half-open that runs out of time reopens with the next interval too.
+        let State::Open { until } = r.state else {
+            panic!()
+        };
+        let mut t = Vec::new();
+        assert!(is_permit(r.acquire(&p, until, 0, &mut t)));
+        let late = until + 10 * SEC;
+        r.acquire(&p, late, 0, &mut t);
+        assert_eq!(
+            r.state,
+            State::Open {
+                until: late + 5 * SEC
+            }
+        );
+    }
+
+    #[test]
+    fn a_close_that_holds_a_whole_window_starts_the_intervals_again() {
+        let p = backoff();
+        let mut r = Record::new(p.window);
+        trip(&mut r, &p, T0);
+        probe(&mut r, &p, T0 + SEC, true);
+        assert_eq!(r.open_attempt, 2);
+        // Recovers at T0 + 3 s, then fails again 5 s later: within the 10 s window, so the
+        // outage goes on and the interval keeps growing.
+        probe(&mut r, &p, T0 + 3 * SEC, false);
+        assert_eq!(r.state, State::Closed);
+        assert_eq!(trip(&mut r, &p, T0 + 8 * SEC), 4 * SEC);
+        // Recovers at T0 + 12 s and holds for the whole 10 s window: a new outage starts
+        // from the initial interval.
+        probe(&mut r, &p, T0 + 12 * SEC, false);
+        assert_eq!(r.state, State::Closed);
+        assert_eq!(trip(&mut r, &p, T0 + 22 * SEC), SEC);
+        assert_eq!(r.open_attempt, 1);
+        assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
+    }
+
+    #[test]
+    fn jitter_moves_the_interval_both_ways_and_workers_share_it() {
+        let p = Policy {
+            open: OpenInterval {
+                jitter: 0.5,
+                ..backoff().open
+            },
+            ..policy()
+        };
+        let low = p.open.wait(1, 0);
+        let high = p.open.wait(1, u64::MAX);
+        assert_eq!(low, Duration::from_millis(500));
+        assert!(high > Duration::from_millis(1499) && high <= Duration::from_millis(1500));
+        // The interval is chosen once, by the worker that trips, and stored: another worker's
+        // copy refuses until the same instant.
+        let mut r = Record::new(p.window);
+        let mut t = Vec::new();
+        for _ in 0..4 {
+            if let Admission::Permit { generation, probe } = r.acquire(&p, T0, 0, &mut t) {
+                r.record(&p, generation, probe, call(true), T0, u64::MAX / 4, &mut t);
+            }
+        }
+        let other = Record::decode(&r.encode()).unwrap();
+        assert_eq!(other.state, r.state);
+        assert_eq!(
+            other.state,
+            State::Open {
+                until: T0 + 750_000_000
+            }
+        );
+    }
+
+    proptest::proptest! {
+        /// The interval stays within its jitter around the capped exponential, and within
+        /// [1 ms, max].
+        #[test]
+        fn intervals_stay_in_bounds(
+            initial_ms in 1u64..100_000,
+            multiplier in 1.0f64..10.0,
+            extra_ms in 0u64..1_000_000,
+            jitter in 0.0f64..=1.0,
+            attempt in 1u32..200,
+            draw in proptest::num::u64::ANY,
+        ) {
+            let open = OpenInterval {
+                initial: Duration::from_millis(initial_ms),
+                multiplier,
+                max: Duration::from_millis(initial_ms + extra_ms),
+                jitter,
+            };
+            let wait = open.wait(attempt, draw).as_secs_f64();
+            let max = open.max.as_secs_f64();
+            let grown = (open.initial.as_secs_f64()
+                * multiplier.powi(i32::try_from(attempt - 1).unwrap()))
+            .min(max);
+            proptest::prop_assert!(wait <= max + 1e-9);
+            proptest::prop_assert!(wait >= 0.001 - 1e-9);
+            proptest::prop_assert!(wait >= (grown * (1.0 - jitter)).min(max) - 1e-6);
+            proptest::prop_assert!(wait <= grown * (1.0 + jitter) + 1e-6);
+            // Never shorter for a later trip, without jitter.
+            let fixed = OpenInterval { jitter: 0.0, ..open };
+            proptest::prop_assert!(fixed.wait(attempt + 1, draw) >= fixed.wait(attempt, draw));
+        }
     }
 
     proptest::proptest! {
@@ -607,7 +848,7 @@ mod tests {
                         let before = r.state;
                         let record_before = r.clone();
                         let transitions_before = t.len();
-                        let admission = r.acquire(&p, now, &mut t);
+                        let admission = r.acquire(&p, now, 0, &mut t);
                         // What the filter relies on to skip the write in the common case.
                         let changed = t.len() > transitions_before
                             || matches!(admission, Admission::Permit { probe: true, .. });
@@ -632,7 +873,7 @@ mod tests {
                                 1 => call(true),
                                 _ => call(false),
                             };
-                            r.record(&p, generation, probe, outcome, now, &mut t);
+                            r.record(&p, generation, probe, outcome, now, 0, &mut t);
                         }
                     }
                 }

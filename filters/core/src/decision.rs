@@ -285,6 +285,49 @@ pub mod grpc {
     pub const UNAUTHENTICATED: u32 = 16;
     /// `UNKNOWN`
     pub const UNKNOWN: u32 = 2;
+
+    /// Every status code's canonical name, by number (`google.rpc.Code`, 0 to 16).
+    pub const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+
+    /// The code a canonical name stands for (upper case, as in the gRPC spec).
+    pub fn code_named(name: &str) -> Option<u32> {
+        NAMES
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    /// The canonical name of a code, if it is one.
+    pub fn name_of(code: u32) -> Option<&'static str> {
+        NAMES.get(usize::try_from(code).ok()?).copied()
+    }
+
+    /// Reads a `grpc-status` value: a decimal code with no sign or spaces (the gRPC spec's
+    /// "1*DIGIT"). A code outside 0 to 16 is still a code (clients map it to `UNKNOWN`).
+    pub fn parse_status(value: &str) -> Option<u32> {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        value.parse().ok()
+    }
 }
 
 /// The gRPC status for a local reply's HTTP status.

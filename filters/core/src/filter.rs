@@ -107,8 +107,28 @@ pub trait Filter: Sized {
     }
 
     /// The stream has ended, answered or not (a client that went away never gets a
-    /// response): the last chance to settle what the request held.
-    fn on_end(&self, _stream: &mut Self::Stream, _env: &Env<'_>) {}
+    /// response): the last chance to settle what the request held. `ending` tells how it
+    /// ended: [`ResponseView::code_details`] and [`ResponseView::response_flags`] (a reset,
+    /// a client that left); its headers are the response's, if one came.
+    fn on_end(&self, _stream: &mut Self::Stream, _ending: &dyn ResponseView, _env: &Env<'_>) {}
+
+    /// Whether [`Filter::on_trailers`] needs to run if the response has trailers (reading
+    /// them costs host calls, so a filter asks only when it needs them, e.g. for a gRPC
+    /// call's `grpc-status`).
+    fn wants_trailers(&self, _stream: &Self::Stream) -> bool {
+        false
+    }
+
+    /// Sees the response trailers (only when the upstream sent some: a trailers-only gRPC
+    /// answer has its `grpc-status` in the headers instead). `trailers.header` reads the
+    /// trailers; `trailers.status` is `None`.
+    fn on_trailers(
+        &self,
+        _stream: &mut Self::Stream,
+        _trailers: &dyn ResponseView,
+        _env: &Env<'_>,
+    ) {
+    }
 
     /// Sees the response headers (from the upstream or a local reply) and edits them.
     fn on_response(

@@ -192,6 +192,48 @@ pub trait ResponseView {
     fn attempts(&self) -> Option<u64> {
         None
     }
+    /// Envoy's response flags (`response.flags`), as its legacy bit mask: see
+    /// [`response_flags`].
+    fn response_flags(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Bits of Envoy's `response.flags` (`envoy/stream_info/stream_info.h`, the legacy mask: bit
+/// `i` is `CoreResponseFlag` number `i`). Only the ones policies look at.
+pub mod response_flags {
+    /// `UH`: no healthy upstream host.
+    pub const NO_HEALTHY_UPSTREAM: u64 = 0x2;
+    /// `UT`: the upstream request timed out.
+    pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
+    /// `LR`: Envoy reset the stream itself.
+    pub const LOCAL_RESET: u64 = 0x8;
+    /// `UR`: the upstream reset the stream.
+    pub const UPSTREAM_REMOTE_RESET: u64 = 0x10;
+    /// `UF`: no connection to the upstream.
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
+    /// `UC`: the upstream connection closed mid-stream.
+    pub const UPSTREAM_CONNECTION_TERMINATION: u64 = 0x40;
+    /// `DC`: the client's connection closed.
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+    /// `UMSDR`: the upstream stream ran past its maximum duration.
+    pub const UPSTREAM_MAX_STREAM_DURATION_REACHED: u64 = 0x8_0000;
+    /// `UPE`: the upstream broke the protocol.
+    pub const UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
+    /// `DR`: the client reset the stream.
+    pub const DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
+
+    /// Flags that say the upstream failed the call.
+    pub const UPSTREAM_FAILED: u64 = NO_HEALTHY_UPSTREAM
+        | UPSTREAM_REQUEST_TIMEOUT
+        | UPSTREAM_REMOTE_RESET
+        | UPSTREAM_CONNECTION_FAILURE
+        | UPSTREAM_CONNECTION_TERMINATION
+        | UPSTREAM_MAX_STREAM_DURATION_REACHED
+        | UPSTREAM_PROTOCOL_ERROR;
+
+    /// Flags that say the client went away.
+    pub const CLIENT_LEFT: u64 = DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET;
 }
 
 /// An owned response view.
@@ -200,6 +242,7 @@ pub struct Response {
     headers: Vec<(String, String)>,
     code_details: Option<String>,
     attempts: Option<u64>,
+    flags: Option<u64>,
 }
 
 impl Response {
@@ -209,6 +252,7 @@ impl Response {
             headers: vec![(":status".to_owned(), status.to_string())],
             code_details: None,
             attempts: None,
+            flags: None,
         }
     }
 
@@ -216,6 +260,18 @@ impl Response {
     pub fn with_attempts(mut self, attempts: u64) -> Self {
         self.attempts = Some(attempts);
         self
+    }
+
+    /// Sets `response.flags`.
+    pub fn with_flags(mut self, flags: u64) -> Self {
+        self.flags = Some(flags);
+        self
+    }
+
+    /// A view with no headers at all (a stream that ended before any response, or trailers
+    /// to be added with [`Response::with_header`]).
+    pub fn empty() -> Self {
+        Self::from_pairs(Vec::new())
     }
 
     /// Sets `response.code_details`.
@@ -236,6 +292,7 @@ impl Response {
             headers,
             code_details: None,
             attempts: None,
+            flags: None,
         }
     }
 }
@@ -258,6 +315,10 @@ impl ResponseView for Response {
 
     fn attempts(&self) -> Option<u64> {
         self.attempts
+    }
+
+    fn response_flags(&self) -> Option<u64> {
+        self.flags
     }
 }
 

@@ -265,10 +265,25 @@ impl Filter for Gateway {
         self.stages.iter().any(|s| s.wants_end(&stream.streams))
     }
 
-    fn on_end(&self, stream: &mut GatewayStream, env: &Env<'_>) {
+    fn on_end(&self, stream: &mut GatewayStream, ending: &dyn ResponseView, env: &Env<'_>) {
         for stage in &self.stages {
             if stage.wants_end(&stream.streams) {
-                stage.on_end(&mut stream.streams, env);
+                stage.on_end(&mut stream.streams, ending, env);
+            }
+        }
+    }
+
+    fn wants_trailers(&self, stream: &GatewayStream) -> bool {
+        self.stages
+            .iter()
+            .any(|s| s.wants_trailers(&stream.streams))
+    }
+
+    fn on_trailers(&self, stream: &mut GatewayStream, trailers: &dyn ResponseView, env: &Env<'_>) {
+        // Trailers go upstream-side first, as response headers do.
+        for stage in self.stages.iter().rev() {
+            if stage.wants_trailers(&stream.streams) {
+                stage.on_trailers(&mut stream.streams, trailers, env);
             }
         }
     }

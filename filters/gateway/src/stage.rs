@@ -48,7 +48,11 @@ pub trait Step<S> {
     /// [`Filter::wants_end`].
     fn wants_end(&self, streams: &S) -> bool;
     /// [`Filter::on_end`].
-    fn on_end(&self, streams: &mut S, env: &Env<'_>);
+    fn on_end(&self, streams: &mut S, ending: &dyn ResponseView, env: &Env<'_>);
+    /// [`Filter::wants_trailers`].
+    fn wants_trailers(&self, streams: &S) -> bool;
+    /// [`Filter::on_trailers`].
+    fn on_trailers(&self, streams: &mut S, trailers: &dyn ResponseView, env: &Env<'_>);
     /// [`Filter::tick_period`].
     fn tick_period(&self) -> Option<Duration>;
     /// [`Filter::on_tick`].
@@ -138,8 +142,20 @@ impl<F: Filter, S: Slot<F>> Step<S> for Stage<F> {
         self.filter.wants_end(streams.slot())
     }
 
-    fn on_end(&self, streams: &mut S, env: &Env<'_>) {
-        self.scoped(env, |env| self.filter.on_end(streams.slot_mut(), env));
+    fn on_end(&self, streams: &mut S, ending: &dyn ResponseView, env: &Env<'_>) {
+        self.scoped(env, |env| {
+            self.filter.on_end(streams.slot_mut(), ending, env);
+        });
+    }
+
+    fn wants_trailers(&self, streams: &S) -> bool {
+        self.filter.wants_trailers(streams.slot())
+    }
+
+    fn on_trailers(&self, streams: &mut S, trailers: &dyn ResponseView, env: &Env<'_>) {
+        self.scoped(env, |env| {
+            self.filter.on_trailers(streams.slot_mut(), trailers, env);
+        });
     }
 
     fn tick_period(&self) -> Option<Duration> {

@@ -234,9 +234,11 @@ fn encode<F: Filter>(alone: &Alone<F>, stream: &mut F::Stream, exchange: &mut Ex
     }
 }
 
-fn end<F: Filter>(alone: &Alone<F>, stream: &mut F::Stream, now: Time) {
+fn end<F: Filter>(alone: &Alone<F>, stream: &mut F::Stream, exchange: &Exchange, now: Time) {
     if alone.filter.wants_end(stream) {
-        alone.filter.on_end(stream, &alone.env(now));
+        alone
+            .filter
+            .on_end(stream, &exchange.response(), &alone.env(now));
     }
 }
 
@@ -301,10 +303,10 @@ impl Separate {
         encode(&self.breaker, &mut s.breaker, &mut response, now);
         encode(&self.rate, &mut s.rate, &mut response, now);
         encode(&self.jwt, &mut s.jwt, &mut response, now);
-        end(&self.jwt, &mut s.jwt, now);
-        end(&self.rate, &mut s.rate, now);
-        end(&self.breaker, &mut s.breaker, now);
-        end(&self.retry, &mut s.retry, now);
+        end(&self.jwt, &mut s.jwt, &response, now);
+        end(&self.rate, &mut s.rate, &response, now);
+        end(&self.breaker, &mut s.breaker, &response, now);
+        end(&self.retry, &mut s.retry, &response, now);
         seen(upstream, response, body)
     }
 
@@ -339,7 +341,7 @@ impl Combined {
             return Seen::Held;
         };
         encode(alone, &mut stream, &mut response, now);
-        end(alone, &mut stream, now);
+        end(alone, &mut stream, &response, now);
         seen(upstream, response, body)
     }
 

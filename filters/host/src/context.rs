@@ -589,7 +589,27 @@ impl<F: Filter> HttpContext for Stream<F> {
             return;
         };
         let env = configured.env(now);
-        configured.filter.on_end(&mut state, &env);
+        let ending = HostResponse::new(F::NAME);
+        configured.filter.on_end(&mut state, &ending, &env);
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(configured) = self.configured.clone() else {
+            return Action::Continue;
+        };
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        if !configured.filter.wants_trailers(&state) {
+            return Action::Continue;
+        }
+        let Some(now) = host::now() else {
+            return Action::Continue;
+        };
+        let env = configured.env(now);
+        let trailers = HostResponse::trailers(F::NAME);
+        configured.filter.on_trailers(&mut state, &trailers, &env);
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

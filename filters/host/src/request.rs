@@ -176,6 +176,7 @@ pub(crate) struct HostResponse {
     headers: LazyHeaders,
     code_details: OnceCell<Option<String>>,
     attempts: OnceCell<Option<u64>>,
+    flags: OnceCell<Option<u64>>,
     /// The filter reading it, for the host-gap log line.
     filter: &'static str,
 }
@@ -183,13 +184,31 @@ pub(crate) struct HostResponse {
 impl HostResponse {
     /// The response of the current stream, as the filter `filter` reads it.
     pub(crate) fn new(filter: &'static str) -> Self {
+        Self::of(MapType::HttpResponseHeaders, filter)
+    }
+
+    /// The response's trailers, read as headers (their `status` is `None`).
+    pub(crate) fn trailers(filter: &'static str) -> Self {
+        Self::of(MapType::HttpResponseTrailers, filter)
+    }
+
+    fn of(map: MapType, filter: &'static str) -> Self {
         Self {
-            headers: LazyHeaders::new(MapType::HttpResponseHeaders),
+            headers: LazyHeaders::new(map),
             code_details: OnceCell::new(),
             attempts: OnceCell::new(),
+            flags: OnceCell::new(),
             filter,
         }
     }
+}
+
+/// An integer property (Envoy sends 8 bytes, little-endian).
+fn u64_property(path: &[&str]) -> Option<u64> {
+    hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+        .and_then(|bytes| Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)))
 }
 
 /// A stream property that every Envoy this project is tested with (1.36 to 1.40) reports, but
@@ -280,16 +299,18 @@ impl ResponseView for HostResponse {
 
     fn attempts(&self) -> Option<u64> {
         *self.attempts.get_or_init(|| {
-            // Integers come as 8 bytes, little-endian.
-            let attempts = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
-                .ok()
-                .flatten()
-                .and_then(|bytes| Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)));
+            let attempts = u64_property(&["upstream", "request_attempt_count"]);
             if lacks_attempts(|| self.code_details(), attempts) {
                 report_gap(self.filter, HostGap::AttemptCount);
             }
             attempts
         })
+    }
+
+    fn response_flags(&self) -> Option<u64> {
+        *self
+            .flags
+            .get_or_init(|| u64_property(&["response", "flags"]))
     }
 }
 

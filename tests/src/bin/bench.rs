@@ -176,9 +176,9 @@ const JWT_HIT_CALLS: &str = "get=authorization,now,remove=authorization,set=x-us
 /// headers, the time, the attempt count, the status, the breaker's record update and
 /// rate_limit's two header fields.
 const GATEWAY_CALLS: &str = "get=authorization,now,sget=rl1/bench/0,sset=rl1/bench/0,\
-    sget=cb1/bench,get=:method,get=x-envoy-internal,prop=circuit_breaker.state,\
+    sget=cb2/bench,get=:method,get=x-envoy-internal,prop=circuit_breaker.state,\
     remove=authorization,set=x-user-id,set=x-envoy-retry-on,set=x-envoy-max-retries\
-    |now,prop=upstream/request_attempt_count,get=:status,sget=cb1/bench,sset=cb1/bench,\
+    |now,prop=upstream/request_attempt_count,get=:status,sget=cb2/bench,sset=cb2/bench,\
     set=ratelimit,set=ratelimit-policy";
 
 /// The bare-SDK fixture making exactly these host calls (see `filters/passthrough`).
