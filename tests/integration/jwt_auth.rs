@@ -9,6 +9,7 @@ use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -322,12 +323,29 @@ fn remote_gateway(
     key_server: &Upstream,
     timeout: &str,
 ) -> Envoy {
+    remote_gateway_with(layout, upstream, key_server, json!({ "timeout": timeout }))
+}
+
+/// [`remote_gateway`] with more `remote_jwks` members (`timeout`, `cache_duration`, ...).
+fn remote_gateway_with(
+    layout: Layout,
+    upstream: &Upstream,
+    key_server: &Upstream,
+    remote: Value,
+) -> Envoy {
+    let mut remote_jwks = json!({
+        "cluster": "jwks", "authority": "keys.example", "path": "/.well-known/jwks.json",
+    });
+    remote_jwks
+        .as_object_mut()
+        .unwrap()
+        .extend(remote.as_object().cloned().unwrap_or_default());
     let config = json!({
         "providers": { "idp": {
             "issuer": "https://issuer.example",
             "audiences": ["api"],
             "algorithms": ["EdDSA", "ES256"],
-            "remote_jwks": { "cluster": "jwks", "authority": "keys.example", "path": "/.well-known/jwks.json", "timeout": timeout },
+            "remote_jwks": remote_jwks,
             "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
         } },
         "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
@@ -390,7 +408,8 @@ both_modules! {
 both_modules! {
     fn a_key_server_down_at_start_gives_503_then_200_once_it_is_back(layout) {
         let key = Key::generate(Alg::EdDSA, "k");
-        // Down for the first two fetches (at start, and 2 s later); up for the third (4 s after).
+        // Down for the first two fetches (at start, and 1 s later, no key being held); up for the
+        // third (2 s after).
         let key_server = Upstream::start(vec![
             Reply::Status(503),
             Reply::Status(503),
@@ -863,4 +882,127 @@ both_modules! {
             .send(port);
         assert_eq!(ok.status, 200);
     }
+}
+
+/// Waits until `key_server` has received `n` requests, then a little longer so that Envoy has
+/// the last answer (a failure is recorded when it arrives).
+fn await_fetches(key_server: &Upstream, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while key_server.count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} fetches, not {n}",
+            key_server.count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// Sends `token` every 50 ms until it gets a 200 (anything but 200 or `meanwhile` fails the
+/// test); how long that took.
+fn time_to_first_200(port: u16, token: &str, meanwhile: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = client::get("/x")
+            .header("authorization", &bearer(token))
+            .send(port);
+        if r.status == 200 {
+            return started.elapsed();
+        }
+        assert_eq!(r.status, meanwhile, "{}", r.text());
+        assert!(started.elapsed() < Duration::from_secs(8), "no 200 in 8 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long Envoy took to answer `token`, and the answer's status.
+fn timed(port: u16, token: &str) -> (Duration, u16) {
+    let started = Instant::now();
+    let r = client::get("/x")
+        .header("authorization", &bearer(token))
+        .send(port);
+    (started.elapsed(), r.status)
+}
+
+/// A key server that answers garbage at start and is then fixed. While it fails, a token gets
+/// its 503 at once: nothing is held for keys that are not coming. The provider, holding no key,
+/// retries every `failed_refetch_duration` (1 s) instead of backing off, so the first 200
+/// follows the fix within 2 s (a doubling backoff had it 30 s later).
+#[test]
+fn a_key_server_fixed_after_answering_garbage_serves_within_two_seconds() {
+    let key = Key::generate(Alg::EdDSA, "k");
+    let key_server = Upstream::start(vec![Reply::Json("<html>not a key set</html>".to_owned())]);
+    let upstream = Upstream::echo();
+    let envoy = remote_gateway(Layout::SeparateFilters, &upstream, &key_server, "500ms");
+    let port = envoy.port("gateway");
+    let token = key.sign(&claims("alice"));
+    // Three failures: a backoff would have started doubling by now.
+    await_fetches(&key_server, 3);
+    let (took, status) = timed(port, &token);
+    eprintln!("while the key server fails, a token without keys is answered in {took:?}");
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_millis(500), "held {took:?}");
+    key_server.set_script(vec![Reply::Json(jwks(&[&key]))]);
+    let recovered = time_to_first_200(port, &token, 503);
+    eprintln!("first 200 {recovered:?} after the key server was fixed");
+    assert!(recovered < Duration::from_secs(2), "{recovered:?}");
+    assert_eq!(upstream.count(), 1);
+}
+
+/// The same with a key server slower than the fetch `timeout`: each try fails at the timeout,
+/// and the next follows a second later.
+#[test]
+fn a_slow_key_server_once_fast_serves_within_two_seconds() {
+    let key = Key::generate(Alg::EdDSA, "k");
+    let key_server = Upstream::start(vec![Reply::Delay(
+        Duration::from_millis(800),
+        Box::new(Reply::Json(jwks(&[&key]))),
+    )]);
+    let upstream = Upstream::echo();
+    let envoy = remote_gateway(Layout::SeparateFilters, &upstream, &key_server, "250ms");
+    let port = envoy.port("gateway");
+    let token = key.sign(&claims("alice"));
+    await_fetches(&key_server, 2);
+    let (took, status) = timed(port, &token);
+    eprintln!("while the key server is too slow, a token without keys is answered in {took:?}");
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_millis(500), "held {took:?}");
+    key_server.set_script(vec![Reply::Json(jwks(&[&key]))]);
+    let recovered = time_to_first_200(port, &token, 503);
+    eprintln!("first 200 {recovered:?} after the key server became fast");
+    assert!(recovered < Duration::from_secs(2), "{recovered:?}");
+}
+
+/// Keys that still serve while their key server fails (stale, past their 1 s cache duration):
+/// their tokens pass, and a token with an unknown `kid` gets its 401 at once instead of being
+/// held for a refetch that is not going to succeed. Once the server is back, the next try (the
+/// doubling backoff: stale keys serve) brings the new key.
+#[test]
+fn while_the_key_server_fails_an_unknown_kid_is_refused_at_once() {
+    let old = Key::generate(Alg::EdDSA, "old");
+    let new = Key::generate(Alg::EdDSA, "new");
+    let key_server = Upstream::start(vec![Reply::Json(jwks(&[&old])), Reply::Status(500)]);
+    let upstream = Upstream::echo();
+    let envoy = remote_gateway_with(
+        Layout::SeparateFilters,
+        &upstream,
+        &key_server,
+        json!({ "cache_duration": "1s" }),
+    );
+    let port = envoy.port("gateway");
+    let old_token = old.sign(&claims("alice"));
+    time_to_first_200(port, &old_token, 503);
+    // The refresh (at 80% of 1 s) fails: the key server is known to be failing.
+    await_fetches(&key_server, 2);
+    assert_eq!(timed(port, &old_token).1, 200, "stale keys serve");
+    let new_token = new.sign(&claims("bob"));
+    let (took, status) = timed(port, &new_token);
+    eprintln!("while the key server fails, an unknown kid is answered in {took:?}");
+    assert_eq!(status, 401);
+    assert!(took < Duration::from_millis(500), "held {took:?}");
+    key_server.set_script(vec![Reply::Json(jwks(&[&old, &new]))]);
+    let recovered = time_to_first_200(port, &new_token, 401);
+    eprintln!("the new kid passes {recovered:?} after the key server was fixed");
+    assert!(recovered < Duration::from_secs(4), "{recovered:?}");
 }

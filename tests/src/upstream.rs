@@ -1,14 +1,15 @@
 //! In-process upstream servers with programmable behaviour.
 //!
 //! An [`Upstream`] answers each request with the next [`Reply`] of its script (the last one
-//! repeats), and records every request it received. Replies can echo the request, serve a
+//! repeats; [`Upstream::set_script`] swaps it while running), and records every request it
+//! received. Replies can echo the request, serve a
 //! document (a JWKS, say), wait, hang, or reset the connection, which is how tests produce
 //! real upstream failures for Envoy to see.
 
 use crate::client::{read_body, read_headers};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -65,8 +66,8 @@ impl Received {
 }
 
 struct Shared {
-    script: Vec<Reply>,
-    next: AtomicUsize,
+    /// The script, and the index of the next reply in it.
+    script: Mutex<(Vec<Reply>, usize)>,
     received: Mutex<Vec<Received>>,
     stopping: AtomicBool,
 }
@@ -93,8 +94,7 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an upstream port");
         let port = listener.local_addr().expect("upstream address").port();
         let shared = Arc::new(Shared {
-            script,
-            next: AtomicUsize::new(0),
+            script: Mutex::new((script, 0)),
             received: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
         });
@@ -135,6 +135,16 @@ impl Upstream {
             .unwrap_or_default()
     }
 
+    /// From now on answers with `script` from its start (the last reply repeats): a server
+    /// that gets fixed, or breaks, at a moment the test chooses. A request already being
+    /// answered keeps its reply.
+    pub fn set_script(&self, script: Vec<Reply>) {
+        assert!(!script.is_empty(), "an upstream needs at least one reply");
+        if let Ok(mut current) = self.shared.script.lock() {
+            *current = (script, 0);
+        }
+    }
+
     /// How many requests arrived so far.
     pub fn count(&self) -> usize {
         self.shared.received.lock().map(|r| r.len()).unwrap_or(0)
@@ -167,9 +177,13 @@ fn serve(stream: TcpStream, shared: &Shared) {
             return;
         }
         let reply = {
-            let index = shared.next.fetch_add(1, Ordering::SeqCst);
-            let last = shared.script.len() - 1;
-            shared.script[index.min(last)].clone()
+            let Ok(mut script) = shared.script.lock() else {
+                return;
+            };
+            let (replies, next) = &mut *script;
+            let reply = replies[(*next).min(replies.len() - 1)].clone();
+            *next += 1;
+            reply
         };
         if let Ok(mut received) = shared.received.lock() {
             received.push(request.clone());

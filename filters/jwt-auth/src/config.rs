@@ -89,6 +89,9 @@ pub struct RemoteJwksConfig {
     pub cache_duration: Option<ConfigDuration>,
     /// Fetch timeout. Default 2s.
     pub timeout: Option<ConfigDuration>,
+    /// Wait after a failed fetch while no usable key is held. Default 1s (as Envoy's
+    /// `failed_refetch_duration`), 100ms to 5m.
+    pub failed_refetch_duration: Option<ConfigDuration>,
 }
 
 /// A header that carries the token after a prefix.
@@ -214,6 +217,9 @@ pub struct Remote {
     pub cache_duration: Duration,
     /// Fetch timeout.
     pub timeout: Duration,
+    /// Wait after a failed fetch while the provider holds no usable key (every token it should
+    /// verify is refused meanwhile, so the wait stays short and never doubles).
+    pub failed_refetch_duration: Duration,
 }
 
 /// A compiled requirement; providers are indexes into [`Compiled::providers`].
@@ -489,6 +495,7 @@ fn local_keys(
 
 const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_FAILED_REFETCH: Duration = Duration::from_secs(1);
 
 fn compile_remote(r: &RemoteJwksConfig, at: &FieldPath) -> Result<Remote, ConfigError> {
     if r.cluster.is_empty() {
@@ -511,12 +518,23 @@ fn compile_remote(r: &RemoteJwksConfig, at: &FieldPath) -> Result<Remote, Config
     if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&timeout) {
         return Err(at.field("timeout").error("must be between 10ms and 60s"));
     }
+    let failed_refetch_duration = r
+        .failed_refetch_duration
+        .map_or(DEFAULT_FAILED_REFETCH, ConfigDuration::get);
+    // Below the 100 ms tick it would not be honoured; above the longest backoff it would make a
+    // provider without keys retry more slowly than one whose stale keys still serve.
+    if !(crate::remote::TICK..=crate::remote::MAX_BACKOFF).contains(&failed_refetch_duration) {
+        return Err(at
+            .field("failed_refetch_duration")
+            .error("must be between 100ms and 5m"));
+    }
     Ok(Remote {
         cluster: r.cluster.clone(),
         authority: r.authority.clone().unwrap_or_else(|| r.cluster.clone()),
         path: r.path.clone(),
         cache_duration,
         timeout,
+        failed_refetch_duration,
     })
 }
 

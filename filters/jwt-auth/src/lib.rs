@@ -121,8 +121,17 @@ impl JwtAuth {
         }
     }
 
+    /// Whether `provider`'s key server is known to be failing (see [`remote::failing`]).
+    fn failing(&self, provider: usize, env: &Env<'_>) -> bool {
+        self.config
+            .providers
+            .get(provider)
+            .is_some_and(|p| remote::failing(p, env.store))
+    }
+
     /// Whether a refused request should rather wait for keys: none yet, or a refetch after an
     /// unknown `kid` (key rotation) that has not completed. Asks for that refetch if needed.
+    /// Nothing waits on a key server known to be failing: the answer would only come later.
     fn should_wait(
         &self,
         stream: &mut JwtStream,
@@ -143,12 +152,17 @@ impl JwtAuth {
                 .map(|p| self.wait_limit(*p))
                 .max()
                 .unwrap_or_default();
-            return !waited(limit);
+            // Worth waiting while one of the providers without keys may still get them soon.
+            let hope = notes.needs_keys.iter().any(|p| !self.failing(*p, env));
+            return hope && !waited(limit);
         }
         let generation = |p: usize| keys.get(p).cloned().flatten().map_or(0, |(_, g)| g);
         if let Some((provider, asked_at)) = stream.refetch {
-            // Waiting for a refetch: until the keys change, or the wait is too long.
-            return generation(provider) == asked_at && !waited(self.wait_limit(provider));
+            // Waiting for a refetch: until the keys change, the fetch fails, or the wait is too
+            // long.
+            return generation(provider) == asked_at
+                && !waited(self.wait_limit(provider))
+                && !self.failing(provider, env);
         }
         if !matches!(denial, Denial::InvalidToken(_)) {
             return false;
@@ -165,7 +179,7 @@ impl JwtAuth {
                     stream.refetch = Some((p, generation(p)));
                     return true;
                 }
-                Refetch::Cooldown => {}
+                Refetch::Cooldown | Refetch::Failing => {}
             }
         }
         false

@@ -9,8 +9,19 @@
 //!    data makes one fetch serve every worker.
 //!
 //! A good answer replaces the shared document and bumps its generation (which also retires the
-//! verified-token cache entries made under the old keys). A failed fetch keeps the last good
-//! keys serving (for up to [`MAX_STALE`] past their expiry) and retries with backoff.
+//! verified-token cache entries made under the old keys). After a failed fetch the next try
+//! depends on what still serves:
+//! - stale keys (the last good ones, for up to [`MAX_STALE`] past their expiry): tokens are still
+//!   verified, so the key server is spared with a doubling backoff (2 s up to [`MAX_BACKOFF`]);
+//! - no usable key: every token the provider should verify is refused, so the next try comes
+//!   after the provider's `failed_refetch_duration` (1 s by default, as Envoy's), never doubled.
+//!
+//! Either way at most one fetch runs at a time per provider across all workers (the lease), and
+//! the wait after a failure is kept in the shared record, so adding workers adds no fetches.
+//!
+//! The key server is *known to be failing* from a failed fetch until the next good one (a fetch
+//! under way changes nothing). Meanwhile nothing is held for a fetch that is unlikely to help: a
+//! token of a provider without keys gets its 503, and one whose `kid` is unknown its 401, at once.
 //!
 //! Key rotation: a token whose `kid` no provider key matches asks for a refetch, at most once per
 //! [`KID_MISS_COOLDOWN`] per provider, so a flood of random `kid`s causes no fetch storm (J8).
@@ -36,7 +47,7 @@ pub const MIN_TTL: Duration = Duration::from_secs(30);
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// How long past their expiry the last good keys keep serving while the key server fails.
 pub const MAX_STALE: Duration = Duration::from_secs(86_400);
-/// Longest wait between failed fetches.
+/// Longest wait between failed fetches (while stale keys still serve).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Compare-and-swap attempts on the small control records.
 const CAS_ATTEMPTS: u32 = 8;
@@ -69,14 +80,21 @@ struct Meta {
     expires_at: u64,
 }
 
-/// The shared record coordinating fetches.
+/// The shared record coordinating fetches (times in nanoseconds, 0 for none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Control {
+    /// A fetch is under way until then (or until its answer).
     lease_until: u64,
+    /// The next try while stale keys serve: the doubling backoff.
     next_attempt: u64,
+    /// Failed fetches since the last good one.
     failures: u64,
+    /// A request met an unknown `kid`: fetch without waiting for the refresh time.
     wanted: u64,
     last_kid_refetch: u64,
+    /// When the latest fetch failed; 0 once one succeeds. Non-zero means the key server is
+    /// known to be failing. Last in the record, so a record written before it existed reads 0.
+    failed_at: u64,
 }
 
 fn numbers<const N: usize>(bytes: Option<&[u8]>) -> [u64; N] {
@@ -115,21 +133,38 @@ impl Control {
             failures,
             wanted,
             last_kid_refetch,
-        ] = numbers::<5>(bytes);
+            failed_at,
+        ] = numbers::<6>(bytes);
         Self {
             lease_until,
             next_attempt,
             failures,
             wanted,
             last_kid_refetch,
+            failed_at,
         }
     }
     fn encode(&self) -> Vec<u8> {
         format!(
-            "{} {} {} {} {}",
-            self.lease_until, self.next_attempt, self.failures, self.wanted, self.last_kid_refetch
+            "{} {} {} {} {} {}",
+            self.lease_until,
+            self.next_attempt,
+            self.failures,
+            self.wanted,
+            self.last_kid_refetch,
+            self.failed_at
         )
         .into_bytes()
+    }
+
+    /// When the next fetch may start after failures: while keys serve, the doubling backoff;
+    /// without them, `failed_refetch` after the latest failure.
+    fn retry_at(&self, serving: bool, failed_refetch: Duration) -> u64 {
+        if serving || self.failed_at == 0 {
+            self.next_attempt
+        } else {
+            self.failed_at.saturating_add(nanos(failed_refetch))
+        }
     }
 }
 
@@ -170,8 +205,10 @@ pub fn tick(
     }
     let control = read(store, &key(provider, "fetch"), Control::decode);
     let needed = copy.as_ref().is_none_or(|c| now >= c.refresh_at) || control.wanted != 0;
+    let serving = copy.as_ref().is_some_and(|c| c.usable(now));
     let now_ns = now.as_nanos();
-    if !needed || now_ns < control.lease_until || now_ns < control.next_attempt {
+    let retry_at = control.retry_at(serving, remote.failed_refetch_duration);
+    if !needed || now_ns < control.lease_until || now_ns < retry_at {
         return None;
     }
     let lease = now
@@ -308,6 +345,8 @@ pub fn fetched(
                 c.failures = c.failures.saturating_add(1);
                 let backoff = Duration::from_secs(1u64 << c.failures.min(9)).min(MAX_BACKOFF);
                 c.next_attempt = now.plus(backoff).as_nanos();
+                // Never 0, which means "not failing".
+                c.failed_at = now.as_nanos().max(1);
                 c.lease_until = 0;
                 c.wanted = 0;
                 (Some(c.encode()), ())
@@ -343,6 +382,7 @@ pub fn fetched(
         c.next_attempt = 0;
         c.failures = 0;
         c.wanted = 0;
+        c.failed_at = 0;
         (Some(c.encode()), ())
     });
     if let Ok(meta) = meta {
@@ -356,6 +396,12 @@ pub fn fetched(
     Ok(change)
 }
 
+/// Whether `provider`'s key server is known to be failing: its latest fetch failed and none
+/// has succeeded since (a fetch under way does not count until it answers).
+pub fn failing(provider: &Provider, store: &dyn SharedStore) -> bool {
+    read(store, &key(provider, "fetch"), Control::decode).failed_at != 0
+}
+
 /// What asking for a refetch after an unknown `kid` gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refetch {
@@ -365,6 +411,10 @@ pub enum Refetch {
     InProgress,
     /// Too soon after the last one: the `kid` is unknown, answer now.
     Cooldown,
+    /// The key server is known to be failing: answer now rather than hold the request for a
+    /// fetch that will most likely fail too. (A refetch may still have been asked for, for the
+    /// next try the backoff allows.)
+    Failing,
 }
 
 /// Asks for a refetch of a provider's keys because a token named a `kid` they lack.
@@ -373,15 +423,26 @@ pub fn request_refetch(provider: &Provider, store: &dyn SharedStore, now: Time) 
     let cooldown = nanos(KID_MISS_COOLDOWN);
     store::update(store, &key(provider, "fetch"), CAS_ATTEMPTS, |current| {
         let mut c = Control::decode(current);
+        let failing = c.failed_at != 0;
         if c.wanted != 0 || now_ns < c.lease_until {
-            return (None, Refetch::InProgress);
+            let wait = if failing {
+                Refetch::Failing
+            } else {
+                Refetch::InProgress
+            };
+            return (None, wait);
         }
         if c.last_kid_refetch != 0 && now_ns.saturating_sub(c.last_kid_refetch) < cooldown {
             return (None, Refetch::Cooldown);
         }
         c.wanted = 1;
         c.last_kid_refetch = now_ns;
-        (Some(c.encode()), Refetch::Requested)
+        let asked = if failing {
+            Refetch::Failing
+        } else {
+            Refetch::Requested
+        };
+        (Some(c.encode()), asked)
     })
     .unwrap_or(Refetch::Cooldown)
 }
@@ -397,9 +458,18 @@ mod tests {
     const T0: u64 = 1_767_225_600;
 
     fn compiled() -> Compiled {
+        compiled_with(json!({}))
+    }
+
+    /// The test provider with more `remote_jwks` members.
+    fn compiled_with(extra: serde_json::Value) -> Compiled {
+        let mut remote = json!({ "cluster": "keys", "path": "/jwks.json", "cache_duration": "10m", "timeout": "2s" });
+        remote
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         let config = json!({ "providers": { "idp": {
-            "issuer": "https://issuer.example", "algorithms": ["EdDSA"],
-            "remote_jwks": { "cluster": "keys", "path": "/jwks.json", "cache_duration": "10m", "timeout": "2s" },
+            "issuer": "https://issuer.example", "algorithms": ["EdDSA"], "remote_jwks": remote,
         } } });
         parse::<JwtAuthConfig>(config.to_string().as_bytes())
             .unwrap()
@@ -428,6 +498,223 @@ mod tests {
 
     fn at(secs: u64) -> Time {
         Time::from_secs(secs)
+    }
+
+    fn at_ms(millis: u64) -> Time {
+        Time::from_nanos(millis * 1_000_000)
+    }
+
+    fn garbage() -> CalloutResult {
+        CalloutResult::Response {
+            status: Some(200),
+            headers: vec![],
+            body: b"<html>not a key set</html>".to_vec(),
+        }
+    }
+
+    /// The times (ms) at which a worker ticking every `step` ms from `from` until `until`
+    /// starts fetches, the key server answering each with `answer(n)` (n counting fetches
+    /// from 0) at once. A second worker ticks too, and must never start a fetch of its own.
+    fn fetch_times(
+        p: &Provider,
+        r: &Remote,
+        store: &MemStore,
+        copy: &mut Option<WorkerKeys>,
+        (from, until, step): (u64, u64, usize),
+        answer: impl Fn(usize) -> CalloutResult,
+    ) -> Vec<u64> {
+        let mut other = copy.clone();
+        let mut times = Vec::new();
+        for t in (from..until).step_by(step) {
+            if tick(p, r, 0, copy, store, at_ms(t)).is_some() {
+                assert!(tick(p, r, 0, &mut other, store, at_ms(t)).is_none());
+                let _ = fetched(p, r, copy, answer(times.len()), store, at_ms(t));
+                times.push(t);
+            }
+            assert!(tick(p, r, 0, &mut other, store, at_ms(t)).is_none());
+        }
+        times
+    }
+
+    #[test]
+    fn without_keys_a_failed_fetch_is_retried_after_failed_refetch_duration_never_doubled() {
+        let start = T0 * 1000;
+        for (extra, interval) in [
+            (json!({}), 1000),
+            (json!({ "failed_refetch_duration": "250ms" }), 300),
+            (json!({ "failed_refetch_duration": "100ms" }), 100),
+            (json!({ "failed_refetch_duration": "5m" }), 300_000),
+        ] {
+            let c = compiled_with(extra.clone());
+            let (p, r) = remote(&c);
+            let store = MemStore::new();
+            let mut copy = None;
+            // Fifteen minutes of garbage: a doubling backoff would have reached its 5 min cap.
+            let until = start + 900_000;
+            let times = fetch_times(p, r, &store, &mut copy, (start, until, 100), |_| garbage());
+            let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+            assert_eq!(times.first(), Some(&start), "{extra}");
+            // (250 ms on a 100 ms tick is 300 ms: the first tick at or after the time.)
+            assert!(gaps.iter().all(|g| *g == interval), "{extra}: {gaps:?}");
+            assert_eq!(
+                times.len() as u64,
+                900_000_u64.div_ceil(interval),
+                "{extra}"
+            );
+            assert!(copy.is_none() && failing(p, &store));
+        }
+    }
+
+    #[test]
+    fn failed_refetch_duration_is_bounded() {
+        for (value, ok) in [
+            ("99ms", false),
+            ("100ms", true),
+            ("5m", true),
+            ("301s", false),
+        ] {
+            let config = json!({ "providers": { "idp": {
+                "issuer": "i", "algorithms": ["EdDSA"],
+                "remote_jwks": { "cluster": "keys", "path": "/jwks.json", "failed_refetch_duration": value },
+            } } });
+            let compiled = parse::<JwtAuthConfig>(config.to_string().as_bytes())
+                .unwrap()
+                .compile();
+            match compiled {
+                Ok(_) => assert!(ok, "{value}"),
+                Err(e) => {
+                    assert!(!ok, "{value}");
+                    assert_eq!(
+                        e.to_string(),
+                        "providers.idp.remote_jwks.failed_refetch_duration: must be between 100ms and 5m"
+                    );
+                }
+            }
+        }
+        let c = compiled();
+        assert_eq!(
+            remote(&c).1.failed_refetch_duration,
+            Duration::from_secs(1),
+            "the default, as Envoy's"
+        );
+    }
+
+    #[test]
+    fn stale_keys_back_off_doubling_until_they_are_too_old_to_serve() {
+        let start = T0 * 1000;
+        let c = compiled();
+        let (p, r) = remote(&c);
+        let store = MemStore::new();
+        let mut copy = None;
+        // Keys for 30 s (refreshed at 24 s); then the key server fails for good.
+        let good = |n: usize| {
+            if n == 0 {
+                jwks_response("k1", Some("max-age=30"))
+            } else {
+                garbage()
+            }
+        };
+        let until = start + 3_600_000;
+        let times = fetch_times(p, r, &store, &mut copy, (start, until, 100), good);
+        let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut expected = vec![24_000];
+        expected.extend([2, 4, 8, 16, 32, 64, 128, 256].map(|s| s * 1000));
+        assert_eq!(gaps[..9], expected[..], "{gaps:?}");
+        assert!(gaps[9..].iter().all(|g| *g == 300_000), "{gaps:?}");
+        assert!(
+            copy.as_ref().unwrap().usable(at_ms(until)),
+            "stale keys serve"
+        );
+        // A day past their expiry they no longer serve: from then on, 1 s between tries, without
+        // waiting for the rest of the backoff (the last failure 90 s before would have waited
+        // 5 min).
+        let expired = start + 30_000 + 86_400_000;
+        let before = fetch_times(p, r, &store, &mut copy, (until, expired, 10_000), |_| {
+            garbage()
+        });
+        let last = *before.last().unwrap();
+        assert_eq!(expired - last, 90_000);
+        let times = fetch_times(
+            p,
+            r,
+            &store,
+            &mut copy,
+            (expired, expired + 10_000, 100),
+            |_| garbage(),
+        );
+        assert!(!copy.as_ref().unwrap().usable(at_ms(expired)));
+        assert_eq!(times[0], expired);
+        let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.len() == 9 && gaps.iter().all(|g| *g == 1000),
+            "{gaps:?}"
+        );
+    }
+
+    #[test]
+    fn the_key_server_is_known_to_fail_from_a_failed_fetch_until_a_good_one() {
+        let c = compiled();
+        let (p, r) = remote(&c);
+        let store = MemStore::new();
+        let mut copy = None;
+        assert!(!failing(p, &store), "nothing tried yet");
+        assert!(tick(p, r, 0, &mut copy, &store, at(T0)).is_some());
+        assert!(!failing(p, &store), "a fetch under way is no failure");
+        assert!(fetched(p, r, &mut copy, garbage(), &store, at(T0)).is_err());
+        assert!(failing(p, &store));
+        assert!(tick(p, r, 0, &mut copy, &store, at(T0 + 1)).is_some());
+        assert!(
+            failing(p, &store),
+            "still, while the next fetch is under way"
+        );
+        assert!(
+            fetched(
+                p,
+                r,
+                &mut copy,
+                jwks_response("k1", None),
+                &store,
+                at(T0 + 1)
+            )
+            .is_ok()
+        );
+        assert!(!failing(p, &store), "a good fetch ends it at once");
+        // With keys: a kid miss refetches, and the refetch fails.
+        assert_eq!(request_refetch(p, &store, at(T0 + 2)), Refetch::Requested);
+        assert!(tick(p, r, 0, &mut copy, &store, at(T0 + 2)).is_some());
+        assert!(fetched(p, r, &mut copy, garbage(), &store, at(T0 + 2)).is_err());
+        assert!(failing(p, &store));
+        // Within the cooldown: answered at once, as always.
+        assert_eq!(request_refetch(p, &store, at(T0 + 3)), Refetch::Cooldown);
+        // After it: still answered at once, the key server failing; but a refetch is asked
+        // for, for the next try the backoff allows (2 s after the failure: long past).
+        assert_eq!(request_refetch(p, &store, at(T0 + 40)), Refetch::Failing);
+        assert_eq!(
+            request_refetch(p, &store, at(T0 + 40)),
+            Refetch::Failing,
+            "asked"
+        );
+        assert!(tick(p, r, 0, &mut copy, &store, at(T0 + 40)).is_some());
+        assert_eq!(
+            request_refetch(p, &store, at(T0 + 40)),
+            Refetch::Failing,
+            "under way"
+        );
+        assert!(
+            fetched(
+                p,
+                r,
+                &mut copy,
+                jwks_response("k2", None),
+                &store,
+                at(T0 + 40)
+            )
+            .is_ok()
+        );
+        assert!(!failing(p, &store));
+        assert_eq!(copy.as_ref().map(|k| k.generation), Some(2));
+        // Back to normal at once: the next kid miss (after the cooldown) waits for a refetch.
+        assert_eq!(request_refetch(p, &store, at(T0 + 80)), Refetch::Requested);
     }
 
     #[test]

@@ -1006,3 +1006,74 @@ fn remote_keys_cannot_carry_hmac_secrets() {
         "providers.idp.remote_jwks.path: must start with '/', got \"jwks.json\""
     );
 }
+
+#[test]
+fn while_the_key_server_fails_nothing_waits_and_a_good_fetch_restores_everything() {
+    use filter_core::decision::CalloutResult;
+    use jwt_auth::JwtStream;
+    let f = remote_filter();
+    let store = MemStore::new();
+    let metrics = RecordedMetrics::default();
+    // Milliseconds after NOW.
+    let env = |ms: u64| Env {
+        now: Time::from_nanos((NOW * 1000 + ms) * 1_000_000),
+        store: &store,
+        metrics: &metrics,
+        verifier: &filter_core::signature::NoNativeVerifier,
+        random: &filter_core::random::Fixed(0),
+    };
+    let broken = || CalloutResult::Response {
+        status: Some(500),
+        headers: vec![],
+        body: vec![],
+    };
+    let old = Key::generate(Alg::EdDSA, "old");
+    let new = Key::generate(Alg::ES256, "new");
+    let bearer =
+        |k: &Key| get("/").with_header("authorization", format!("Bearer {}", k.sign(&claims())));
+    let fetch = |ms: u64| {
+        let callouts = f.on_tick(&env(ms));
+        assert_eq!(callouts.len(), 1, "a fetch at {ms} ms");
+        callouts[0].tag
+    };
+    // Cold start: a token waits for the first fetch; it fails, and the held request gets its 503
+    // at its next decision (the next tick) instead of after the 3 s wait limit.
+    let mut held = JwtStream::default();
+    assert_eq!(
+        f.on_request(&mut held, &bearer(&old), &env(0)),
+        Decision::Wait
+    );
+    let tag = fetch(0);
+    f.on_callout_response(tag, broken(), &env(50));
+    assert_eq!(
+        refused(&f.on_request(&mut held, &bearer(&old), &env(100))).status,
+        503
+    );
+    // New requests are not held at all while the key server is known to fail.
+    let r = f.on_request(&mut JwtStream::default(), &bearer(&old), &env(200));
+    assert_eq!(refused(&r).status, 503);
+    // Without keys the next try is 1 s after the failure, not a backoff's 2 s or more.
+    assert!(f.on_tick(&env(1000)).is_empty());
+    let tag = fetch(1100);
+    f.on_callout_response(tag, jwks_answer(&[&old]), &env(1150));
+    // A good fetch: everything normal at once.
+    passed(&f.on_request(&mut JwtStream::default(), &bearer(&old), &env(1150)));
+    let mut held = JwtStream::default();
+    assert_eq!(
+        f.on_request(&mut held, &bearer(&new), &env(2000)),
+        Decision::Wait,
+        "kid miss"
+    );
+    // The kid-miss refetch fails: 401 at the next decision, not after the wait limit.
+    let tag = fetch(2000);
+    f.on_callout_response(tag, broken(), &env(2050));
+    assert_invalid(&f.on_request(&mut held, &bearer(&new), &env(2100)));
+    // Past the kid-miss cooldown (30 s), the key server still known to fail: an unknown kid is
+    // refused at once, and asks for the refetch the backoff allows (its 2 s are long past).
+    let mut stream = JwtStream::default();
+    assert_invalid(&f.on_request(&mut stream, &bearer(&new), &env(40_000)));
+    let tag = fetch(40_000);
+    f.on_callout_response(tag, jwks_answer(&[&old, &new]), &env(40_050));
+    passed(&f.on_request(&mut JwtStream::default(), &bearer(&new), &env(40_100)));
+    passed(&f.on_request(&mut JwtStream::default(), &bearer(&old), &env(40_100)));
+}
