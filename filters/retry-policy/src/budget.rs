@@ -503,6 +503,19 @@ mod tests {
         admission.grant.map_or(0, |g| g.retries)
     }
 
+    /// Counts reads.
+    struct Counting<'a>(&'a MemStore, Cell<u32>);
+
+    impl SharedStore for Counting<'_> {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+            self.1.set(self.1.get() + 1);
+            self.0.get(key)
+        }
+        fn set(&self, key: &str, v: &[u8], cas: Option<Cas>) -> Result<Written, StoreError> {
+            self.0.set(key, v, cas)
+        }
+    }
+
     #[test]
     fn the_allowance_is_the_ratio_s_share_rounded_down_plus_the_reserve() {
         assert_eq!(allowance(0.7, 0).of(10), 7, "0.7 means 7 in 10");
@@ -606,17 +619,6 @@ mod tests {
 
     #[test]
     fn a_worker_that_found_nothing_asks_again_only_when_it_could_find_something() {
-        /// Counts reads.
-        struct Counting<'a>(&'a MemStore, Cell<u32>);
-        impl SharedStore for Counting<'_> {
-            fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
-                self.1.set(self.1.get() + 1);
-                self.0.get(key)
-            }
-            fn set(&self, key: &str, v: &[u8], cas: Option<Cas>) -> Result<Written, StoreError> {
-                self.0.set(key, v, cas)
-            }
-        }
         let mem = MemStore::new();
         let store = Counting(&mem, Cell::new(0));
         let mut ledger = Ledger::default();
@@ -638,6 +640,40 @@ mod tests {
         ledger.admit(&store, &a, 2, at(30 + 100));
         assert_eq!(RECHECK, Duration::from_millis(100));
         assert_eq!(store.1.get(), 5);
+    }
+
+    /// The cost that matters: each read-modify-write of the window is two host calls and a
+    /// value both workers contend for.
+    #[test]
+    fn the_window_is_written_per_lease_not_per_request() {
+        let a = allowance(0.1, 10);
+        // Healthy: 1,000 requests in a second, each answered after one attempt. Grants and
+        // refunds go through the lease: one write, and one more at the tick.
+        let mem = MemStore::new();
+        let store = Counting(&mem, Cell::new(0));
+        let mut ledger = Ledger::default();
+        for i in 0..1_000 {
+            let grant = ledger.admit(&store, &a, 2, at(i)).grant.unwrap();
+            ledger.refund(grant, 0, at(i));
+        }
+        ledger.flush(&store, at(1_000)).unwrap();
+        assert_eq!(store.1.get(), 2);
+        assert_eq!(window(&mem).counts(NOW), (1_000, 0));
+        // An outage: every retry used, the budget binding. A write per ten requests (what
+        // ten requests pay for at 0.1), not per request.
+        let mem = MemStore::new();
+        let store = Counting(&mem, Cell::new(0));
+        let mut ledger = Ledger::default();
+        let mut granted = 0;
+        for i in 0..1_000 {
+            granted += retries(ledger.admit(&store, &a, 2, at(i)));
+        }
+        ledger.flush(&store, at(1_000)).unwrap();
+        assert_eq!(window(&mem).counts(NOW), (1_000, granted));
+        // 0.1 × 1,000 requests + the reserve of 100, less what the last few requests would
+        // have paid for had the worker asked again.
+        assert!((195..=200).contains(&granted), "{granted}");
+        assert!(store.1.get() <= 120, "{} writes", store.1.get());
     }
 
     #[test]
