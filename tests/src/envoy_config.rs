@@ -58,6 +58,7 @@ pub struct TestEnvoyConfig {
     grpc_clusters: Vec<(String, u16)>,
     native_filters: Vec<String>,
     route_rate_limits: Option<String>,
+    upstream_max_retries: Option<u32>,
 }
 
 impl TestEnvoyConfig {
@@ -75,6 +76,7 @@ impl TestEnvoyConfig {
             grpc_clusters: Vec::new(),
             native_filters: Vec::new(),
             route_rate_limits: None,
+            upstream_max_retries: None,
         }
     }
 
@@ -144,6 +146,13 @@ impl TestEnvoyConfig {
     /// The route's `rate_limits` (for Envoy's native `ratelimit` filter), as a YAML flow list.
     pub fn route_rate_limits(mut self, flow_yaml: &str) -> Self {
         self.route_rate_limits = Some(flow_yaml.to_owned());
+        self
+    }
+
+    /// Raises the `upstream` cluster's cap on concurrent retries (its circuit breaker's
+    /// `max_retries`, 3 by default), so that a test's own retry limit is the one that binds.
+    pub fn upstream_max_retries(mut self, max_retries: u32) -> Self {
+        self.upstream_max_retries = Some(max_retries);
         self
     }
 
@@ -290,7 +299,7 @@ static_resources:
   clusters:
   - name: upstream
     type: STATIC
-    connect_timeout: 1s
+    connect_timeout: 1s{upstream_thresholds}
     load_assignment:
       cluster_name: upstream
       endpoints:
@@ -336,6 +345,11 @@ static_resources:
                 )
             },
             port = self.upstream_port,
+            upstream_thresholds = match self.upstream_max_retries {
+                Some(n) =>
+                    format!("\n    circuit_breakers: {{ thresholds: [{{ max_retries: {n} }}] }}"),
+                None => String::new(),
+            },
         )
     }
 }

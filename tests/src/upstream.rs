@@ -53,6 +53,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+    /// When it had been read in full (the wall clock, which Envoy's filters read too).
+    pub at: std::time::SystemTime,
 }
 
 impl Received {
@@ -300,5 +302,6 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
         path,
         headers,
         body,
+        at: std::time::SystemTime::now(),
     })
 }

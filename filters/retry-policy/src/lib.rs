@@ -7,8 +7,9 @@
 //! applied unless the method is not idempotent (RFC 9110 §9.2.2; an `Idempotency-Key` makes
 //! POST and PATCH retryable), the circuit breaker marks the request as a half-open probe, or
 //! the retry budget ([`budget`]) is spent, in which case `x-envoy-max-retries: 0` shuts off
-//! route-level retries too. Per response: the retries Envoy made are counted against the
-//! budget, and a 429 or 503 without a usable `Retry-After` gets one ([`retry_after`]).
+//! route-level retries too. The budget charges a grant's retries when it is given (fewer than
+//! the rule's if fewer are left); per response, what Envoy did not use is refunded, and a 429
+//! or 503 without a usable `Retry-After` gets one ([`retry_after`]).
 #![deny(unsafe_code)]
 
 pub mod budget;
@@ -21,8 +22,6 @@ use filter_core::decision::{Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId};
 use filter_core::request::{RequestView, ResponseView};
-use filter_core::store;
-use filter_core::time::Time;
 use std::cell::{Cell, RefCell};
 
 /// The retry headers Envoy's router reads; a client's are always removed.
@@ -31,32 +30,28 @@ pub use crate::config::header::ALL as RETRY_HEADERS;
 /// Methods a proxy may retry on its own (RFC 9110 §9.2.2).
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 
-/// Read-modify-write attempts on the budget before giving up on counting.
-const MAX_ATTEMPTS: u32 = 8;
-
 /// The filter, as compiled from its configuration.
 #[derive(Debug)]
 pub struct RetryPolicy {
     config: Compiled,
+    /// The budget's allowance, if there is a budget.
+    allowance: Option<budget::Allowance>,
     /// Whether this worker's last budget check found it spent (to count each spell once).
     spent: Cell<bool>,
-    /// Requests this worker has not added to the shared budget yet (added on each tick).
-    unsent: Cell<u32>,
     /// The headers of a request that gets no retries.
     no_retries: [(&'static str, String); 1],
-    /// The shared budget window as this worker last read or wrote it, and when.
-    window: RefCell<Option<(Time, budget::Window)>>,
+    /// This worker's lease on the shared budget and what it owes it.
+    ledger: RefCell<budget::Ledger>,
 }
-
-/// How long a worker judges by the budget window it last saw before reading it again. Its
-/// own retries update its copy at once; other workers' reach it within this time.
-const WINDOW_FRESHNESS: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Per-request state.
 #[derive(Debug, Default)]
 pub struct Stream {
     /// Retries were granted: count those that happen.
     granted: bool,
+    /// What the budget charged for them, refunded in part when the response tells how many
+    /// were used.
+    charge: Option<budget::Grant>,
 }
 
 const GIVEN_RETRIES: MetricId = MetricId(0);
@@ -67,6 +62,7 @@ const BUDGET_SPENT: MetricId = MetricId(4);
 const RETRIES: MetricId = MetricId(5);
 const RETRY_AFTER_ADDED: MetricId = MetricId(6);
 const BUDGET_CONTENTION: MetricId = MetricId(7);
+const BUDGET_CUT: MetricId = MetricId(8);
 
 /// Why a request gets no retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +88,20 @@ fn write(headers: &[(&'static str, String)], internal: bool) -> HeaderEdits {
     edits
 }
 
+/// A rule's headers with `x-envoy-max-retries` set to `retries`.
+fn with_max_retries(
+    headers: &[(&'static str, String)],
+    retries: u32,
+) -> Vec<(&'static str, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| match *name {
+            config::header::MAX_RETRIES => (*name, retries.to_string()),
+            _ => (*name, value.clone()),
+        })
+        .collect()
+}
+
 /// Whether Envoy let the client's `x-envoy-*` headers through. Envoy's connection manager
 /// removes them (retry headers included) from every request it does not consider internal,
 /// and marks internal ones with `x-envoy-internal: true` (which it removes from all others), so
@@ -102,42 +112,29 @@ fn internal(request: &dyn RequestView) -> bool {
 }
 
 impl RetryPolicy {
-    /// Whether the budget allows retries now; counts the request in it either way.
-    fn budget_allows(&self, env: &Env<'_>) -> bool {
-        let Some(budget) = self.config.budget else {
-            return true;
+    /// Counts the request in the budget and returns how many of `want` retries it may have,
+    /// charged to the budget already, with what to refund later.
+    fn admit(&self, want: u32, env: &Env<'_>) -> (u32, Option<budget::Grant>) {
+        let Some(allowance) = &self.allowance else {
+            return (want, None);
         };
-        let unsent = self.unsent.get();
-        self.unsent.set(unsent.saturating_add(1));
-        let Ok(mut cached) = self.window.try_borrow_mut() else {
-            return true;
+        let Ok(mut ledger) = self.ledger.try_borrow_mut() else {
+            // Unreachable (one callback at a time); the ceiling holds by giving none.
+            return (0, None);
         };
-        let stale = cached
-            .as_ref()
-            .is_none_or(|(seen, _)| env.now.since(*seen) >= WINDOW_FRESHNESS);
-        if stale {
-            match env.store.get(budget::KEY) {
-                Ok(stored) => {
-                    let bytes = stored.as_ref().map(|(b, _)| b.as_slice());
-                    *cached = Some((env.now, budget::Window::decode(bytes)));
-                }
-                Err(_) => {
-                    // Unknown: grant, as without a budget (the per-request cap still holds).
-                    env.metrics.add(BUDGET_CONTENTION, 1);
-                    return true;
-                }
+        let admission = ledger.admit(env.store, allowance, want, env.now);
+        if admission.store_failed {
+            env.metrics.add(BUDGET_CONTENTION, 1);
+        }
+        let given = admission.grant.map_or(0, |g| g.retries);
+        if want > 0 {
+            let spent = given == 0;
+            if spent && !self.spent.get() {
+                env.metrics.add(BUDGET_SPENT, 1);
             }
+            self.spent.set(spent);
         }
-        cached
-            .as_ref()
-            .is_none_or(|(_, window)| window.allows(&budget, env.now.as_secs(), unsent))
-    }
-
-    /// Keeps the window this worker just wrote as its freshest copy.
-    fn remember(&self, env: &Env<'_>, window: budget::Window) {
-        if let Ok(mut cached) = self.window.try_borrow_mut() {
-            *cached = Some((env.now, window));
-        }
+        (given, admission.grant)
     }
 
     fn refusal(&self, request: &dyn RequestView) -> Option<NoRetry> {
@@ -169,15 +166,17 @@ impl Filter for RetryPolicy {
         MetricDef::counter("retries"),
         MetricDef::counter("retry_after_added"),
         MetricDef::counter("budget_contention"),
+        MetricDef::counter("budget_cut"),
     ];
 
     fn new(config: RetryPolicyConfig) -> Result<Self, ConfigError> {
+        let config = config.compile()?;
         Ok(RetryPolicy {
-            config: config.compile()?,
+            allowance: config.budget.as_ref().map(budget::Allowance::new),
+            config,
             spent: Cell::new(false),
-            unsent: Cell::new(0),
             no_retries: [(config::header::MAX_RETRIES, "0".to_owned())],
-            window: RefCell::new(None),
+            ledger: RefCell::new(budget::Ledger::default()),
         })
     }
 
@@ -188,22 +187,12 @@ impl Filter for RetryPolicy {
     }
 
     fn on_tick(&self, env: &Env<'_>) -> Vec<filter_core::decision::Callout> {
-        let unsent = self.unsent.replace(0);
-        if unsent > 0 {
-            let now = env.now.as_secs();
-            let added = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
-                let mut window = budget::Window::decode(bytes);
-                window.deposit(unsent, now);
-                (Some(window.encode()), window)
-            });
-            if let Ok(window) = &added {
-                self.remember(env, window.clone());
-            }
-            if added.is_err() {
-                // Try again on the next tick rather than lose them.
-                self.unsent.set(self.unsent.get().saturating_add(unsent));
-                env.metrics.add(BUDGET_CONTENTION, 1);
-            }
+        if self.allowance.is_some()
+            && let Ok(mut ledger) = self.ledger.try_borrow_mut()
+            && ledger.flush(env.store, env.now).is_err()
+        {
+            // Kept: written on the next tick or lease.
+            env.metrics.add(BUDGET_CONTENTION, 1);
         }
         Vec::new()
     }
@@ -223,18 +212,25 @@ impl Filter for RetryPolicy {
             // No rule: the route's own policy applies, never a client's headers.
             return Decision::forward(write(&[], internal(request)));
         };
-        let refused = self.refusal(request).or_else(|| {
-            let allows = self.budget_allows(env);
-            if !allows && !self.spent.get() {
-                env.metrics.add(BUDGET_SPENT, 1);
+        let (refused, given) = match self.refusal(request) {
+            Some(reason) => (Some(reason), 0),
+            None => {
+                let (given, charge) = self.admit(rule.num_retries, env);
+                stream.charge = charge;
+                let refused = (given == 0 && rule.num_retries > 0).then_some(NoRetry::Budget);
+                (refused, given)
             }
-            self.spent.set(!allows);
-            (!allows).then_some(NoRetry::Budget)
-        });
+        };
         match refused {
             None => {
                 env.metrics.add(GIVEN_RETRIES, 1);
-                stream.granted = rule.num_retries > 0;
+                stream.granted = given > 0;
+                if given < rule.num_retries {
+                    // The budget had fewer left: Envoy's router may make only those.
+                    env.metrics.add(BUDGET_CUT, 1);
+                    let headers = with_max_retries(&rule.headers, given);
+                    return Decision::forward(write(&headers, internal(request)));
+                }
                 Decision::forward(write(&rule.headers, internal(request)))
             }
             Some(reason) => {
@@ -263,22 +259,16 @@ impl Filter for RetryPolicy {
         env: &Env<'_>,
     ) -> HeaderEdits {
         if std::mem::take(&mut stream.granted) {
+            // No count: Envoy made no attempt (a reply before the router); see README.
             let retries = response.attempts().unwrap_or(1).saturating_sub(1);
+            let retries = u32::try_from(retries).unwrap_or(u32::MAX);
             if retries > 0 {
-                let retries = u32::try_from(retries).unwrap_or(u32::MAX);
                 env.metrics.add(RETRIES, i64::from(retries));
-                if self.config.budget.is_some() {
-                    let now = env.now.as_secs();
-                    let counted = store::update(env.store, budget::KEY, MAX_ATTEMPTS, |bytes| {
-                        let mut window = budget::Window::decode(bytes);
-                        window.withdraw(retries, now);
-                        (Some(window.encode()), window)
-                    });
-                    match counted {
-                        Ok(window) => self.remember(env, window),
-                        Err(_) => env.metrics.add(BUDGET_CONTENTION, 1),
-                    }
-                }
+            }
+            if let Some(charge) = stream.charge.take()
+                && let Ok(mut ledger) = self.ledger.try_borrow_mut()
+            {
+                ledger.refund(charge, retries, env.now);
             }
         }
         let Some(policy) = &self.config.retry_after else {

@@ -158,24 +158,56 @@ fn a_half_open_probe_is_not_retried() {
 }
 
 #[test]
-fn the_budget_stops_retries_once_spent_and_counts_the_spell_once() {
+fn the_budget_cuts_the_last_grant_then_stops_retries_and_counts_the_spell_once() {
     // No ratio, 1 retry per second of reserve: 10 retries per 10 s.
     let w = World::new(
         r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 3}],
             "budget": {"retry_ratio": 0, "min_retries_per_second": 1}}"#,
     );
     let get = Request::new("GET", "/");
-    // Four requests retried three times each: 12 retries happen.
-    for _ in 0..4 {
-        let (edits, _) = w.call(&get, Response::new(503).with_attempts(4));
-        assert_eq!(set(&edits, "x-envoy-max-retries"), Some("3"));
+    // Three requests retried three times each, then one with the single retry left.
+    for (max, attempts) in [("3", 4), ("3", 4), ("3", 4), ("1", 2)] {
+        let (edits, _) = w.call(&get, Response::new(503).with_attempts(attempts));
+        assert_eq!(set(&edits, "x-envoy-max-retries"), Some(max));
     }
-    assert_eq!(w.metric(5), 12);
+    assert_eq!(w.metric(5), 10);
+    assert_eq!(w.metric(8), 1, "one grant cut short");
     for _ in 0..3 {
         let (edits, _) = w.call(&get, Response::new(200));
         assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
     }
     assert_eq!((w.metric(2), w.metric(4)), (3, 1));
+}
+
+#[test]
+fn unused_retries_are_refunded_to_later_requests() {
+    // 10 retries per 10 s; each request is answered at once, after one retry.
+    let w = World::new(
+        r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 3}],
+            "budget": {"retry_ratio": 0, "min_retries_per_second": 1}}"#,
+    );
+    let get = Request::new("GET", "/");
+    let given: Vec<String> = (0..10)
+        .map(|_| {
+            let (edits, _) = w.call(&get, Response::new(200).with_attempts(2));
+            set(&edits, "x-envoy-max-retries").unwrap().to_owned()
+        })
+        .collect();
+    // Each request used one of its three: ten requests were given retries, the last two
+    // what was left.
+    assert_eq!(given, ["3", "3", "3", "3", "3", "3", "3", "3", "2", "1"]);
+    // Ten retries were used: the window's reserve is spent.
+    let (edits, _) = w.call(&get, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+    // A response without an attempt count (Envoy made no attempt) refunds the whole grant.
+    let w = World::new(
+        r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 3}],
+            "budget": {"retry_ratio": 0, "min_retries_per_second": 1}}"#,
+    );
+    for _ in 0..20 {
+        let (edits, _) = w.call(&get, Response::new(404));
+        assert_eq!(set(&edits, "x-envoy-max-retries"), Some("3"));
+    }
 }
 
 #[test]
