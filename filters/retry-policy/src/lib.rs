@@ -252,6 +252,23 @@ impl Filter for RetryPolicy {
         stream.granted || self.config.retry_after.is_some()
     }
 
+    fn wants_end(&self, stream: &Stream) -> bool {
+        stream.charge.is_some()
+    }
+
+    fn on_end(&self, stream: &mut Stream, ending: &dyn ResponseView, env: &Env<'_>) {
+        // No response reached the client (it left first): Envoy's attempt count still says
+        // how many retries were made. Without one, the charge stays spent (never more
+        // retries than charged) and ages out with its second.
+        stream.granted = false;
+        if let (Some(charge), Some(attempts)) = (stream.charge.take(), ending.attempts()) {
+            let retries = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+            if let Ok(mut ledger) = self.ledger.try_borrow_mut() {
+                ledger.refund(charge, retries, env.now);
+            }
+        }
+    }
+
     fn on_response(
         &self,
         stream: &mut Stream,

@@ -183,7 +183,7 @@ impl Sim {
                     let env = self.env();
                     let filter = &self.workers[open.worker];
                     if filter.wants_end(&open.stream) {
-                        filter.on_end(&mut open.stream, &env);
+                        filter.on_end(&mut open.stream, &Response::empty(), &env);
                     }
                 }
             }

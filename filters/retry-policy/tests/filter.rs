@@ -211,6 +211,40 @@ fn unused_retries_are_refunded_to_later_requests() {
 }
 
 #[test]
+fn a_client_that_left_gets_its_unused_retries_refunded_by_envoy_s_attempt_count() {
+    let config = r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 3}],
+            "budget": {"retry_ratio": 0, "min_retries_per_second": 1}}"#;
+    let get = Request::new("GET", "/");
+    // Ten clients leave before any response; Envoy says each request made one attempt.
+    let w = World::new(config);
+    let env = w.env(NOW);
+    for _ in 0..10 {
+        let mut stream = Stream::default();
+        let Decision::Continue(edits) = w.filter.on_request(&mut stream, &get, &env) else {
+            panic!()
+        };
+        assert_eq!(set(&edits.headers, "x-envoy-max-retries"), Some("3"));
+        assert!(w.filter.wants_end(&stream));
+        w.filter
+            .on_end(&mut stream, &Response::empty().with_attempts(1), &env);
+        assert!(!w.filter.wants_end(&stream));
+    }
+    // Nothing was used: the reserve is whole.
+    let (edits, _) = w.call(&get, Response::new(200).with_attempts(1));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("3"));
+    // Without an attempt count the grant stays charged: never more retries than charged.
+    let w = World::new(config);
+    let env = w.env(NOW);
+    for _ in 0..4 {
+        let mut stream = Stream::default();
+        w.filter.on_request(&mut stream, &get, &env);
+        w.filter.on_end(&mut stream, &Response::empty(), &env);
+    }
+    let (edits, _) = w.call(&get, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+}
+
+#[test]
 fn retry_after_is_added_kept_or_capped() {
     let w = World::new(
         r#"{"retry_after": {"statuses": [429, 503], "default": "5s", "max": "60s", "jitter": "none"}}"#,
