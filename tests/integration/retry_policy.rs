@@ -5,6 +5,7 @@
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
+use filter_tests::grpc::{GrpcCall, GrpcServer, code};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -229,4 +230,66 @@ fn the_example_retries_a_get_three_times_and_a_post_once() {
         .send(port);
     assert_eq!(post.status, 503);
     assert_eq!(retries(), 2);
+}
+
+both_modules! {
+    /// `grpc_retry_on` with a real gRPC upstream and client: Envoy retries a trailers-only
+    /// UNAVAILABLE as the rule says, and the client sees the last attempt's answer. A gRPC
+    /// call is a POST, so (as for any POST) only one carrying the idempotency key is retried.
+    fn grpc_retry_on_retries_trailers_only_unavailable(layout) {
+        let server = GrpcServer::start();
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(server.port())
+                .upstream_http2()
+                .layout(layout)
+                .filter(
+                    "retry_policy",
+                    r#"{"rules": [{"match": {"prefix": "/test."}, "grpc_retry_on": ["unavailable"], "num_retries": 2}]}"#,
+                )
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        let call = |id: &str, reply: &str| {
+            let outcome = GrpcCall::new(port, "/test.Echo/Unary")
+                .header("idempotency-key", id)
+                .id(id)
+                .reply(reply)
+                .run_one();
+            outcome.assert_valid_grpc();
+            outcome
+        };
+
+        // Down for good: three attempts, the client gets the last UNAVAILABLE.
+        let down = call("down", "trailers-only:14");
+        assert_eq!(down.code, code::UNAVAILABLE, "{down:#?}");
+        assert_eq!(server.requests_with_id("down"), 3, "{}", server.log());
+        // Fails once: the retry's OK is what the client gets.
+        let flaky = call("flaky", "fail-first:1:14");
+        assert_eq!((flaky.code, flaky.messages), (code::OK, 1), "{flaky:#?}");
+        assert_eq!(server.requests_with_id("flaky"), 2, "{}", server.log());
+        // A code the rule does not name, and a status in trailers after the headers (Envoy
+        // judges the headers only: the answer is committed): one attempt each.
+        let internal = call("internal", "trailers-only:13");
+        assert_eq!(internal.code, code::INTERNAL);
+        assert_eq!(server.requests_with_id("internal"), 1);
+        let late = call("late", "trailers:14");
+        assert_eq!(late.code, code::UNAVAILABLE);
+        assert_eq!(server.requests_with_id("late"), 1);
+        // Without the idempotency key: one attempt.
+        let unkeyed = GrpcCall::new(port, "/test.Echo/Unary")
+            .id("unkeyed")
+            .reply("trailers-only:14")
+            .run_one();
+        assert_eq!(unkeyed.code, code::UNAVAILABLE);
+        assert_eq!(server.requests_with_id("unkeyed"), 1);
+
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.retry_policy.retries", 3),
+            Some(3)
+        );
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.retry_policy.no_retries_method", 1),
+            Some(1)
+        );
+    }
 }
