@@ -164,12 +164,13 @@ fn through_envoy_without_filters_each_shape_keeps_its_meaning() {
     // Envoy relays a missing status as it came.
     let o = call(port, "no-status");
     assert_eq!(o.code, code::UNKNOWN, "{o:#?}");
-    // An upstream reset after the headers: Envoy resets the client's stream too
-    // (RST_STREAM INTERNAL_ERROR).
+    // An upstream reset after the headers: the client's stream ends without a status too
+    // (Envoy 1.40 resets it with INTERNAL_ERROR; 1.36 ends it, which the client calls
+    // UNKNOWN).
     let o = call(port, "reset");
-    assert_eq!(o.code, code::INTERNAL, "{o:#?}");
+    assert!([code::INTERNAL, code::UNKNOWN].contains(&o.code), "{o:#?}");
     assert_eq!(o.http_status, Some(200));
-    assert!(o.message.contains("h2 protocol error"), "{o:#?}");
+    assert!(!o.protocol_problems().is_empty(), "{o:#?}");
     // A reset before any headers: Envoy answers for the upstream (503, gRPC UNAVAILABLE).
     let o = call(port, "reset-before-headers");
     assert_eq!(o.code, code::UNAVAILABLE, "{o:#?}");
