@@ -75,6 +75,12 @@ fn each_reply_shape_gives_the_client_its_code() {
     let slow = call(port, "trailers:14,delay-ms=300");
     assert_eq!(slow.code, code::UNAVAILABLE);
     assert!(slow.elapsed >= Duration::from_millis(300), "{slow:#?}");
+    let slow_start = call(port, "ok,headers-delay-ms=300");
+    assert_eq!(slow_start.code, code::OK);
+    assert!(
+        slow_start.elapsed >= Duration::from_millis(300),
+        "{slow_start:#?}"
+    );
     let late = GrpcCall::new(port, PATH)
         .reply("ok,delay-ms=2000")
         .timeout(Duration::from_millis(300))
@@ -105,7 +111,7 @@ fn each_reply_shape_gives_the_client_its_code() {
     assert_eq!(bad.code, code::INVALID_ARGUMENT, "{bad:#?}");
     assert!(bad.message.contains("0 to 16"), "{bad:#?}");
 
-    assert_eq!(server.requests(), 17, "{}", server.log());
+    assert_eq!(server.requests(), 18, "{}", server.log());
 }
 
 #[test]
@@ -175,5 +181,7 @@ fn through_envoy_without_filters_each_shape_keeps_its_meaning() {
     let o = call(port, "reset-before-headers");
     assert_eq!(o.code, code::UNAVAILABLE, "{o:#?}");
     o.assert_valid_grpc();
+    // Envoy's answer, not the upstream's: no x-grpc-tool-request.
+    assert_eq!(o.header("x-grpc-tool-request"), None, "{o:#?}");
     assert_eq!(server.requests(), 8, "{}", server.log());
 }

@@ -9,7 +9,10 @@
 //! Reply shapes (`x-grpc-reply`, see `tests/grpc-tool/src/reply.rs`): `ok` (the default),
 //! `trailers:<code>`, `trailers-only:<code>`, `stream:<n>:<code>`, `fail-first:<k>:<code>`
 //! (per `x-grpc-id`), `no-status`, `end-without-trailers`, `reset`, `reset-before-headers`,
-//! `http:<status>`; options `,delay-ms=<n>` (before the answer ends) and `,message=<text>`.
+//! `http:<status>`; options `,delay-ms=<n>` (before the answer ends), `,headers-delay-ms=<n>`
+//! (before anything is sent) and `,message=<text>`. Every answer from the server carries
+//! `x-grpc-tool-request: <n>` in its headers (none in a reset before headers), so an answer
+//! without it was made by Envoy or a filter.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -13,7 +13,8 @@
 //! answers any path as the request's `x-grpc-reply` header says ([`reply`] lists the shapes:
 //! `ok`, `trailers:<code>`, `trailers-only:<code>`, `stream:<n>:<code>`,
 //! `fail-first:<k>:<code>`, `no-status`, `end-without-trailers`, `reset`,
-//! `reset-before-headers`, `http:<status>`, with options `delay-ms=<n>` and `message=<text>`).
+//! `reset-before-headers`, `http:<status>`, with options `delay-ms=<n>`,
+//! `headers-delay-ms=<n>` and `message=<text>`).
 //! It logs one line per request on stderr, `request <n>: path=... x-grpc-reply=...
 //! x-grpc-id=...`, before answering: counting those lines counts the requests.
 //!

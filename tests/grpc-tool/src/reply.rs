@@ -17,8 +17,9 @@
 //!
 //! Options: `delay-ms=<n>` waits `n` ms before the end of the answer (before the trailers, the
 //! trailers-only headers, the ending DATA frame, the reset, or the plain HTTP answer), for
-//! slow-call tests; `message=<text>` sets the `grpc-message` (default `grpc-tool <shape>` for
-//! a non-zero code, none for 0).
+//! slow-call tests; `headers-delay-ms=<n>` waits `n` ms before anything is sent (response
+//! headers included), for timeouts that stop at the response headers; `message=<text>` sets
+//! the `grpc-message` (default `grpc-tool <shape>` for a non-zero code, none for 0).
 //!
 //! Example: `x-grpc-reply: trailers:14,delay-ms=300`.
 
@@ -52,6 +53,8 @@ pub(crate) struct Reply {
     pub(crate) shape: Shape,
     /// Waited before the answer ends.
     pub(crate) delay: Duration,
+    /// Waited before anything is sent.
+    pub(crate) headers_delay: Duration,
     /// `grpc-message`; `None`: the default.
     pub(crate) message: Option<String>,
 }
@@ -70,21 +73,19 @@ impl Reply {
         let mut reply = Reply {
             shape,
             delay: Duration::ZERO,
+            headers_delay: Duration::ZERO,
             message: None,
         };
         for item in items {
             match item.split_once('=') {
-                Some(("delay-ms", ms)) => {
-                    let ms: u64 = number(ms, "delay-ms")?;
-                    if ms > MAX_DELAY_MS {
-                        return Err(format!("delay-ms={ms}: at most {MAX_DELAY_MS}"));
-                    }
-                    reply.delay = Duration::from_millis(ms);
+                Some(("delay-ms", ms)) => reply.delay = delay(ms, "delay-ms")?,
+                Some(("headers-delay-ms", ms)) => {
+                    reply.headers_delay = delay(ms, "headers-delay-ms")?;
                 }
                 Some(("message", text)) => reply.message = Some(text.to_owned()),
                 _ => {
                     return Err(format!(
-                        "unknown option {item:?} (delay-ms=N, message=TEXT)"
+                        "unknown option {item:?} (delay-ms=N, headers-delay-ms=N, message=TEXT)"
                     ));
                 }
             }
@@ -156,6 +157,14 @@ fn shape(text: &str) -> Result<Shape, String> {
     Ok(shape)
 }
 
+fn delay(text: &str, what: &str) -> Result<Duration, String> {
+    let ms: u64 = number(text, what)?;
+    if ms > MAX_DELAY_MS {
+        return Err(format!("{what}={ms}: at most {MAX_DELAY_MS}"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
@@ -223,12 +232,15 @@ mod tests {
 
     #[test]
     fn options() {
-        let r = Reply::parse("trailers:14, delay-ms=300,message=slow down").unwrap();
+        let r = Reply::parse("trailers:14, delay-ms=300,message=slow down,headers-delay-ms=50")
+            .unwrap();
         assert_eq!(r.delay, Duration::from_millis(300));
+        assert_eq!(r.headers_delay, Duration::from_millis(50));
         assert_eq!(r.message.as_deref(), Some("slow down"));
         assert_eq!(r.grpc_message(14, "x"), Some("slow down".to_owned()));
         let r = Reply::parse("trailers:14").unwrap();
         assert_eq!(r.delay, Duration::ZERO);
+        assert_eq!(r.headers_delay, Duration::ZERO);
         assert_eq!(
             r.grpc_message(14, "trailers:14"),
             Some("grpc-tool trailers:14".to_owned())
@@ -250,6 +262,7 @@ mod tests {
             ("http:99", "200 to 599"),
             ("ok,delay-ms=x", "delay-ms"),
             ("ok,delay-ms=60001", "at most"),
+            ("ok,headers-delay-ms=60001", "at most"),
             ("ok,slow", "unknown option"),
         ] {
             let e = Reply::parse(value).unwrap_err();

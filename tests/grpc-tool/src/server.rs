@@ -126,6 +126,7 @@ async fn answer(
         other => other.clone(),
     };
     let delay = || tokio::time::sleep(reply.delay);
+    tokio::time::sleep(reply.headers_delay).await;
 
     match shape {
         Shape::Trailers { messages, code } => {
