@@ -92,12 +92,14 @@ async fn answer(
     let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let reply_text = header(&request, "x-grpc-reply").unwrap_or("ok").to_owned();
     let id = header(&request, "x-grpc-id").unwrap_or_default().to_owned();
-    eprintln!(
-        "request {n}: path={} x-grpc-reply={} x-grpc-id={}",
+    // One write per line, so that a reader never sees half of it.
+    let line = format!(
+        "request {n}: path={} x-grpc-reply={} x-grpc-id={}\n",
         request.uri().path(),
         header(&request, "x-grpc-reply").unwrap_or("-"),
         header(&request, "x-grpc-id").unwrap_or("-"),
     );
+    let _ = std::io::stderr().write_all(line.as_bytes());
     let payload = first_message(&read_body(request.into_body()).await?);
     let shape_text = reply_text.split(',').next().unwrap_or_default().to_owned();
 
