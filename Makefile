@@ -40,8 +40,10 @@ ENVOY_MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 
 export ENVOY_VERSION ENVOY_MODE IMAGE_REPO
 export ENVOY_BIN := $(abspath $(ENVOY_BIN))
-# The rate limit service and Redis that global rules are tested against (`make rls-tools`).
+# The rate limit service and Redis that global rules are tested against, and the gRPC
+# upstream and client of the gRPC tests (`make rls-tools`).
 export RLS_SERVER_BIN := $(abspath target/debug/rls-server)
+export GRPC_TOOL_BIN := $(abspath target/debug/grpc-tool)
 export REDIS_SERVER_BIN := $(or $(shell command -v redis-server 2>/dev/null),/usr/bin/redis-server)
 
 .DEFAULT_GOAL := help
@@ -141,13 +143,15 @@ dist-tools: ## Install docker-registry and skopeo if missing
 
 # A real rate limit service for global rules: tests/rls-server (Envoy's RateLimitService gRPC
 # protocol over the limitador crate), with counters in memory or in Debian's redis-server, which
-# Limitador's Redis scripts need at 7 or newer (`EXPIRE ... NX`, `PEXPIRETIME`).
-rls-tools: ## Build the rate limit service (rls-server) and install redis-server 7+ if missing
+# Limitador's Redis scripts need at 7 or newer (`EXPIRE ... NX`, `PEXPIRETIME`). grpc-tool (the
+# gRPC tests' upstream and client) uses the same tonic, h2 and tokio: one cargo invocation
+# builds both with unified features, so nothing is built twice.
+rls-tools: ## Build the rate limit service (rls-server) and grpc-tool, and install redis-server 7+ if missing
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } \
 	  || { echo "redis-server is missing and could not be installed: apt-get install redis-server"; exit 1; }
 	@v="$$(redis-server --version)"; major=$$(echo "$$v" | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'); \
 	  [ "$${major:-0}" -ge 7 ] || { echo "redis-server 7 or newer is needed, found: $$v"; exit 1; }
-	cargo build --profile test --locked -p rls-server
+	cargo build --profile test --locked -p rls-server -p grpc-tool
 
 # BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
 bench: build envoy bench-tools rls-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)

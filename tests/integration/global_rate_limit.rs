@@ -7,6 +7,7 @@ use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig};
 use filter_tests::free_port;
+use filter_tests::grpc::{GrpcCall, GrpcServer, code};
 use filter_tests::rls::{Redis, RlsServer, Storage};
 use filter_tests::upstream::Upstream;
 use std::net::TcpListener;
@@ -332,4 +333,32 @@ typed_config:
     let from_native = calls("native");
     assert_eq!(from_native.len(), 8, "{}", rls.log());
     assert_eq!(calls("wasm"), from_native);
+}
+
+both_modules! {
+    /// A real gRPC client (tonic) refused because the service cannot be reached (`deny`):
+    /// the 503 reaches it as a valid trailers-only UNAVAILABLE, with the failure's message.
+    fn a_grpc_caller_denied_for_a_service_failure_gets_a_valid_unavailable(layout) {
+        let server = GrpcServer::start();
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(server.port())
+                .upstream_http2()
+                .layout(layout)
+                .grpc_cluster("rls", closed_port())
+                .filter(
+                    "rate_limit",
+                    &fleet_config(r#", "timeout": "2s", "on_failure": {"unreachable": "deny"}"#),
+                )
+                .render(),
+        );
+        let refused = GrpcCall::new(envoy.port("gateway"), "/test.Echo/Unary")
+            .header("x-user-id", "alice")
+            .run_one();
+        assert_eq!(refused.code, code::UNAVAILABLE, "{refused:#?}");
+        refused.assert_valid_grpc();
+        assert!(refused.is_trailers_only(), "{refused:#?}");
+        assert!(refused.message.contains("unreachable"), "{refused:#?}");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(server.requests(), 0, "{}", server.log());
+    }
 }

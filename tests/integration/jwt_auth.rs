@@ -6,6 +6,7 @@
 use filter_tests::client::{self, Response};
 use filter_tests::envoy::{Envoy, STATS_LAG};
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
+use filter_tests::grpc::{GrpcCall, GrpcServer, code};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
@@ -1005,4 +1006,75 @@ fn while_the_key_server_fails_an_unknown_kid_is_refused_at_once() {
     let recovered = time_to_first_200(port, &new_token, 401);
     eprintln!("the new kid passes {recovered:?} after the key server was fixed");
     assert!(recovered < Duration::from_secs(4), "{recovered:?}");
+}
+
+both_modules! {
+    /// A real gRPC client (tonic): no token or a bad one is a valid trailers-only
+    /// UNAUTHENTICATED, a token without the scope a valid PERMISSION_DENIED, each with its
+    /// challenge in the metadata; good tokens reach the gRPC upstream.
+    fn a_real_grpc_client_reads_unauthenticated_and_permission_denied(layout) {
+        let key = Key::generate(Alg::ES256, "k");
+        let server = GrpcServer::start();
+        let config = json!({
+            "providers": { "idp": {
+                "issuer": "https://issuer.example",
+                "audiences": ["api"],
+                "algorithms": ["ES256"],
+                "local_jwks": { "inline": jwks(&[&key]) },
+            } },
+            "rules": [
+                { "match": { "prefix": "/admin." }, "requires": { "provider": "idp", "scopes": ["admin"] } },
+                { "match": { "prefix": "/" }, "requires": { "provider": "idp" } },
+            ],
+        });
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(server.port())
+                .upstream_http2()
+                .layout(layout)
+                .filter("jwt_auth", &config.to_string())
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        let reader = bearer(&key.sign(&claims("alice")));
+        let mut admin_claims = claims("root");
+        admin_claims["scope"] = json!("read admin");
+        let admin = bearer(&key.sign(&admin_claims));
+        let call = |path: &str, authorization: Option<&str>| {
+            let call = GrpcCall::new(port, path);
+            match authorization {
+                Some(value) => call.header("authorization", value),
+                None => call,
+            }
+            .run_one()
+        };
+
+        let missing = call("/test.Echo/Unary", None);
+        assert_eq!(missing.code, code::UNAUTHENTICATED, "{missing:#?}");
+        let garbage = call("/test.Echo/Unary", Some("Bearer a.b.c"));
+        assert_eq!(garbage.code, code::UNAUTHENTICATED, "{garbage:#?}");
+        assert!(
+            garbage.header("www-authenticate").unwrap_or_default().contains("invalid_token"),
+            "{garbage:#?}"
+        );
+        let scoped = call("/admin.Users/Delete", Some(&reader));
+        assert_eq!(scoped.code, code::PERMISSION_DENIED, "{scoped:#?}");
+        assert!(
+            scoped.header("www-authenticate").unwrap_or_default().contains("insufficient_scope"),
+            "{scoped:#?}"
+        );
+        for refused in [&missing, &garbage, &scoped] {
+            refused.assert_valid_grpc();
+            assert!(refused.is_trailers_only(), "{refused:#?}");
+            assert!(!refused.message.is_empty(), "{refused:#?}");
+            assert_eq!(refused.header("cache-control"), Some("no-store"));
+        }
+        assert_eq!(server.requests(), 0, "{}", server.log());
+
+        let ok = call("/test.Echo/Unary", Some(&reader));
+        assert_eq!(ok.code, code::OK, "{ok:#?}");
+        ok.assert_valid_grpc();
+        let ok = call("/admin.Users/Delete", Some(&admin));
+        assert_eq!(ok.code, code::OK, "{ok:#?}");
+        assert_eq!(server.requests(), 2, "{}", server.log());
+    }
 }

@@ -36,6 +36,7 @@ mod circuit_breaker;
 mod dist;
 mod examples;
 mod global_rate_limit;
+mod grpc_tool;
 mod harness;
 mod istio;
 mod jwt_auth;

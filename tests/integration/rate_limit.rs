@@ -4,6 +4,7 @@
 use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
+use filter_tests::grpc::{GrpcCall, GrpcServer, code, codes};
 use filter_tests::tokens::{demo_claims, demo_key};
 use filter_tests::upstream::Upstream;
 use std::time::Duration;
@@ -236,4 +237,68 @@ fn the_gateway_limits_each_user_by_the_subject_of_their_token() {
     assert_eq!(send(&carol, "someone-else"), 429);
     let dave = format!("Bearer {}", demo_key().sign(&demo_claims("dave", "read")));
     assert_eq!(send(&dave, "carol"), 200);
+}
+
+both_modules! {
+    /// A real gRPC client (tonic) over its limit: the refusal is a trailers-only gRPC answer
+    /// it reads as RESOURCE_EXHAUSTED, with a message, and the upstream never sees it.
+    fn a_grpc_caller_over_its_limit_gets_a_valid_resource_exhausted(layout) {
+        let server = GrpcServer::start();
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(server.port())
+                .upstream_http2()
+                .layout(layout)
+                .filter(
+                    "rate_limit",
+                    r#"{"rules": [{"name": "per-user", "key": [{"header": "x-user-id"}], "limit": {"requests": 2, "per": "1h"}}]}"#,
+                )
+                .render(),
+        );
+        let outcomes = GrpcCall::new(envoy.port("gateway"), "/test.Echo/Unary")
+            .header("x-user-id", "alice")
+            .count(3)
+            .run();
+        assert_eq!(codes(&outcomes), [code::OK, code::OK, code::RESOURCE_EXHAUSTED], "{outcomes:#?}");
+        let refused = &outcomes[2];
+        refused.assert_valid_grpc();
+        assert!(refused.is_trailers_only(), "{refused:#?}");
+        // Envoy sends the reply's body as grpc-message: the problem document naming the rule.
+        assert!(refused.message.contains("\"violated-policies\":[\"per-user\"]"), "{refused:#?}");
+        // The refusal's metadata: when to come back, and the limit.
+        assert!(refused.header("retry-after").is_some(), "{refused:#?}");
+        assert_eq!(refused.header("ratelimit-policy"), Some("\"per-user\";q=2;w=3600"));
+        // The allowed calls came back from the upstream with the limit's fields added.
+        outcomes[0].assert_valid_grpc();
+        assert_eq!(outcomes[0].header("ratelimit"), Some("\"per-user\";r=1;t=1800"));
+        assert_eq!(server.requests(), 2, "{}", server.log());
+    }
+}
+
+both_modules! {
+    /// Envoy answers a local reply as gRPC only for `application/grpc` and
+    /// `application/grpc+...`: a gRPC-Web or otherwise similar request over its limit keeps
+    /// its HTTP 429 instead of getting a 200 without `grpc-status`.
+    fn a_grpc_web_caller_over_its_limit_gets_429_not_200(layout) {
+        let upstream = Upstream::echo();
+        let envoy = gateway(layout,
+            &upstream,
+            r#"{"rules": [{"name": "all", "key": [{"rule": {}}], "limit": {"requests": 1, "per": "1h"}}]}"#,
+        );
+        let port = envoy.port("gateway");
+        assert_eq!(client::get("/x").send(port).status, 200);
+        for content_type in ["application/grpc-web+proto", "application/grpc-web-text", "application/GRPC"] {
+            let r = client::Request::new("POST", "/pkg.S/M")
+                .header("content-type", content_type)
+                .body(vec![0u8, 0, 0, 0, 0])
+                .send(port);
+            assert_eq!(r.status, 429, "{content_type}: {:?}", r.headers);
+            assert_eq!(r.header("grpc-status"), None, "{content_type}");
+        }
+        let grpc = client::Request::new("POST", "/pkg.S/M")
+            .header("content-type", "application/grpc+proto")
+            .header("te", "trailers")
+            .body(vec![0u8, 0, 0, 0, 0])
+            .send(port);
+        assert_eq!((grpc.status, grpc.header("grpc-status")), (200, Some("8")));
+    }
 }

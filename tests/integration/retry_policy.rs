@@ -5,6 +5,7 @@
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
+use filter_tests::grpc::{GrpcCall, GrpcServer, code};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -519,4 +520,71 @@ fn under_an_outage_the_budget_is_a_ceiling_in_every_ten_seconds() {
         fullest > 0.8,
         "the busiest window used {fullest:.2} of its allowance: the budget barely let retries through"
     );
+}
+
+both_modules! {
+    /// `grpc_retry_on` with a real gRPC upstream and client: Envoy retries a trailers-only
+    /// UNAVAILABLE as the rule says, and the client sees the last attempt's answer. Naming
+    /// gRPC codes declares the calls retriable on them; the rule's HTTP conditions (a reset)
+    /// still need the idempotency key.
+    fn grpc_retry_on_retries_trailers_only_unavailable(layout) {
+        let server = GrpcServer::start();
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(server.port())
+                .upstream_http2()
+                .layout(layout)
+                .filter(
+                    "retry_policy",
+                    r#"{"rules": [{"match": {"prefix": "/test."}, "retry_on": ["reset"], "grpc_retry_on": ["unavailable"], "num_retries": 2}]}"#,
+                )
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        let call = |id: &str, reply: &str| {
+            let outcome = GrpcCall::new(port, "/test.Echo/Unary")
+                .header("idempotency-key", id)
+                .id(id)
+                .reply(reply)
+                .run_one();
+            outcome.assert_valid_grpc();
+            outcome
+        };
+
+        // Down for good: three attempts, the client gets the last UNAVAILABLE.
+        let down = call("down", "trailers-only:14");
+        assert_eq!(down.code, code::UNAVAILABLE, "{down:#?}");
+        assert_eq!(server.requests_with_id("down"), 3, "{}", server.log());
+        // Fails once: the retry's OK is what the client gets.
+        let flaky = call("flaky", "fail-first:1:14");
+        assert_eq!((flaky.code, flaky.messages), (code::OK, 1), "{flaky:#?}");
+        assert_eq!(server.requests_with_id("flaky"), 2, "{}", server.log());
+        // A code the rule does not name, and a status in trailers after the headers (Envoy
+        // judges the headers only: the answer is committed): one attempt each.
+        let internal = call("internal", "trailers-only:13");
+        assert_eq!(internal.code, code::INTERNAL);
+        assert_eq!(server.requests_with_id("internal"), 1);
+        let late = call("late", "trailers:14");
+        assert_eq!(late.code, code::UNAVAILABLE);
+        assert_eq!(server.requests_with_id("late"), 1);
+        // Without an idempotency key, the rule's gRPC codes alone: still retried on
+        // UNAVAILABLE, but not on a reset (a `retry_on` condition), which needs the key.
+        let unkeyed = GrpcCall::new(port, "/test.Echo/Unary")
+            .id("unkeyed")
+            .reply("trailers-only:14")
+            .run_one();
+        assert_eq!(unkeyed.code, code::UNAVAILABLE);
+        assert_eq!(server.requests_with_id("unkeyed"), 3, "{}", server.log());
+        let reset = GrpcCall::new(port, "/test.Echo/Unary")
+            .id("reset")
+            .reply("reset-before-headers")
+            .run_one();
+        assert_ne!(reset.code, code::OK);
+        assert_eq!(server.requests_with_id("reset"), 1, "{}", server.log());
+
+        assert_eq!(
+            envoy.stat_eventually("wasmcustom.retry_policy.retries", 5),
+            Some(5)
+        );
+        assert_eq!(envoy.stat("wasmcustom.retry_policy.no_retries_method"), Some(0));
+    }
 }

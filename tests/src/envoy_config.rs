@@ -59,6 +59,7 @@ pub struct TestEnvoyConfig {
     native_filters: Vec<String>,
     route_rate_limits: Option<String>,
     upstream_max_retries: Option<u32>,
+    upstream_http2: bool,
 }
 
 impl TestEnvoyConfig {
@@ -77,6 +78,7 @@ impl TestEnvoyConfig {
             native_filters: Vec::new(),
             route_rate_limits: None,
             upstream_max_retries: None,
+            upstream_http2: false,
         }
     }
 
@@ -133,6 +135,13 @@ impl TestEnvoyConfig {
     /// limit service.
     pub fn grpc_cluster(mut self, name: &str, port: u16) -> Self {
         self.grpc_clusters.push((name.to_owned(), port));
+        self
+    }
+
+    /// Speaks HTTP/2 (cleartext, prior knowledge) to the `upstream` cluster, as a gRPC
+    /// upstream needs (a [`crate::grpc::GrpcServer`]); the default is HTTP/1.1.
+    pub fn upstream_http2(mut self) -> Self {
+        self.upstream_http2 = true;
         self
     }
 
@@ -246,16 +255,10 @@ impl TestEnvoyConfig {
         }
         let mut clusters = String::new();
         let plain = self.clusters.iter().map(|(name, port)| (name, port, ""));
-        // gRPC needs HTTP/2 to the service.
-        let http2 = "
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }";
         let grpc = self
             .grpc_clusters
             .iter()
-            .map(|(name, port)| (name, port, http2));
+            .map(|(name, port)| (name, port, HTTP2));
         for (name, port, options) in plain.chain(grpc) {
             let _ = write!(
                 clusters,
@@ -299,7 +302,7 @@ static_resources:
   clusters:
   - name: upstream
     type: STATIC
-    connect_timeout: 1s{upstream_thresholds}
+    connect_timeout: 1s{upstream_thresholds}{upstream_options}
     load_assignment:
       cluster_name: upstream
       endpoints:
@@ -350,9 +353,17 @@ static_resources:
                     format!("\n    circuit_breakers: {{ thresholds: [{{ max_retries: {n} }}] }}"),
                 None => String::new(),
             },
+            upstream_options = if self.upstream_http2 { HTTP2 } else { "" },
         )
     }
 }
+
+/// A cluster's options for HTTP/2 to its hosts, which gRPC needs.
+const HTTP2: &str = "
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }";
 
 /// A string as a JSON string literal, which YAML reads as the same string.
 fn quoted(text: &str) -> serde_json::Value {

@@ -10,12 +10,15 @@
 //! - [`wasm`]: where the built modules are, and what they import.
 //! - [`oci`]: `dist/`, a local OCI registry and registry client, and Istio's image rules.
 //! - [`k8s_schema`]: Kubernetes resources checked against a CRD's schema (the Istio manifests).
+//! - [`grpc`]: a real gRPC upstream and a real gRPC client (`grpc-tool`: an `h2` server whose
+//!   every answer shape a test chooses, and tonic's client).
 //! - [`rls`]: a real rate limit service (`rls-server`, over Limitador) and Redis for global
 //!   rules.
 
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
+pub mod grpc;
 pub mod k8s_schema;
 pub mod oci;
 pub mod rls;

@@ -24,7 +24,7 @@ pub enum Storage {
 
 /// A binary from an environment variable the Makefile sets, else its usual place; fails the
 /// test, naming what is missing and the make target that provides it, when it is not there.
-fn binary(var: &str, usual: &Path, what: &str) -> PathBuf {
+pub(crate) fn binary(var: &str, usual: &Path, what: &str) -> PathBuf {
     let path = std::env::var_os(var).map_or_else(|| usual.to_path_buf(), PathBuf::from);
     assert!(
         path.is_file(),

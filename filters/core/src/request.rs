@@ -50,11 +50,15 @@ pub trait RequestView {
         }
     }
 
-    /// Whether this is a gRPC request (its local replies must then be gRPC responses).
+    /// Whether this is a gRPC request (its local replies must then be gRPC responses), by
+    /// Envoy's own rule (`Grpc::Common::hasGrpcContentType`): `content-type` is exactly
+    /// `application/grpc` or starts with `application/grpc+`. Envoy turns a local reply into
+    /// a gRPC answer only for those; any wider test (`application/grpc-web`,
+    /// `application/GRPC`) would send a refusal as an HTTP 200 without `grpc-status`.
     fn is_grpc(&self) -> bool {
         self.header("content-type").is_some_and(|ct| {
-            ct.get(..16)
-                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+            ct.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('+'))
         })
     }
 }
@@ -521,6 +525,26 @@ mod tests {
                 .with_header("content-type", "applic")
                 .is_grpc()
         );
+        assert!(
+            Request::new("POST", "/p.S/M")
+                .with_header("content-type", "application/grpc")
+                .is_grpc()
+        );
+        // What Envoy does not answer as gRPC: a refusal must then keep its HTTP status.
+        for not_grpc in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/GRPC",
+            "application/grpcx",
+        ] {
+            assert!(
+                !Request::new("POST", "/p.S/M")
+                    .with_header("content-type", not_grpc)
+                    .is_grpc(),
+                "{not_grpc}"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -145,6 +145,9 @@ pub struct Rule {
     pub num_retries: u32,
     /// The headers it sets, with their values (`x-envoy-max-retries` always).
     pub headers: Vec<(&'static str, String)>,
+    /// With `grpc_retry_on`: the headers for a gRPC call that is not otherwise safe to
+    /// retry (no idempotency key): the gRPC conditions only, none of `retry_on`.
+    pub grpc_only_headers: Option<Vec<(&'static str, String)>>,
 }
 
 impl Rule {
@@ -263,11 +266,27 @@ impl RetryPolicyConfig {
             ]
             .into_iter()
             .filter_map(|(name, value)| Some((name, value?)))
-            .collect();
+            .collect::<Vec<_>>();
+            // Naming gRPC codes declares the rule's gRPC methods retriable on them, as a gRPC
+            // service config's retry policy does; the HTTP conditions (a reset, a 5xx) still
+            // need an idempotent call.
+            let grpc_only_headers = headers
+                .iter()
+                .any(|(name, _)| *name == header::GRPC_RETRY_ON)
+                .then(|| {
+                    headers
+                        .iter()
+                        .filter(|(name, _)| {
+                            !matches!(*name, header::RETRY_ON | header::STATUS_CODES)
+                        })
+                        .cloned()
+                        .collect()
+                });
             rules.push(Rule {
                 matcher,
                 num_retries,
                 headers,
+                grpc_only_headers,
             });
         }
         let idempotency_key_header = self

@@ -137,13 +137,19 @@ impl RetryPolicy {
         (given, admission.grant)
     }
 
-    fn refusal(&self, request: &dyn RequestView) -> Option<NoRetry> {
-        let idempotent = IDEMPOTENT.contains(&request.method());
-        if !idempotent
-            && request
+    /// Whether the request may be retried on every condition of its rule (an idempotent
+    /// method, or an idempotency key).
+    fn idempotent(&self, request: &dyn RequestView) -> bool {
+        IDEMPOTENT.contains(&request.method())
+            || request
                 .header(&self.config.idempotency_key_header)
-                .is_none()
-        {
+                .is_some()
+    }
+
+    /// Why the request gets no retries at all, if it gets none; `grpc_only`: it may be
+    /// retried on its rule's gRPC conditions alone.
+    fn refusal(&self, request: &dyn RequestView, grpc_only: bool) -> Option<NoRetry> {
+        if !grpc_only && !self.idempotent(request) {
             return Some(NoRetry::Method);
         }
         if request.filter_state("circuit_breaker.state") == Some("half_open") {
@@ -212,7 +218,13 @@ impl Filter for RetryPolicy {
             // No rule: the route's own policy applies, never a client's headers.
             return Decision::forward(write(&[], internal(request)));
         };
-        let (refused, given) = match self.refusal(request) {
+        // A gRPC call that is not otherwise safe to retry, under a rule naming gRPC codes.
+        let grpc_only = rule
+            .grpc_only_headers
+            .as_ref()
+            .filter(|_| request.is_grpc() && !self.idempotent(request));
+        let rule_headers = grpc_only.unwrap_or(&rule.headers);
+        let (refused, given) = match self.refusal(request, grpc_only.is_some()) {
             Some(reason) => (Some(reason), 0),
             None => {
                 let (given, charge) = self.admit(rule.num_retries, env);
@@ -228,10 +240,10 @@ impl Filter for RetryPolicy {
                 if given < rule.num_retries {
                     // The budget had fewer left: Envoy's router may make only those.
                     env.metrics.add(BUDGET_CUT, 1);
-                    let headers = with_max_retries(&rule.headers, given);
+                    let headers = with_max_retries(rule_headers, given);
                     return Decision::forward(write(&headers, internal(request)));
                 }
-                Decision::forward(write(&rule.headers, internal(request)))
+                Decision::forward(write(rule_headers, internal(request)))
             }
             Some(reason) => {
                 env.metrics.add(

@@ -148,6 +148,35 @@ fn without_a_rule_only_the_client_s_headers_go() {
 }
 
 #[test]
+fn grpc_codes_declare_a_grpc_call_retriable_on_them_alone() {
+    let w = World::new(
+        r#"{"rules": [{"retry_on": ["reset", "5xx"], "grpc_retry_on": ["unavailable"], "num_retries": 2}]}"#,
+    );
+    let grpc =
+        Request::new("POST", "/shop.Orders/Get").with_header("content-type", "application/grpc");
+    let (edits, _) = w.call(&grpc, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-retry-grpc-on"), Some("unavailable"));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("2"));
+    // A reset or a 5xx may come after the server acted: not without an idempotency key.
+    assert_eq!(set(&edits, "x-envoy-retry-on"), None);
+    // With a key, every condition of the rule.
+    let keyed = grpc.clone().with_header("idempotency-key", "k1");
+    let (edits, _) = w.call(&keyed, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-retry-on"), Some("reset,5xx"));
+    // A plain POST, or a gRPC call under a rule without gRPC codes: no retries.
+    let (edits, _) = w.call(&Request::new("POST", "/x"), Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+    let w = World::new(r#"{"rules": [{"retry_on": ["reset"]}]}"#);
+    let (edits, _) = w.call(&grpc, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+    // A half-open probe is never retried, gRPC or not.
+    let w = World::new(r#"{"rules": [{"grpc_retry_on": ["unavailable"]}]}"#);
+    let probe = grpc.with_filter_state("circuit_breaker.state", "half_open");
+    let (edits, _) = w.call(&probe, Response::new(200));
+    assert_eq!(set(&edits, "x-envoy-max-retries"), Some("0"));
+}
+
+#[test]
 fn a_half_open_probe_is_not_retried() {
     let w = World::new(ORDERS);
     let probe =
