@@ -5,6 +5,7 @@
 use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
+use filter_tests::grpc::{GrpcCall, GrpcOutcome, GrpcServer, code, codes};
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -16,6 +17,14 @@ fn config(open: &str, extra: &str) -> String {
             "open_duration": "{open}", "half_open_calls": 2, "half_open_timeout": "5s",
             "fallback": {{"status": 503, "headers": {{"content-type": "application/json"}},
                           "body": "{{\"error\":\"b is unavailable\"}}"}} {extra} }}]}}"#
+    )
+}
+
+/// [`config`] with `open_duration` given as JSON (a backoff object).
+fn config_with_open(open: &str) -> String {
+    config("30s", "").replace(
+        r#""open_duration": "30s""#,
+        &format!(r#""open_duration": {open}"#),
     )
 }
 
@@ -329,5 +338,153 @@ both_modules! {
         get(port);
         let closed = get(port);
         assert_ne!(closed.json()["headers"]["x-breaker-state"], "half_open");
+    }
+}
+
+/// A gRPC breaker `g`: trips after `minimum_calls` calls at 50% failures, opens `open`, probes
+/// with 1 call.
+fn grpc_config(open: &str, minimum_calls: u32) -> String {
+    format!(
+        r#"{{"breakers": [{{"name": "g", "minimum_calls": {minimum_calls}, "failure_rate_threshold": 50,
+            "open_duration": {open}, "half_open_calls": 1, "half_open_timeout": "5s" }}]}}"#
+    )
+}
+
+fn grpc_gateway(layout: Layout, server: &GrpcServer, config: &str) -> Envoy {
+    Envoy::start(
+        &TestEnvoyConfig::new(server.port())
+            .upstream_http2()
+            .layout(layout)
+            .filter("circuit_breaker", config)
+            .route_timeout("15s")
+            .render(),
+    )
+}
+
+const UNARY: &str = "/shop.Orders/Get";
+
+/// A call the breaker refused: Envoy's own answer (no `x-grpc-tool-request`), valid gRPC,
+/// UNAVAILABLE, naming the breaker.
+#[track_caller]
+fn assert_refused_by_breaker(o: &GrpcOutcome) {
+    o.assert_valid_grpc();
+    assert_eq!(o.code, code::UNAVAILABLE, "{o:#?}");
+    assert!(o.is_trailers_only(), "{o:#?}");
+    assert_eq!(o.header("x-circuit-breaker"), Some("g"), "{o:#?}");
+    assert_eq!(o.header("x-grpc-tool-request"), None, "{o:#?}");
+}
+
+both_modules! {
+    /// UNAVAILABLE in the trailers of a unary call trips the breaker after the configured
+    /// calls; a real gRPC client then reads UNAVAILABLE from the breaker, the server sees
+    /// nothing more; a healthy probe closes it.
+    fn grpc_unavailable_in_trailers_trips_it_and_a_healthy_probe_closes_it(layout) {
+        let server = GrpcServer::start();
+        let envoy = grpc_gateway(layout, &server, &grpc_config(r#""3s""#, 4));
+        let port = envoy.port("gateway");
+        let failed = GrpcCall::new(port, UNARY).reply("trailers:14").count(4).run();
+        assert_eq!(codes(&failed), [code::UNAVAILABLE; 4], "{failed:#?}");
+        for o in &failed {
+            assert!(!o.is_trailers_only(), "the status came in trailers: {o:#?}");
+            assert_eq!(o.trailer("grpc-status"), Some("14"));
+        }
+        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_failure", 4), Some(4));
+        let refused = GrpcCall::new(port, UNARY).count(5).run();
+        for o in &refused {
+            assert_refused_by_breaker(o);
+        }
+        assert_eq!(server.requests(), 4, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(3100));
+        let probe = GrpcCall::new(port, UNARY).run_one();
+        probe.assert_valid_grpc();
+        assert_eq!(probe.code, code::OK, "{probe:#?}");
+        let after = GrpcCall::new(port, UNARY).count(3).run();
+        assert_eq!(codes(&after), [code::OK; 3], "{after:#?}");
+        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.to_closed", 1), Some(1));
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.state"), Some(0));
+    }
+}
+
+both_modules! {
+    /// Trailers-only failures count at the headers; INVALID_ARGUMENT never counts as a
+    /// failure; a streaming call that fails at its end counts once.
+    fn grpc_calls_count_once_by_their_code(layout) {
+        let server = GrpcServer::start();
+        let envoy = grpc_gateway(layout, &server, &grpc_config(r#""30s""#, 1000));
+        let port = envoy.port("gateway");
+        let invalid = GrpcCall::new(port, UNARY).reply("trailers:3").count(6).concurrency(3).run();
+        assert_eq!(codes(&invalid), [code::INVALID_ARGUMENT; 6]);
+        let only = GrpcCall::new(port, UNARY).reply("trailers-only:13").count(3).run();
+        assert_eq!(codes(&only), [code::INTERNAL; 3]);
+        let streams = GrpcCall::new(port, "/shop.Orders/Watch")
+            .streaming()
+            .reply("stream:3:14")
+            .count(4)
+            .run();
+        for o in &streams {
+            assert_eq!((o.code, o.messages), (code::UNAVAILABLE, 3), "{o:#?}");
+        }
+        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_success", 6), Some(6));
+        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_failure", 7), Some(7));
+        // Give a second count a chance to show up: it must not.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_failure"), Some(7));
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_ignored"), Some(0));
+    }
+}
+
+both_modules! {
+    /// A stream that ends without a status, or is reset, is a failure; a call its client
+    /// cancelled is nothing.
+    fn grpc_calls_without_a_status_fail_unless_their_client_cancelled(layout) {
+        let server = GrpcServer::start();
+        let envoy = grpc_gateway(layout, &server, &grpc_config(r#""30s""#, 1000));
+        let port = envoy.port("gateway");
+        for shape in ["no-status", "end-without-trailers", "reset"] {
+            let o = GrpcCall::new(port, UNARY).reply(shape).run_one();
+            assert_ne!(o.code, code::OK, "{shape}: {o:#?}");
+        }
+        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_failure", 3), Some(3));
+        // The client gives up after 200 ms; the server would answer OK after 2 s.
+        let cancelled = GrpcCall::new(port, UNARY)
+            .reply("trailers:0,delay-ms=2000")
+            .timeout(Duration::from_millis(200))
+            .count(2)
+            .run();
+        assert_eq!(codes(&cancelled), [code::DEADLINE_EXCEEDED; 2], "{cancelled:#?}");
+        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_ignored", 2), Some(2));
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_failure"), Some(3));
+        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_success"), Some(0));
+    }
+}
+
+both_modules! {
+    /// With a backoff, each failed probe opens it for longer: the Retry-After values the
+    /// clients see grow 1, 2, 4, and the gauge shows the interval.
+    fn consecutive_failed_probes_make_the_open_interval_grow(layout) {
+        let upstream = Upstream::start(vec![Reply::Status(503); 20]);
+        let envoy = gateway(
+            layout,
+            upstream.port(),
+            &config_with_open(
+                r#"{"initial": "1s", "multiplier": 2, "max": "10s", "jitter": 0}"#,
+            ),
+            "15s",
+        );
+        let port = envoy.port("gateway");
+        for _ in 0..4 {
+            assert!(!is_fallback(&get(port)));
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = get(port);
+            assert!(is_fallback(&r), "{:?}", r.headers);
+            let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+            seen.push((wait, envoy.stat("wasmcustom.circuit_breaker.b.open_interval_ms")));
+            std::thread::sleep(Duration::from_millis(wait * 1000 + 50));
+            // The probe fails (1 of the 2 probes is already 50%): open again, for longer.
+            assert!(!is_fallback(&get(port)));
+        }
+        assert_eq!(seen, [(1, Some(1000)), (2, Some(2000)), (4, Some(4000))]);
     }
 }
