@@ -151,7 +151,9 @@ rls-tools: ## Build the rate limit service (rls-server) and grpc-tool, and insta
 	  || { echo "redis-server is missing and could not be installed: apt-get install redis-server"; exit 1; }
 	@v="$$(redis-server --version)"; major=$$(echo "$$v" | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'); \
 	  [ "$${major:-0}" -ge 7 ] || { echo "redis-server 7 or newer is needed, found: $$v"; exit 1; }
-	cargo build --profile test --locked -p rls-server -p grpc-tool
+	@# Built as the workspace's test build builds them (the same features, so the same
+	@# artifacts): `make test`'s nextest run then reuses them, and nothing is built twice.
+	cargo test --no-run --workspace --locked
 
 # BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
 bench: build envoy bench-tools rls-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)
