@@ -14,11 +14,10 @@
 //! `x-grpc-tool-request: <n>` in its headers (none in a reset before headers), so an answer
 //! without it was made by Envoy or a filter.
 
+use crate::server_process::ServerProcess;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// gRPC status codes (`google.rpc.Code`).
@@ -66,51 +65,26 @@ fn tool() -> PathBuf {
 /// line per request) is printed when the test fails.
 #[derive(Debug)]
 pub struct GrpcServer {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+    process: ServerProcess,
 }
 
 impl GrpcServer {
     /// Starts one and waits until it listens.
     pub fn start() -> GrpcServer {
-        let bin = tool();
-        let dir = crate::envoy::fresh_dir();
-        let log = std::fs::File::create(dir.join("grpc-server.log")).expect("create the log");
         let port = crate::free_port();
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(tool());
+        command
             .args(["serve", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("grpc-tool stdout");
-        let mut server = GrpcServer { child, port, dir };
-        // Read in a thread so that a stuck start cannot hang the test.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let expected = format!("listening on 127.0.0.1:{port}");
-        if line.trim_end() != expected {
-            server.kill();
-            panic!(
-                "grpc-tool serve did not start (expected `{expected}` on stdout, got {line:?}):\n{}",
-                server.log()
-            );
+            .arg(format!("127.0.0.1:{port}"));
+        GrpcServer {
+            process: ServerProcess::start("grpc-server", command, crate::envoy::fresh_dir(), port),
         }
-        server
     }
 
     /// The port it listens on, on 127.0.0.1 (HTTP/2 cleartext only: see
     /// [`crate::envoy_config::TestEnvoyConfig::upstream_http2`]).
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// Requests received so far (each is logged before it is answered, so a call that has
@@ -138,29 +112,13 @@ impl GrpcServer {
 
     /// Kills it (SIGKILL) now, as a crash would.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Its stderr so far: `request <n>: path=<path> x-grpc-reply=<v> x-grpc-id=<v>` per
     /// request (`-` for a missing header), and any connection errors.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("grpc-server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- grpc-tool serve log ({}) -----\n{}----- end of grpc-tool serve log -----",
-                self.dir.display(),
-                self.log()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        self.process.log()
     }
 }
 

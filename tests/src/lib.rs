@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod k8s_schema;
 pub mod oci;
 pub mod rls;
+pub mod server_process;
 /// Keys generated per run and real signed JWTs (the `testkit` crate).
 pub use testkit as tokens;
 pub mod upstream;

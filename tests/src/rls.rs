@@ -6,11 +6,11 @@
 //! The binaries come from `RLS_SERVER_BIN` and `REDIS_SERVER_BIN`, which the Makefile sets
 //! (`make rls-tools` builds and installs them); a missing one fails the test saying so.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::server_process::ServerProcess;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// Where a server keeps its counters.
@@ -39,9 +39,7 @@ pub(crate) fn binary(var: &str, usual: &Path, what: &str) -> PathBuf {
 /// with `--verbose`) is printed when the test fails.
 #[derive(Debug)]
 pub struct RlsServer {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+    process: ServerProcess,
 }
 
 impl RlsServer {
@@ -61,11 +59,10 @@ impl RlsServer {
         let dir = crate::envoy::fresh_dir();
         let limits = dir.join("limits.yaml");
         std::fs::write(&limits, limits_yaml).expect("write the limits file");
-        let log_path = dir.join("rls-server.log");
-        let log = std::fs::File::create(&log_path).expect("create the rls-server log");
         let port = crate::free_port();
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--listen")
+        let mut command = Command::new(&bin);
+        command
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--limits")
             .arg(&limits)
@@ -73,67 +70,28 @@ impl RlsServer {
             .arg(delay.as_millis().to_string())
             .arg("--verbose");
         if let Storage::Redis(redis_port) = storage {
-            cmd.arg("--redis")
+            command
+                .arg("--redis")
                 .arg(format!("redis://127.0.0.1:{redis_port}"));
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("rls-server stdout");
-        let mut server = RlsServer { child, port, dir };
-
-        // Its one stdout line says it listens; read in a thread so a stuck start cannot hang
-        // the test.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let expected = format!("listening on 127.0.0.1:{port}");
-        if line.trim_end() != expected {
-            server.kill();
-            panic!(
-                "rls-server did not start (expected `{expected}` on stdout, got {line:?}):\n{}",
-                server.log()
-            );
+        RlsServer {
+            process: ServerProcess::start("rls-server", command, dir, port),
         }
-        server
     }
 
     /// The port it listens on, on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// Kills it (SIGKILL) now, as a crash would; for tests that stop the service mid-burst.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// What it wrote to stderr so far (one line per request).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("rls-server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for RlsServer {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- rls-server log ({}) -----\n{}----- end of rls-server log -----",
-                self.dir.display(),
-                self.log()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        self.process.log()
     }
 }
 
