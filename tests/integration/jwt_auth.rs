@@ -926,29 +926,30 @@ fn timed(port: u16, token: &str) -> (Duration, u16) {
     (started.elapsed(), r.status)
 }
 
-/// A key server that answers garbage at start and is then fixed. While it fails, a token gets
-/// its 503 at once: nothing is held for keys that are not coming. The provider, holding no key,
-/// retries every `failed_refetch_duration` (1 s) instead of backing off, so the first 200
-/// follows the fix within 2 s (a doubling backoff had it 30 s later).
-#[test]
-fn a_key_server_fixed_after_answering_garbage_serves_within_two_seconds() {
-    let key = Key::generate(Alg::EdDSA, "k");
-    let key_server = Upstream::start(vec![Reply::Json("<html>not a key set</html>".to_owned())]);
-    let upstream = Upstream::echo();
-    let envoy = remote_gateway(Layout::SeparateFilters, &upstream, &key_server, "500ms");
-    let port = envoy.port("gateway");
-    let token = key.sign(&claims("alice"));
-    // Three failures: a backoff would have started doubling by now.
-    await_fetches(&key_server, 3);
-    let (took, status) = timed(port, &token);
-    eprintln!("while the key server fails, a token without keys is answered in {took:?}");
-    assert_eq!(status, 503);
-    assert!(took < Duration::from_millis(500), "held {took:?}");
-    key_server.set_script(vec![Reply::Json(jwks(&[&key]))]);
-    let recovered = time_to_first_200(port, &token, 503);
-    eprintln!("first 200 {recovered:?} after the key server was fixed");
-    assert!(recovered < Duration::from_secs(2), "{recovered:?}");
-    assert_eq!(upstream.count(), 1);
+both_modules! {
+    /// A key server that answers garbage at start and is then fixed. While it fails, a token gets
+    /// its 503 at once: nothing is held for keys that are not coming. The provider, holding no key,
+    /// retries every `failed_refetch_duration` (1 s) instead of backing off, so the first 200
+    /// follows the fix within 2 s (a doubling backoff had it 30 s later).
+    fn a_key_server_fixed_after_answering_garbage_serves_within_two_seconds(layout) {
+        let key = Key::generate(Alg::EdDSA, "k");
+        let key_server = Upstream::start(vec![Reply::Json("<html>not a key set</html>".to_owned())]);
+        let upstream = Upstream::echo();
+        let envoy = remote_gateway(layout, &upstream, &key_server, "500ms");
+        let port = envoy.port("gateway");
+        let token = key.sign(&claims("alice"));
+        // Three failures: a backoff would have started doubling by now.
+        await_fetches(&key_server, 3);
+        let (took, status) = timed(port, &token);
+        eprintln!("while the key server fails, a token without keys is answered in {took:?}");
+        assert_eq!(status, 503);
+        assert!(took < Duration::from_millis(500), "held {took:?}");
+        key_server.set_script(vec![Reply::Json(jwks(&[&key]))]);
+        let recovered = time_to_first_200(port, &token, 503);
+        eprintln!("first 200 {recovered:?} after the key server was fixed");
+        assert!(recovered < Duration::from_secs(2), "{recovered:?}");
+        assert_eq!(upstream.count(), 1);
+    }
 }
 
 /// The same with a key server slower than the fetch `timeout`: each try fails at the timeout,
