@@ -145,7 +145,7 @@ impl JwtAuth {
                 .waiting_since
                 .is_some_and(|since| env.now.since(since) >= limit)
         };
-        if let Denial::KeysUnavailable(_) = denial {
+        if let Denial::KeysUnavailable { .. } = denial {
             let limit = notes
                 .needs_keys
                 .iter()
@@ -308,7 +308,7 @@ impl Filter for JwtAuth {
                     Denial::InvalidRequest => DENIED_INVALID_REQUEST,
                     Denial::InvalidToken(_) => DENIED_INVALID_TOKEN,
                     Denial::InsufficientScope { .. } => DENIED_INSUFFICIENT_SCOPE,
-                    Denial::KeysUnavailable(_) => DENIED_UNAVAILABLE,
+                    Denial::KeysUnavailable { .. } => DENIED_UNAVAILABLE,
                 };
                 env.metrics.add(metric, 1);
                 let reply = reply::reply(&denial, &self.config.realm);

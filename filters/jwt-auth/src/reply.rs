@@ -32,10 +32,15 @@ pub fn reply(denial: &Denial, realm: &str) -> LocalResponse {
             None,
             detail.clone(),
         ),
-        Denial::KeysUnavailable(detail) => {
-            // The key server has not answered yet: not the client's fault, try again shortly.
+        Denial::KeysUnavailable {
+            detail,
+            retry_after,
+        } => {
+            // The key server has not answered yet: not the client's fault; the next fetch is
+            // due after the provider's failed_refetch_duration (whole seconds, at least 1).
+            let seconds = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
             return LocalResponse::new(503)
-                .header("retry-after", "5")
+                .header("retry-after", seconds.to_string())
                 .header("content-type", "application/json")
                 .body("{\"error\":\"temporarily_unavailable\"}")
                 .detail(detail.clone());

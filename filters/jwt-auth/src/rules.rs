@@ -34,7 +34,12 @@ pub enum Denial {
     },
     /// A token arrived but the provider has no keys yet (its key server has not answered):
     /// not the client's fault, so not a 401.
-    KeysUnavailable(String),
+    KeysUnavailable {
+        /// Why, for the debug log.
+        detail: String,
+        /// When the keys may be there: the provider's next fetch after a failure.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl Denial {
@@ -43,7 +48,7 @@ impl Denial {
     fn rank(&self) -> u8 {
         match self {
             Denial::InvalidRequest => 5,
-            Denial::KeysUnavailable(_) => 4,
+            Denial::KeysUnavailable { .. } => 4,
             Denial::InsufficientScope { .. } => 3,
             Denial::InvalidToken(_) => 2,
             Denial::Missing => 1,
@@ -67,7 +72,7 @@ enum Outcome {
     Missing,
     Malformed,
     Invalid(String),
-    NoKeys(String),
+    NoKeys(String, std::time::Duration),
     Valid(Rc<Verified>, Source),
 }
 
@@ -144,7 +149,11 @@ impl Evaluation<'_> {
                 }
                 _ => {
                     self.notes.needs_keys.push(provider);
-                    Outcome::NoKeys(format!("provider {}: no keys yet", p.name))
+                    let retry_after = match &p.keys {
+                        crate::config::KeySource::Remote(remote) => remote.failed_refetch_duration,
+                        crate::config::KeySource::Local(_) => std::time::Duration::from_secs(1),
+                    };
+                    Outcome::NoKeys(format!("provider {}: no keys yet", p.name), retry_after)
                 }
             },
         };
@@ -166,7 +175,10 @@ impl Evaluation<'_> {
                 Outcome::Missing => Err(Denial::Missing),
                 Outcome::Malformed => Err(Denial::InvalidRequest),
                 Outcome::Invalid(detail) => Err(Denial::InvalidToken(detail)),
-                Outcome::NoKeys(detail) => Err(Denial::KeysUnavailable(detail)),
+                Outcome::NoKeys(detail, retry_after) => Err(Denial::KeysUnavailable {
+                    detail,
+                    retry_after,
+                }),
                 Outcome::Valid(verified, source) => {
                     if !claims::has_scopes(&verified.claims, scopes) {
                         return Err(Denial::InsufficientScope {

@@ -920,13 +920,14 @@ fn requests_wait_for_the_first_keys_then_get_503() {
         f.on_request(&mut stream, &request, &env(NOW + 2)),
         Decision::Wait
     );
-    // Timeout (2 s) plus a second, and still no keys: 503 with Retry-After.
+    // Timeout (2 s) plus a second, and still no keys: 503 with Retry-After, when the
+    // provider fetches again after a failure (failed_refetch_duration, 1 s by default).
     let r = f.on_request(&mut stream, &request, &env(NOW + 3));
     let r = refused(&r);
     assert_eq!(r.status, 503);
     assert!(
         r.headers
-            .contains(&("retry-after".to_owned(), "5".to_owned()))
+            .contains(&("retry-after".to_owned(), "1".to_owned()))
     );
     // Keys arrive: a waiting request passes on its next decision.
     let mut stream = JwtStream::default();
