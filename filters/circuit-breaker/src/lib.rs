@@ -400,6 +400,9 @@ impl Filter for CircuitBreaker {
                 if state != State::Closed {
                     edits = edits.filter_state(FILTER_STATE, state.name());
                 }
+                if probe {
+                    edits = edits.filter_state(reply::DECISION, reply::probe_decision(breaker));
+                }
                 Decision::Continue(edits)
             }
             Admission::Reject { retry_after } => {
@@ -412,7 +415,12 @@ impl Filter for CircuitBreaker {
                         state.name()
                     );
                     return Decision::Continue(
-                        RequestEdits::default().filter_state(FILTER_STATE, state.name()),
+                        RequestEdits::default()
+                            .filter_state(FILTER_STATE, state.name())
+                            .filter_state(
+                                reply::DECISION,
+                                reply::shadow_decision(breaker, state.name()),
+                            ),
                     );
                 }
                 env.metrics.add(BreakerMetric::Rejected.id(index), 1);

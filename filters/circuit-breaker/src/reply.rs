@@ -7,10 +7,29 @@
 //!
 //! Without a configured fallback the body is `application/problem+json` naming the breaker and
 //! its state.
+//!
+//! Filter state `circuit_breaker.decision`, for the access log, says `<state>:<breaker>` on a
+//! refusal (`open:orders`, `half_open:orders`, `forced_open:orders`), `shadow_<state>:<breaker>`
+//! on a request shadow mode let through instead, and `probe:<breaker>` on a half-open probe. A
+//! request a closed breaker lets through sets nothing.
 
 use crate::config::Breaker;
 use filter_core::decision::{LocalResponse, grpc};
 use std::time::Duration;
+
+/// The filter state holding the decision, read as `wasm.circuit_breaker.decision`.
+pub const DECISION: &str = "circuit_breaker.decision";
+
+/// `circuit_breaker.decision` for a request shadow mode lets through although the breaker,
+/// in `state`, would refuse it.
+pub fn shadow_decision(breaker: &Breaker, state: &str) -> String {
+    format!("shadow_{state}:{}", breaker.name)
+}
+
+/// `circuit_breaker.decision` for a request a half-open breaker lets through as a probe.
+pub fn probe_decision(breaker: &Breaker) -> String {
+    format!("probe:{}", breaker.name)
+}
 
 /// The answer to a request the breaker refuses, in `state`; `retry_after` when the breaker
 /// knows when it may let calls through again.
@@ -40,7 +59,9 @@ pub fn refused(breaker: &Breaker, state: &str, retry_after: Option<Duration>) ->
                 breaker.name
             )),
     };
-    reply.detail(format!("breaker {} is {state}", breaker.name))
+    reply
+        .detail(format!("breaker {} is {state}", breaker.name))
+        .filter_state(DECISION, format!("{state}:{}", breaker.name))
 }
 
 #[cfg(test)]
@@ -72,8 +93,15 @@ mod tests {
         assert_eq!(header(&r, "cache-control"), Some("no-store"));
         assert!(r.body.contains("\"breaker\":\"orders\""));
         assert_eq!(r.effective_grpc_status(), 14);
+        assert_eq!(r.filter_state_value(DECISION), Some("open:orders"));
         let forced = refused(&b, "forced_open", None);
         assert_eq!(header(&forced, "retry-after"), None);
+        assert_eq!(
+            forced.filter_state_value(DECISION),
+            Some("forced_open:orders")
+        );
+        assert_eq!(shadow_decision(&b, "open"), "shadow_open:orders");
+        assert_eq!(probe_decision(&b), "probe:orders");
     }
 
     #[test]
@@ -89,5 +117,6 @@ mod tests {
         assert_eq!(header(&r, "retry-after"), Some("1"));
         assert_eq!(header(&r, "x-circuit-breaker-state"), Some("half_open"));
         assert_eq!(r.effective_grpc_status(), 14);
+        assert_eq!(r.filter_state_value(DECISION), Some("half_open:orders"));
     }
 }

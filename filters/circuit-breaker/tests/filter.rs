@@ -9,6 +9,7 @@
     reason = "test code: a panic is how a test fails"
 )]
 
+use circuit_breaker::reply::DECISION;
 use circuit_breaker::{BreakerMetric, CircuitBreaker, FILTER_STATE, Stream};
 use filter_core::config::parse;
 use filter_core::decision::{Decision, LocalResponse};
@@ -172,7 +173,9 @@ fn a_probe_whose_client_left() {
     assert_eq!(
         d,
         Decision::Continue(
-            filter_core::decision::RequestEdits::default().filter_state(FILTER_STATE, "half_open")
+            filter_core::decision::RequestEdits::default()
+                .filter_state(FILTER_STATE, "half_open")
+                .filter_state(DECISION, "probe:b")
         )
     );
     assert!(
@@ -193,6 +196,7 @@ fn forced_open_refuses_without_retry_after_and_disabled_records_nothing() {
     let r = refusal(&d).unwrap();
     assert_eq!(header(r, "x-circuit-breaker-state"), Some("forced_open"));
     assert_eq!(header(r, "retry-after"), None);
+    assert_eq!(r.filter_state_value(DECISION), Some("forced_open:b"));
     assert_eq!(w.metric(BreakerMetric::Rejected), 1);
 
     let w = World::new(r#", "mode": "disabled""#);
@@ -213,12 +217,36 @@ fn shadow_mode_lets_refusals_through_and_says_so_to_later_filters() {
     assert_eq!(
         d,
         Decision::Continue(
-            filter_core::decision::RequestEdits::default().filter_state(FILTER_STATE, "open")
+            filter_core::decision::RequestEdits::default()
+                .filter_state(FILTER_STATE, "open")
+                .filter_state(DECISION, "shadow_open:b")
         )
     );
     // The passed request was not recorded: enforce mode would never have sent it.
     assert_eq!(w.metric(BreakerMetric::Failure), 2);
     assert_eq!(w.metric(BreakerMetric::ShadowRejected), 1);
+}
+
+/// The access log's `circuit_breaker.decision`: each refusal names the state and the breaker;
+/// a closed breaker's pass records nothing (no host call).
+#[test]
+fn each_refusal_records_its_decision_and_a_closed_pass_records_none() {
+    let w = World::new("");
+    assert_eq!(w.call(T0, Response::new(500)), Decision::pass());
+    w.call(T0, Response::new(500));
+    let d = w.call(T0 + 1, Response::new(200));
+    let r = refusal(&d).expect("open");
+    assert_eq!(r.filter_state, [(DECISION.to_owned(), "open:b".to_owned())]);
+    // Half-open at T0 + 10: the probe is let through, the next request finds no permit.
+    let mut probe = Stream::default();
+    let d = w.request(&mut probe, T0 + 10);
+    let Decision::Continue(edits) = d else {
+        panic!("the probe passes: {d:?}")
+    };
+    assert_eq!(edits.filter_state_value(DECISION), Some("probe:b"));
+    let d = w.call(T0 + 10, Response::new(200));
+    let r = refusal(&d).expect("no permit left");
+    assert_eq!(r.filter_state_value(DECISION), Some("half_open:b"));
 }
 
 /// A gRPC call as the host drives it: request at `start`, response headers, trailers (if any)

@@ -4,6 +4,13 @@
 //! builds its local replies in one place (its table from decision to status, headers and body);
 //! the rules that hold for every local reply live here: `cache-control: no-store`, and the
 //! gRPC form of a reply to a gRPC request.
+//!
+//! Each filter also records its decision where Envoy's access log can print it: filter state
+//! `<filter>.decision` (read as `%FILTER_STATE(wasm.<filter>.decision:PLAIN)%`), set on a
+//! refusal ([`LocalResponse::filter_state`]) and on a request let through other than plainly
+//! ([`RequestEdits::filter_state`]); a plain pass sets nothing, and so costs no host call.
+//! Values are short codes from a fixed vocabulary (`docs/access-log.md`), never a token, a
+//! claim's value or a secret.
 
 /// What to do with a request whose headers have arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +226,11 @@ pub struct LocalResponse {
     /// Why, for Envoy's debug log. Never sent to the client (it may say more than a client
     /// should learn, such as which check a token failed).
     pub detail: String,
+    /// Envoy filter state to set before the reply is sent, as `(name, value)` (see
+    /// [`RequestEdits::filter_state`]): the refusing filter's decision, for the access log
+    /// (`%FILTER_STATE(wasm.<name>:PLAIN)%`), and in a module that chains filters, what the
+    /// filters before it left. Never sent to the client.
+    pub filter_state: Vec<(String, String)>,
 }
 
 impl LocalResponse {
@@ -231,6 +243,7 @@ impl LocalResponse {
             body: String::new(),
             grpc_status: None,
             detail: String::new(),
+            filter_state: Vec::new(),
         }
     }
 
@@ -250,6 +263,34 @@ impl LocalResponse {
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = detail.into();
         self
+    }
+
+    /// Sets a filter state value before the reply goes out (a value set twice keeps the later
+    /// one).
+    pub fn filter_state(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.filter_state.retain(|(n, _)| *n != name);
+        self.filter_state.push((name, value.into()));
+        self
+    }
+
+    /// Puts `earlier` (filter state that filters before this one left) before this reply's
+    /// own, as Envoy keeps what earlier filters set when a later one answers; a name in both
+    /// keeps this reply's value.
+    pub fn after_filter_state(mut self, earlier: Vec<(String, String)>) -> Self {
+        let own = std::mem::replace(&mut self.filter_state, earlier);
+        for (name, value) in own {
+            self = self.filter_state(name, value);
+        }
+        self
+    }
+
+    /// The filter state value this reply sets for `name`, if any.
+    pub fn filter_state_value(&self, name: &str) -> Option<&str> {
+        self.filter_state
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Overrides the gRPC status sent to gRPC clients.
@@ -431,6 +472,26 @@ mod tests {
         assert_eq!(edits.headers.header("x-a"), Some(None));
         assert!(!edits.is_empty());
         assert!(RequestEdits::default().is_empty());
+    }
+
+    #[test]
+    fn a_reply_keeps_earlier_filter_state_behind_its_own() {
+        let reply = LocalResponse::new(503)
+            .filter_state("b.decision", "open:x")
+            .after_filter_state(vec![
+                ("a.decision".to_owned(), "shadow_limited:r".to_owned()),
+                ("b.decision".to_owned(), "stale".to_owned()),
+            ]);
+        assert_eq!(
+            reply.filter_state,
+            [
+                ("a.decision".to_owned(), "shadow_limited:r".to_owned()),
+                ("b.decision".to_owned(), "open:x".to_owned()),
+            ]
+        );
+        assert_eq!(reply.filter_state_value("b.decision"), Some("open:x"));
+        assert_eq!(reply.filter_state_value("c.decision"), None);
+        assert!(LocalResponse::new(401).filter_state.is_empty());
     }
 
     #[test]

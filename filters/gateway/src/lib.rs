@@ -12,6 +12,8 @@
 //!   retry_policy sees the circuit breaker's `circuit_breaker.state`. The edits reach Envoy
 //!   once, merged ([`RequestEdits::then`]), instead of one batch of host calls per filter.
 //! - The first policy to answer a request ends it there, as a local reply ends a filter chain.
+//!   The filter state the policies before it left goes with the reply, so the access log
+//!   prints every policy's decision (`<policy>.decision`) in both layouts.
 //! - A policy that holds a request ([`Decision::Wait`]) is asked again on the next tick, and
 //!   the chain goes on from it with the edits made before it. One that holds it for gRPC
 //!   calls ([`Decision::Call`]) hears their results, and the chain goes on after it.
@@ -164,9 +166,12 @@ impl Gateway {
         decision: Decision,
     ) -> Decision {
         match decision {
-            // Earlier stages' edits die with the request, as they would in Envoy (none of
-            // them leaves filter state before a stage that can answer).
-            Decision::Respond(reply) => Decision::Respond(reply),
+            // Earlier stages' header edits die with the request; the filter state they left
+            // (a shadow refusal's decision, say) stays for the access log, as it would in
+            // Envoy, where an earlier filter has set it before a later one answers.
+            Decision::Respond(reply) => {
+                Decision::Respond(reply.after_filter_state(edits.filter_state))
+            }
             Decision::Wait | Decision::Call(_) => {
                 stream.resume_at = at;
                 stream.pending = edits;

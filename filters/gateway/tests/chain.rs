@@ -84,9 +84,10 @@ enum Seen {
         response: Vec<(String, String)>,
     },
     /// Answered by a filter: the client got these headers (after every filter's response
-    /// edits) and this body.
+    /// edits) and this body; the access log sees this filter state.
     Local {
         response: Vec<(String, String)>,
+        filter_state: Vec<(String, String)>,
         body: String,
     },
     Held,
@@ -258,7 +259,17 @@ fn answer(
             };
             Some((Some(request), response, String::new()))
         }
-        Some(Decision::Respond(reply)) => Some((None, Exchange::local(&reply), reply.body)),
+        Some(Decision::Respond(reply)) => {
+            // What the filters before the refusing one left stays, as in Envoy; the reply's
+            // own is set before it is sent.
+            let mut local = Exchange::local(&reply);
+            local.filter_state = request.filter_state;
+            local.apply_request(&RequestEdits {
+                headers: HeaderEdits::default(),
+                filter_state: reply.filter_state,
+            });
+            Some((None, local, reply.body))
+        }
         Some(_) => None,
     }
 }
@@ -272,6 +283,7 @@ fn seen(upstream: Option<Exchange>, response: Exchange, body: String) -> Seen {
         },
         None => Seen::Local {
             response: Exchange::sorted(response.headers),
+            filter_state: Exchange::sorted(response.filter_state),
             body,
         },
     }
@@ -279,7 +291,11 @@ fn seen(upstream: Option<Exchange>, response: Exchange, body: String) -> Seen {
 
 impl Separate {
     fn new() -> Self {
-        let [(_, jwt), (_, rate), (_, breaker), (_, retry)] = configs();
+        Self::with(configs())
+    }
+
+    fn with(configs: [(&'static str, Value); 4]) -> Self {
+        let [(_, jwt), (_, rate), (_, breaker), (_, retry)] = configs;
         Self {
             jwt: Alone::new(&jwt),
             rate: Alone::new(&rate),
@@ -325,7 +341,11 @@ struct Combined(Alone<Gateway>);
 
 impl Combined {
     fn new() -> Self {
-        let config: serde_json::Map<String, Value> = configs()
+        Self::with(configs())
+    }
+
+    fn with(configs: [(&'static str, Value); 4]) -> Self {
+        let config: serde_json::Map<String, Value> = configs
             .into_iter()
             .map(|(name, config)| (name.to_owned(), config))
             .collect();
@@ -455,6 +475,68 @@ fn the_gateway_behaves_as_the_four_filters_chained() {
             "{name} never moved: {metrics:?}"
         );
     }
+}
+
+/// Each policy's decision reaches the access log in both layouts: a later policy's refusal
+/// keeps what an earlier one recorded (a shadow refusal), as separate filters' filter state
+/// survives a later filter's local reply.
+#[test]
+fn every_policy_s_decision_survives_a_later_refusal() {
+    let mut configs = configs();
+    configs[1].1["shadow"] = json!(true);
+    configs[2].1["breakers"][0]["mode"] = json!("forced_open");
+    let separate = Separate::with(configs.clone());
+    let combined = Combined::with(configs);
+    let now = Time::from_nanos(NOW_MS * 1_000_000);
+    let request = |auth: Option<&str>| {
+        let mut headers = vec![
+            (":method".to_owned(), "GET".to_owned()),
+            (":path".to_owned(), "/orders/7".to_owned()),
+            (":authority".to_owned(), "api.example".to_owned()),
+        ];
+        if let Some(auth) = auth {
+            headers.push(("authorization".to_owned(), auth.to_owned()));
+        }
+        Exchange {
+            headers,
+            filter_state: Vec::new(),
+        }
+    };
+    let alice = format!("Bearer {}", token("alice"));
+    let mut last = None;
+    for _ in 0..5 {
+        let alone = separate.exchange(&request(Some(&alice)), 200, now);
+        let together = combined.exchange(&request(Some(&alice)), 200, now);
+        assert_eq!(together, alone);
+        last = Some(alone);
+    }
+    // The fourth request on was over `per-user` (3 per 2 s), in shadow mode.
+    let Some(Seen::Local { filter_state, .. }) = last else {
+        panic!("the forced-open breaker answers: {last:?}")
+    };
+    assert_eq!(
+        filter_state,
+        [
+            (
+                "circuit_breaker.decision".to_owned(),
+                "forced_open:up".to_owned()
+            ),
+            (
+                "rate_limit.decision".to_owned(),
+                "shadow_limited:per-user".to_owned()
+            ),
+        ]
+    );
+    // A refusal by the first policy records only its own.
+    let alone = separate.exchange(&request(None), 200, now);
+    assert_eq!(combined.exchange(&request(None), 200, now), alone);
+    let Seen::Local { filter_state, .. } = alone else {
+        panic!("no token is refused: {alone:?}")
+    };
+    assert_eq!(
+        filter_state,
+        [("jwt_auth.decision".to_owned(), "missing".to_owned())]
+    );
 }
 
 #[test]

@@ -142,8 +142,15 @@ pub(crate) fn apply_request_edits(edits: &RequestEdits) -> Result<(), Status> {
     Ok(())
 }
 
-/// Sends a local reply: HTTP as described, or trailers-only gRPC for gRPC requests.
+/// Sends a local reply: HTTP as described, or trailers-only gRPC for gRPC requests. The
+/// reply's filter state is set first, so the access log can say why.
 pub(crate) fn send_local_response(reply: &LocalResponse, grpc: bool) -> Result<(), Status> {
+    for (name, value) in &reply.filter_state {
+        // Only the access log reads it: a host that refuses it still gets the reply sent.
+        if let Err(status) = hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes())) {
+            log::debug!("cannot set filter state {name}: {status:?}");
+        }
+    }
     let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()

@@ -44,6 +44,22 @@ impl fmt::Display for ClaimError {
     }
 }
 
+impl ClaimError {
+    /// The failure's code in the access log (`jwt_auth.decision` is `invalid_token:<code>`):
+    /// fixed words, never a claim's value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClaimError::Issuer => "issuer",
+            ClaimError::Audience => "audience",
+            ClaimError::MissingExpiration => "no_expiration",
+            ClaimError::Expired => "expired",
+            ClaimError::NotYetValid => "not_yet_valid",
+            ClaimError::IssuedInFuture => "issued_in_future",
+            ClaimError::BadTime(_) | ClaimError::BadSubject => "malformed_claim",
+        }
+    }
+}
+
 /// The last second RFC 7519 NumericDates can sensibly name: 9999-12-31T23:59:59Z.
 const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 

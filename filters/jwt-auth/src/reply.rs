@@ -10,12 +10,35 @@
 //! Descriptions are generic on purpose: telling a client *which* check failed makes the
 //! filter an oracle. The specific reason goes to Envoy's debug log. Every reply carries
 //! `cache-control: no-store` and a small JSON body with the same stable error code.
+//!
+//! Each refusal also sets filter state `jwt_auth.decision` for the access log
+//! (`%FILTER_STATE(wasm.jwt_auth.decision:PLAIN)%`): `missing`, `invalid_request`,
+//! `invalid_token:<reason>` (a fixed code, [`crate::verify::Failure::reason`]),
+//! `insufficient_scope` or `unavailable`. A request let through sets nothing.
 
 use crate::rules::Denial;
 use filter_core::decision::LocalResponse;
 
+/// The filter state holding the decision, read as `wasm.jwt_auth.decision`.
+pub const DECISION: &str = "jwt_auth.decision";
+
+/// What `jwt_auth.decision` says of a refusal: fixed words, never the token or a claim.
+pub fn decision(denial: &Denial) -> String {
+    match denial {
+        Denial::Missing => "missing".to_owned(),
+        Denial::InvalidRequest => "invalid_request".to_owned(),
+        Denial::InvalidToken(failure) => format!("invalid_token:{}", failure.reason),
+        Denial::InsufficientScope { .. } => "insufficient_scope".to_owned(),
+        Denial::KeysUnavailable { .. } => "unavailable".to_owned(),
+    }
+}
+
 /// The response for a refusal.
 pub fn reply(denial: &Denial, realm: &str) -> LocalResponse {
+    table(denial, realm).filter_state(DECISION, decision(denial))
+}
+
+fn table(denial: &Denial, realm: &str) -> LocalResponse {
     let (status, code, description, scope, detail) = match denial {
         Denial::Missing => (401, None, None, None, "no token".to_owned()),
         Denial::InvalidRequest => (
@@ -25,12 +48,12 @@ pub fn reply(denial: &Denial, realm: &str) -> LocalResponse {
             None,
             "token in several places, or not one token".to_owned(),
         ),
-        Denial::InvalidToken(detail) => (
+        Denial::InvalidToken(failure) => (
             401,
             Some("invalid_token"),
             Some("the access token is invalid"),
             None,
-            detail.clone(),
+            failure.detail.clone(),
         ),
         Denial::KeysUnavailable {
             detail,
@@ -76,6 +99,7 @@ pub fn reply(denial: &Denial, realm: &str) -> LocalResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::TokenFailure;
 
     fn challenge(r: &LocalResponse) -> &str {
         r.headers
@@ -92,7 +116,10 @@ mod tests {
         assert_eq!(challenge(&missing), "Bearer realm=\"api\"");
         assert_eq!(missing.body, "{\"error\":\"unauthorized\"}");
 
-        let invalid = reply(&Denial::InvalidToken("expired".into()), "api");
+        let invalid = reply(
+            &Denial::InvalidToken(TokenFailure::new("expired", "provider demo: expired")),
+            "api",
+        );
         assert_eq!(invalid.status, 401);
         assert_eq!(
             challenge(&invalid),
@@ -102,7 +129,7 @@ mod tests {
             !invalid.body.contains("expired"),
             "the reason must not reach the client"
         );
-        assert_eq!(invalid.detail, "expired");
+        assert_eq!(invalid.detail, "provider demo: expired");
 
         let forbidden = reply(
             &Denial::InsufficientScope {
@@ -117,6 +144,32 @@ mod tests {
         let bad_request = reply(&Denial::InvalidRequest, "api");
         assert_eq!(bad_request.status, 400);
         assert!(challenge(&bad_request).contains("error=\"invalid_request\""));
+
+        assert_eq!(missing.filter_state_value(DECISION), Some("missing"));
+        assert_eq!(
+            invalid.filter_state_value(DECISION),
+            Some("invalid_token:expired")
+        );
+        assert_eq!(
+            forbidden.filter_state_value(DECISION),
+            Some("insufficient_scope")
+        );
+        assert_eq!(
+            bad_request.filter_state_value(DECISION),
+            Some("invalid_request")
+        );
+        let unavailable = reply(
+            &Denial::KeysUnavailable {
+                detail: "provider demo: no keys yet".into(),
+                retry_after: std::time::Duration::from_secs(5),
+            },
+            "api",
+        );
+        assert_eq!(
+            unavailable.filter_state_value(DECISION),
+            Some("unavailable")
+        );
+        assert_eq!(unavailable.filter_state.len(), 1);
 
         for r in [missing, invalid, forbidden, bad_request] {
             assert!(

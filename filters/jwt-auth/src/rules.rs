@@ -23,8 +23,8 @@ pub enum Denial {
     Missing,
     /// Tokens in several places, or a credential that is not one token (RFC 6750 §2).
     InvalidRequest,
-    /// A token that failed verification; the detail is for the log only.
-    InvalidToken(String),
+    /// A token that failed verification.
+    InvalidToken(TokenFailure),
     /// A valid token without the required scopes or claims.
     InsufficientScope {
         /// The scopes the requirement asked for (may be empty when claims failed).
@@ -56,6 +56,25 @@ impl Denial {
     }
 }
 
+/// Why a token failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFailure {
+    /// A fixed code for the access log ([`Failure::reason`]).
+    pub reason: &'static str,
+    /// What failed, for the debug log only.
+    pub detail: String,
+}
+
+impl TokenFailure {
+    /// A failure with this code and detail.
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// A provider's verified token and where it was found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Passed {
@@ -71,7 +90,7 @@ pub struct Passed {
 enum Outcome {
     Missing,
     Malformed,
-    Invalid(String),
+    Invalid(TokenFailure),
     NoKeys(String, std::time::Duration),
     Valid(Rc<Verified>, Source),
 }
@@ -111,7 +130,7 @@ impl Evaluation<'_> {
             return known.clone();
         }
         let Some(p) = self.compiled.providers.get(provider) else {
-            return Outcome::Invalid("unknown provider".to_owned());
+            return Outcome::Invalid(TokenFailure::new("internal", "unknown provider"));
         };
         let outcome = match extract::find(self.request, &p.sources) {
             Found::Nothing => Outcome::Missing,
@@ -143,7 +162,10 @@ impl Evaluation<'_> {
                             if failure == Failure::NoKey {
                                 self.notes.unknown_key.push(provider);
                             }
-                            Outcome::Invalid(format!("provider {}: {failure}", p.name))
+                            Outcome::Invalid(TokenFailure::new(
+                                failure.reason(),
+                                format!("provider {}: {failure}", p.name),
+                            ))
                         }
                     }
                 }

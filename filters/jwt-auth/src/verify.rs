@@ -60,6 +60,21 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// The failure's code in the access log (`jwt_auth.decision` is `invalid_token:<code>`):
+    /// fixed words, never anything taken from the token.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Token(_) => "malformed",
+            Failure::AlgorithmNotAllowed(_) => "alg_not_allowed",
+            Failure::Type => "typ_not_accepted",
+            Failure::NoKey => "unknown_key",
+            Failure::Signature => "signature",
+            Failure::Claims(e) => e.reason(),
+        }
+    }
+}
+
 /// Verifies `token` for `provider` (whose current keys are `keys`) at `now`:
 /// [`verify_signature`] then [`check_claims`].
 pub fn verify(

@@ -1078,3 +1078,106 @@ fn while_the_key_server_fails_nothing_waits_and_a_good_fetch_restores_everything
     passed(&f.on_request(&mut JwtStream::default(), &bearer(&new), &env(40_100)));
     passed(&f.on_request(&mut JwtStream::default(), &bearer(&old), &env(40_100)));
 }
+
+// === the access log's decision ===
+
+/// Every refusal records `jwt_auth.decision` from a fixed vocabulary, naming the check a token
+/// failed but never any part of the token; a request let through records nothing.
+#[test]
+fn each_refusal_records_a_fixed_decision_and_never_the_token() {
+    use jwt_auth::reply::DECISION;
+    let key = Key::generate(Alg::ES256, "k1");
+    let stranger = Key::generate(Alg::ES256, "k1");
+    let other_kid = Key::generate(Alg::ES256, "k2");
+    let setup = Setup {
+        filter: filter(json!({
+            "providers": { "idp": provider(&[&key], &["ES256"]) },
+            "rules": [
+                { "match": { "prefix": "/admin" }, "requires": { "provider": "idp", "scopes": ["admin"] } },
+                { "match": { "prefix": "/" }, "requires": { "provider": "idp" } },
+            ],
+        })),
+    };
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        change(&mut c);
+        key.sign(&c)
+    };
+    let valid = key.sign(&claims());
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "invalid_token:expired",
+            with(&|c| c["exp"] = json!(NOW - 120)),
+        ),
+        (
+            "invalid_token:not_yet_valid",
+            with(&|c| c["nbf"] = json!(NOW + 600)),
+        ),
+        (
+            "invalid_token:issued_in_future",
+            with(&|c| c["iat"] = json!(NOW + 600)),
+        ),
+        (
+            "invalid_token:issuer",
+            with(&|c| c["iss"] = json!("https://elsewhere.example")),
+        ),
+        (
+            "invalid_token:audience",
+            with(&|c| c["aud"] = json!("other")),
+        ),
+        (
+            "invalid_token:no_expiration",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+        (
+            "invalid_token:malformed_claim",
+            with(&|c| c["exp"] = json!("tomorrow")),
+        ),
+        ("invalid_token:signature", stranger.sign(&claims())),
+        ("invalid_token:unknown_key", other_kid.sign(&claims())),
+        (
+            "invalid_token:alg_not_allowed",
+            Key::generate(Alg::ES384, "k1").sign(&claims()),
+        ),
+        (
+            "invalid_token:malformed",
+            "bm90.YSB0b2tlbg.c2lnbmVk".to_owned(),
+        ),
+    ];
+    for (expected, token) in &cases {
+        let d = setup.bearer(token);
+        let r = refused(&d);
+        assert_eq!(
+            r.filter_state,
+            [(DECISION.to_owned(), (*expected).to_owned())]
+        );
+        for part in token.split('.').filter(|p| p.len() > 3) {
+            assert!(!expected.contains(part), "{expected} carries the token");
+        }
+    }
+    let missing = setup.run(&get("/"));
+    assert_eq!(
+        refused(&missing).filter_state_value(DECISION),
+        Some("missing")
+    );
+    let two = setup.run(
+        &get("/")
+            .with_header("authorization", format!("Bearer {valid}"))
+            .with_header("authorization", format!("Bearer {valid}")),
+    );
+    assert_eq!(
+        refused(&two).filter_state_value(DECISION),
+        Some("invalid_request")
+    );
+    let scope = setup.run(&get("/admin").with_header("authorization", format!("Bearer {valid}")));
+    assert_eq!(
+        refused(&scope).filter_state_value(DECISION),
+        Some("insufficient_scope")
+    );
+    match setup.bearer(&valid) {
+        Decision::Continue(edits) => assert!(edits.filter_state.is_empty(), "{edits:?}"),
+        other => panic!("a valid token is let through: {other:?}"),
+    }
+}

@@ -88,6 +88,8 @@ struct Calling {
     charged: Vec<(usize, KeyHash)>,
     /// What the local rules say in the header fields.
     local_items: Vec<Item>,
+    /// The local rules that refused the request in shadow mode.
+    shadow_over: Vec<String>,
 }
 
 /// The metrics each global rule has, named `<rule>.<name>`.
@@ -257,8 +259,9 @@ enum Outcome {
 enum Local {
     /// Every one allowed it, and was charged; what they say in the header fields.
     Charged(Vec<Item>),
-    /// Some refused it, in shadow mode: nothing charged, the request goes on.
-    ShadowRefused(Vec<Item>),
+    /// Some refused it, in shadow mode: nothing charged, the request goes on; the header
+    /// fields' items, and the names of the rules that refused.
+    ShadowRefused(Vec<Item>, Vec<String>),
     /// The store failed and `on_contention` lets it through, uncounted.
     Uncounted,
     /// Refused.
@@ -415,7 +418,8 @@ impl RateLimit {
                         env.metrics.add(RuleMetric::ShadowLimited.id(t.index), 1);
                     }
                     self.log_shadow(request, Over(&violated), now);
-                    return Local::ShadowRefused(items(&mut verdicts.iter().copied()));
+                    let names = violated.iter().map(|t| t.rule.name.clone()).collect();
+                    return Local::ShadowRefused(items(&mut verdicts.iter().copied()), names);
                 }
                 for t in &violated {
                     env.metrics.add(RuleMetric::Limited.id(t.index), 1);
@@ -473,6 +477,16 @@ impl RateLimit {
             })
             .collect()
     }
+}
+
+/// `edits`, recording the rules that would have refused in shadow mode, if any (a request no
+/// rule refused records nothing: no host call).
+fn shadow_edits(edits: RequestEdits, shadow_over: &[String]) -> RequestEdits {
+    if shadow_over.is_empty() {
+        return edits;
+    }
+    let names: Vec<&str> = shadow_over.iter().map(String::as_str).collect();
+    edits.filter_state(reply::DECISION, reply::shadow_decision(&names))
 }
 
 /// Each target's rule with its verdict, for the header fields.
@@ -622,26 +636,31 @@ impl Filter for RateLimit {
         let now = self.clock.now(env.now);
         let mut local_items = Vec::new();
         let mut charged = Vec::new();
+        let mut shadow_over = Vec::new();
         if !targets.is_empty() {
             match self.judge_locally(&targets, request, now, env) {
                 Local::Charged(items) => {
                     local_items = items;
                     charged = targets.iter().map(|t| (t.index, t.key)).collect();
                 }
-                Local::ShadowRefused(items) => local_items = items,
+                Local::ShadowRefused(items, over) => {
+                    local_items = items;
+                    shadow_over = over;
+                }
                 Local::Uncounted => {}
                 Local::Refused(reply) => return Decision::Respond(reply),
             }
         }
         if calls.is_empty() {
             stream.response_headers = reply::headers(self.config.dialect, &local_items);
-            return Decision::pass();
+            return Decision::Continue(shadow_edits(RequestEdits::default(), &shadow_over));
         }
         stream.calling = Some(Box::new(Calling {
             since: now,
             plans,
             charged,
             local_items,
+            shadow_over,
         }));
         Decision::Call(calls)
     }
@@ -663,7 +682,7 @@ impl Filter for RateLimit {
         let mut over_without_item: Vec<&str> = Vec::new();
         let mut request_headers = Vec::new();
         let mut response_headers = Vec::new();
-        let mut denied: Option<String> = None;
+        let mut denied: Option<(&str, Failure, String)> = None;
         for (plan, result) in calling.plans.iter().zip(results) {
             let Some(service) = self.config.services.get(plan.service) else {
                 continue;
@@ -724,11 +743,12 @@ impl Filter for RateLimit {
                     if mode == FailureMode::Deny && denied.is_none() {
                         env.metrics
                             .add(service_metric(ServiceMetric::FailureDenied), 1);
-                        denied = Some(format!(
+                        let detail = format!(
                             "rate limit service {}: {}: {reason}",
                             service.name,
                             failure.name()
-                        ));
+                        );
+                        denied = Some((&service.name, failure, detail));
                     }
                 }
             }
@@ -757,18 +777,24 @@ impl Filter for RateLimit {
                 return Decision::Respond(reply);
             }
         }
-        if let Some(detail) = denied {
+        if let Some((service, failure, detail)) = denied {
             self.give_back(&calling.charged, env);
-            let reply = reply::service_failed(&detail);
+            let reply = reply::service_failed(service, failure, &detail);
             logging::refused(Self::NAME, &reply);
             return Decision::Respond(reply);
         }
         stream.response_headers = reply::headers(self.config.dialect, &items);
         stream.response_headers.extend(response_headers);
-        Decision::Continue(RequestEdits::from(HeaderEdits {
+        let edits = RequestEdits::from(HeaderEdits {
             remove: Vec::new(),
             set: request_headers,
-        }))
+        });
+        // In shadow mode, every rule that would have refused: the local ones, then the global.
+        let mut shadow_over = calling.shadow_over;
+        if self.config.shadow {
+            shadow_over.extend(over.iter().map(|name| (*name).to_owned()));
+        }
+        Decision::Continue(shadow_edits(edits, &shadow_over))
     }
 
     fn wants_response(&self, stream: &Stream) -> bool {

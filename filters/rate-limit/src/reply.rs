@@ -15,6 +15,12 @@
 //! gRPC callers get `RESOURCE_EXHAUSTED` for a 429 and `UNAVAILABLE` for a 503 (the shared
 //! local-reply mapping).
 //!
+//! Filter state `rate_limit.decision`, for the access log: `limited:<rules>` on a refusal by
+//! rules (local or global, the violated ones, comma-separated), `shadow_limited:<rules>` on a
+//! request shadow mode let through instead, `contended` when the store refused and
+//! `on_contention` is `deny`, `service_failed:<service>:<failure>` when a rate limit service
+//! call failed and its `on_failure` says `deny`. A request let through sets nothing.
+//!
 //! Draft 11 fields, one item per rule that counted the request:
 //! - `RateLimit-Policy: "per-user";q=100;w=60`: `q` requests per `w` seconds. A window that is
 //!   not a whole number of seconds is rounded up, and `q` scaled to match, rounded down
@@ -27,10 +33,18 @@
 //! (its burst), `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until full, as Envoy's
 //! `local_ratelimit` sends them, delta not epoch).
 
-use crate::config::Dialect;
+use crate::config::{Dialect, Failure};
 use crate::gcra::{Limit, Verdict, whole_seconds, whole_seconds_at_least_one};
 use crate::rls;
 use filter_core::decision::LocalResponse;
+
+/// The filter state holding the decision, read as `wasm.rate_limit.decision`.
+pub const DECISION: &str = "rate_limit.decision";
+
+/// `rate_limit.decision` for a request shadow mode lets through although `rules` refuse it.
+pub fn shadow_decision(rules: &[&str]) -> String {
+    format!("shadow_limited:{}", rules.join(","))
+}
 
 /// One rule's verdict on a request, for the header fields.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +200,7 @@ pub fn refused(status: u16, dialect: Dialect, items: &[Item], also_over: &[&str]
             names.join(",")
         ))
         .detail(format!("over the limit of {}", names.join(", ")))
+        .filter_state(DECISION, format!("limited:{}", violated.join(",")))
 }
 
 /// The refusal when the shared store stayed contended (and `on_contention` is `deny`).
@@ -198,11 +213,12 @@ pub fn contended() -> LocalResponse {
              \"title\":\"rate limiter busy\",\"status\":503}",
         )
         .detail("shared data contended")
+        .filter_state(DECISION, "contended")
 }
 
-/// The refusal when a rate limit service call failed and its `on_failure` says `deny`;
-/// `detail` says which service and how (it names no client data).
-pub fn service_failed(detail: &str) -> LocalResponse {
+/// The refusal when a call to the rate limit service `service` failed (`failure`) and its
+/// `on_failure` says `deny`; `detail` says which service and how (it names no client data).
+pub fn service_failed(service: &str, failure: Failure, detail: &str) -> LocalResponse {
     let detail_json = serde_json::Value::from(detail).to_string();
     LocalResponse::new(503)
         .header("retry-after", "1")
@@ -212,6 +228,10 @@ pub fn service_failed(detail: &str) -> LocalResponse {
              \"title\":\"rate limit service unavailable\",\"status\":503,\"detail\":{detail_json}}}"
         ))
         .detail(detail.to_owned())
+        .filter_state(
+            DECISION,
+            format!("service_failed:{service}:{}", failure.name()),
+        )
 }
 
 #[cfg(test)]
@@ -280,6 +300,7 @@ mod tests {
         assert!(reply.body.contains("\"violated-policies\":[\"r\"]"));
         assert!(reply.body.contains("quota-exceeded"));
         assert_eq!(reply.effective_grpc_status(), 8);
+        assert_eq!(reply.filter_state_value(DECISION), Some("limited:r"));
     }
 
     #[test]
@@ -319,5 +340,32 @@ mod tests {
                 .contains(&("retry-after".to_owned(), "1".to_owned()))
         );
         assert_eq!(r.effective_grpc_status(), 14);
+        assert_eq!(r.filter_state_value(DECISION), Some("contended"));
+    }
+
+    #[test]
+    fn each_refusal_records_its_decision_by_rule_and_service_name() {
+        let l = Limit::new(1, Duration::from_secs(10), 1).unwrap();
+        let first = l.decide(None, NOW).conforming().map(|c| c.next);
+        let items = [
+            status("per-user", &l, l.decide(first, NOW)),
+            status("per-ip", &l, l.decide(None, NOW)),
+        ];
+        // A global rule the service refused without a status names itself.
+        let reply = refused(429, Dialect::None, &items, &["fleet"]);
+        assert_eq!(
+            reply.filter_state_value(DECISION),
+            Some("limited:per-user,fleet")
+        );
+        let failed = service_failed(
+            "limits",
+            Failure::Timeout,
+            "rate limit service limits: timeout",
+        );
+        assert_eq!(
+            failed.filter_state_value(DECISION),
+            Some("service_failed:limits:timeout")
+        );
+        assert_eq!(shadow_decision(&["a", "b"]), "shadow_limited:a,b");
     }
 }

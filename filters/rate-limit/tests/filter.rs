@@ -9,7 +9,7 @@
 )]
 
 use filter_core::config::parse;
-use filter_core::decision::{Decision, LocalResponse};
+use filter_core::decision::{Decision, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{PerItem, RecordedMetrics};
 use filter_core::request::{Request, Response};
@@ -17,6 +17,7 @@ use filter_core::signature::NoNativeVerifier;
 use filter_core::store::{Cas, MemStore, SharedStore, StoreError, Written};
 use filter_core::time::Time;
 use log::{Level, LevelFilter};
+use rate_limit::reply::DECISION;
 use rate_limit::{RateLimit, RuleMetric, Stream};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,6 +180,10 @@ fn all_or_nothing_a_refusal_charges_no_rule() {
         let (d, _) = w.send(&f, &user("a"), now);
         let reply = refused(&d).unwrap();
         assert!(reply.body.contains("\"violated-policies\":[\"strict\"]"));
+        assert_eq!(
+            reply.filter_state,
+            [(DECISION.to_owned(), "limited:strict".to_owned())]
+        );
         assert_eq!(header(&reply.headers, "retry-after"), Some("3600"));
     }
     // The five refusals cost `wide` nothing: a path only `wide` counts still sees 98 left.
@@ -266,6 +271,7 @@ fn a_store_that_stays_contended_follows_on_contention() {
             let reply = refused(&d).unwrap();
             assert_eq!(reply.status, 503);
             assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
+            assert_eq!(reply.filter_state_value(DECISION), Some("contended"));
         }
         assert!(h.is_empty());
         assert_eq!(metric(&w, 0, RuleMetric::Contention), 1);
@@ -280,7 +286,11 @@ fn shadow_mode_counts_and_logs_but_refuses_nothing() {
     let ((), lines) = capture(LevelFilter::Info, || {
         assert_eq!(w.send(&f, &user("u"), secs(T0)).0, Decision::pass());
         let (d, h) = w.send(&f, &user("u"), secs(T0));
-        assert_eq!(d, Decision::pass());
+        // Let through, with the refusal it would have been in the access log's decision.
+        assert_eq!(
+            d,
+            Decision::Continue(RequestEdits::default().filter_state(DECISION, "shadow_limited:r"))
+        );
         assert_eq!(header(&h, "ratelimit"), Some("\"r\";r=0;t=3600"));
     });
     assert_eq!(metric(&w, 0, RuleMetric::ShadowLimited), 1);

@@ -10,7 +10,7 @@
 )]
 
 use filter_core::config::parse;
-use filter_core::decision::{Decision, GrpcCall, GrpcResult, LocalResponse};
+use filter_core::decision::{Decision, GrpcCall, GrpcResult, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricId, RecordedMetrics};
 use filter_core::request::{Request, Response};
@@ -19,6 +19,7 @@ use filter_core::store::MemStore;
 use filter_core::time::Time;
 use log::{Level, LevelFilter};
 use prost::Message as _;
+use rate_limit::reply::DECISION;
 use rate_limit::rls::{self, RateLimitRequest, RateLimitResponse};
 use rate_limit::{RateLimit, Stream};
 use std::time::Duration;
@@ -296,6 +297,7 @@ fn over_limit_answers_like_a_local_limit_with_the_service_statuses() {
         r.body
     );
     assert_eq!(r.effective_grpc_status(), 8);
+    assert_eq!(r.filter_state_value(DECISION), Some("limited:fleet"));
     assert_eq!(w.metric(&f, "rate_limit.service.rls.over_limit"), 1);
     assert_eq!(w.metric(&f, "rate_limit.fleet.limited"), 1);
 }
@@ -314,6 +316,7 @@ fn over_limit_without_statuses_names_the_rule_and_promises_no_retry_after() {
         "{}",
         r.body
     );
+    assert_eq!(r.filter_state_value(DECISION), Some("limited:fleet"));
 }
 
 #[test]
@@ -398,12 +401,43 @@ fn shadow_mode_lets_an_over_limit_request_through_and_counts_it() {
     let ((_, decision, _), lines) = capture(LevelFilter::Info, || {
         w.send(&f, &user("alice"), Duration::ZERO, |_| over())
     });
-    assert_eq!(decision, Decision::pass());
+    assert_eq!(
+        decision,
+        Decision::Continue(RequestEdits::default().filter_state(DECISION, "shadow_limited:fleet"))
+    );
     assert_eq!(w.metric(&f, "rate_limit.fleet.shadow_limited"), 1);
     assert_eq!(w.metric(&f, "rate_limit.fleet.limited"), 0);
     assert_eq!(
         testkit::logs::texts(&lines),
         ["rate_limit: shadow mode: would refuse GET /api/orders (over fleet)"]
+    );
+}
+
+/// In shadow mode, the access log's decision names every rule that would have refused: the
+/// local ones, then the global ones.
+#[test]
+fn shadow_mode_records_local_and_global_rules_that_would_refuse() {
+    let f = filter(
+        r#"{"services": {"rls": {"cluster": "ratelimit", "domain": "api"}}, "shadow": true,
+            "rules": [
+              {"name": "local", "key": [{"header": "x-user-id"}], "limit": {"requests": 1, "per": "1m"}},
+              {"name": "fleet", "global": {"descriptor": [{"key": "user", "value": {"header": "x-user-id"}}]}}
+            ]}"#,
+    );
+    let w = World::new();
+    let (_, first, _) = w.send(&f, &user("a"), Duration::ZERO, |_| ok());
+    assert_eq!(first, Decision::pass(), "a plain pass records nothing");
+    let (_, second, _) = w.send(&f, &user("a"), Duration::ZERO, |_| over());
+    assert_eq!(
+        second,
+        Decision::Continue(
+            RequestEdits::default().filter_state(DECISION, "shadow_limited:local,fleet")
+        )
+    );
+    let (_, third, _) = w.send(&f, &user("a"), Duration::ZERO, |_| ok());
+    assert_eq!(
+        third,
+        Decision::Continue(RequestEdits::default().filter_state(DECISION, "shadow_limited:local"))
     );
 }
 
@@ -473,6 +507,8 @@ fn each_kind_of_failure_has_its_own_setting() {
             let r = reply(&decision);
             assert_eq!(r.status, 503, "{kind}");
             assert_eq!(r.effective_grpc_status(), 14);
+            let decision = format!("service_failed:rls:{kind}");
+            assert_eq!(r.filter_state_value(DECISION), Some(decision.as_str()));
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             let detail = body["detail"].as_str().unwrap();
             assert!(

@@ -10,6 +10,11 @@
 //! route-level retries too. The budget charges a grant's retries when it is given (fewer than
 //! the rule's if fewer are left); per response, what Envoy did not use is refunded, and a 429
 //! or 503 without a usable `Retry-After` gets one ([`retry_after`]).
+//!
+//! Filter state `retry_policy.decision`, for the access log, says why a request that a rule
+//! covers got fewer retries than the rule gives: `not_idempotent`, `half_open_probe`,
+//! `budget_exhausted` (none), or `budget_cut:<k>` (only `k`). A request that gets the rule's
+//! retries, or that no rule covers, sets nothing.
 #![deny(unsafe_code)]
 
 pub mod budget;
@@ -18,7 +23,7 @@ pub mod retry_after;
 
 use crate::config::{Compiled, RetryPolicyConfig};
 use filter_core::config::ConfigError;
-use filter_core::decision::{Decision, HeaderEdits};
+use filter_core::decision::{Decision, HeaderEdits, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::metrics::{MetricDef, MetricId};
 use filter_core::request::{RequestView, ResponseView};
@@ -26,6 +31,9 @@ use std::cell::{Cell, RefCell};
 
 /// The retry headers Envoy's router reads; a client's are always removed.
 pub use crate::config::header::ALL as RETRY_HEADERS;
+
+/// The filter state holding the decision, read as `wasm.retry_policy.decision`.
+pub const DECISION: &str = "retry_policy.decision";
 
 /// Methods a proxy may retry on its own (RFC 9110 §9.2.2).
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
@@ -70,6 +78,23 @@ enum NoRetry {
     Method,
     HalfOpen,
     Budget,
+}
+
+impl NoRetry {
+    /// What `retry_policy.decision` says.
+    fn decision(self) -> &'static str {
+        match self {
+            NoRetry::Method => "not_idempotent",
+            NoRetry::HalfOpen => "half_open_probe",
+            NoRetry::Budget => "budget_exhausted",
+        }
+    }
+}
+
+/// `retry_policy.decision` for a request the budget let have only `given` of its rule's
+/// retries.
+fn budget_cut(given: u32) -> String {
+    format!("budget_cut:{given}")
 }
 
 /// Sets `headers`; with `internal`, also removes every other retry header (a client's).
@@ -241,7 +266,8 @@ impl Filter for RetryPolicy {
                     // The budget had fewer left: Envoy's router may make only those.
                     env.metrics.add(BUDGET_CUT, 1);
                     let headers = with_max_retries(rule_headers, given);
-                    return Decision::forward(write(&headers, internal(request)));
+                    let edits = RequestEdits::from(write(&headers, internal(request)));
+                    return Decision::Continue(edits.filter_state(DECISION, budget_cut(given)));
                 }
                 Decision::forward(write(rule_headers, internal(request)))
             }
@@ -255,7 +281,8 @@ impl Filter for RetryPolicy {
                     1,
                 );
                 // Also shuts off a route-level retry policy.
-                Decision::forward(write(&self.no_retries, internal(request)))
+                let edits = RequestEdits::from(write(&self.no_retries, internal(request)));
+                Decision::Continue(edits.filter_state(DECISION, reason.decision()))
             }
         }
     }

@@ -300,3 +300,65 @@ fn retry_after_is_added_kept_or_capped() {
         Some("5")
     );
 }
+
+/// The access log's `retry_policy.decision` of a whole call: why the request got fewer retries
+/// than its rule gives, or `None` (nothing recorded).
+fn decision(w: &World, request: &Request, response: Response) -> Option<String> {
+    let mut stream = Stream::default();
+    let env = w.env(NOW);
+    let Decision::Continue(edits) = w.filter.on_request(&mut stream, request, &env) else {
+        panic!("the retry policy never answers a request itself")
+    };
+    if w.filter.wants_response(&stream) {
+        w.filter.on_response(&mut stream, &response, &env);
+    }
+    assert!(edits.filter_state.len() <= 1, "{edits:?}");
+    edits
+        .filter_state_value(retry_policy::DECISION)
+        .map(str::to_owned)
+}
+
+#[test]
+fn each_withheld_retry_records_why_and_a_full_grant_records_nothing() {
+    let w = World::new(ORDERS);
+    assert_eq!(
+        decision(&w, &internal("GET", "/orders/1"), Response::new(200)),
+        None
+    );
+    assert_eq!(
+        decision(&w, &Request::new("POST", "/orders"), Response::new(200)).as_deref(),
+        Some("not_idempotent")
+    );
+    let probe =
+        Request::new("GET", "/orders").with_filter_state("circuit_breaker.state", "half_open");
+    assert_eq!(
+        decision(&w, &probe, Response::new(200)).as_deref(),
+        Some("half_open_probe")
+    );
+    // No rule: the route's own policy, nothing recorded.
+    let w = World::new(r#"{"rules": [{"match": {"prefix": "/orders"}, "retry_on": ["5xx"]}]}"#);
+    assert_eq!(
+        decision(&w, &Request::new("POST", "/other"), Response::new(200)),
+        None
+    );
+    // 10 retries per 10 s: three full grants of 3, one cut to the 1 left, then none.
+    let w = World::new(
+        r#"{"rules": [{"retry_on": ["5xx"], "num_retries": 3}],
+            "budget": {"retry_ratio": 0, "min_retries_per_second": 1}}"#,
+    );
+    let get = Request::new("GET", "/");
+    let seen: Vec<Option<String>> = [4, 4, 4, 2, 1]
+        .into_iter()
+        .map(|attempts| decision(&w, &get, Response::new(503).with_attempts(attempts)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            None,
+            None,
+            None,
+            Some("budget_cut:1".to_owned()),
+            Some("budget_exhausted".to_owned())
+        ]
+    );
+}
