@@ -145,6 +145,84 @@ both_modules! {
     }
 }
 
+both_modules! {
+    /// A later filter's refusal keeps what an earlier one recorded: rate_limit's shadow refusal
+    /// and the breaker's refusal share one line, in both layouts.
+    fn an_earlier_filter_s_decision_survives_a_later_refusal(layout) {
+        let upstream = Upstream::start(vec![Reply::Status(200)]);
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(upstream.port())
+                .layout(layout)
+                .access_log()
+                .filter(
+                    "rate_limit",
+                    r#"{"shadow": true, "rules": [{"name": "per-ip", "key": [{"client_ip": {}}],
+                        "limit": {"requests": 1, "per": "1m"}}]}"#,
+                )
+                .filter(
+                    "circuit_breaker",
+                    r#"{"breakers": [{"name": "down", "match": {"prefix": "/down/"},
+                        "mode": "forced_open"}]}"#,
+                )
+                .render(),
+        );
+        let port = envoy.port("gateway");
+        for path in ["/down/1", "/down/2"] {
+            assert_eq!(client::get(path).send(port).status, 503);
+        }
+        let entries = access_log::wait_for(&envoy, 2);
+        let first = access_log::find(&entries, "GET", "/down/1");
+        assert_eq!(first.recorded(), [("circuit_breaker", "forced_open:down")], "{}", first.line);
+        let second = access_log::find(&entries, "GET", "/down/2");
+        assert_eq!(
+            second.recorded(),
+            [("circuit_breaker", "forced_open:down"), ("rate_limit", "shadow_limited:per-ip")],
+            "{}",
+            second.line
+        );
+    }
+}
+
+both_modules! {
+    /// A request held for keys that never come is answered later, from a tick, not from its
+    /// own callback: its line still says why. (The key server's fetch, started with the
+    /// plugin, is still waiting out its timeout when the request arrives.)
+    fn a_request_held_for_keys_says_unavailable(layout) {
+        let key = Key::generate(Alg::ES256, "k1");
+        let key_server = Upstream::start(vec![Reply::Hang]);
+        let upstream = Upstream::echo();
+        let config = json!({
+            "providers": { "idp": {
+                "issuer": "https://issuer.example", "audiences": ["api"], "algorithms": ["ES256"],
+                "remote_jwks": { "cluster": "jwks", "authority": "keys.example",
+                                 "path": "/.well-known/jwks.json", "timeout": "2s" } } },
+            "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
+        });
+        let envoy = Envoy::start(
+            &TestEnvoyConfig::new(upstream.port())
+                .layout(layout)
+                .access_log()
+                .cluster("jwks", key_server.port())
+                .filter("jwt_auth", &config.to_string())
+                .render(),
+        );
+        let token = key.sign(&claims("alice"));
+        let started = std::time::Instant::now();
+        let r = client::get("/held")
+            .header("authorization", &format!("Bearer {token}"))
+            .timeout(std::time::Duration::from_secs(15))
+            .send(envoy.port("gateway"));
+        let held = started.elapsed();
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(held >= std::time::Duration::from_millis(500), "answered at once ({held:?})");
+        let entries = access_log::wait_for(&envoy, 1);
+        let line = access_log::find(&entries, "GET", "/held");
+        assert_eq!(line.recorded(), [("jwt_auth", "unavailable")], "{}", line.line);
+        assert_no_token(&envoy.log(), &[&token]);
+        assert_eq!(upstream.count(), 0);
+    }
+}
+
 /// Every example prints the same access log line, in [`FORMAT`]: one format serves every
 /// layout, and the tests read what users will read.
 #[test]
