@@ -8,6 +8,7 @@ use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{TestEnvoyConfig, example, examples};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 fn claims(sub: &str) -> Value {
@@ -239,6 +240,59 @@ fn every_example_prints_the_decisions_in_the_one_format() {
         for filter in FILTERS {
             assert!(text.contains(&format!("wasm.{filter}.decision")));
         }
+    }
+}
+
+/// The ready-to-copy blocks of `docs/access-log.md` (Envoy's and Istio's) print [`FORMAT`] too.
+#[test]
+fn the_documented_blocks_print_the_one_format() {
+    let path = filter_tests::repo_root().join("docs/access-log.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/access-log.md");
+    let mut formats = Vec::new();
+    for block in text.split("```yaml\n").skip(1) {
+        let block = block.split("```").next().unwrap_or_default();
+        // A block inside a list item is indented as a whole, as Markdown strips it.
+        let indent = block
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start().len())
+            .min()
+            .unwrap_or(0);
+        let block: String = block
+            .lines()
+            .map(|l| format!("{}\n", l.get(indent..).unwrap_or_default()))
+            .collect();
+        for doc in serde_yaml_ng::Deserializer::from_str(&block) {
+            let value = serde_yaml_ng::Value::deserialize(doc).expect("a YAML block");
+            collect_strings_under(&value, &["inline_string", "text"], &mut formats);
+        }
+    }
+    assert_eq!(
+        formats.len(),
+        2,
+        "the Envoy and the Istio blocks: {formats:?}"
+    );
+    for format in formats {
+        assert_eq!(format, FORMAT);
+    }
+}
+
+/// Every string under a key named one of `keys`.
+fn collect_strings_under(value: &serde_yaml_ng::Value, keys: &[&str], into: &mut Vec<String>) {
+    use serde_yaml_ng::Value as Y;
+    match value {
+        Y::Mapping(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v.as_str()) {
+                    (Some(k), Some(v)) if keys.contains(&k) => into.push(v.to_owned()),
+                    _ => collect_strings_under(v, keys, into),
+                }
+            }
+        }
+        Y::Sequence(items) => items
+            .iter()
+            .for_each(|v| collect_strings_under(v, keys, into)),
+        _ => {}
     }
 }
 
