@@ -682,7 +682,9 @@ impl Filter for RateLimit {
         let mut over_without_item: Vec<&str> = Vec::new();
         let mut request_headers = Vec::new();
         let mut response_headers = Vec::new();
-        let mut denied: Option<(&str, Failure, String)> = None;
+        let mut denied: Option<String> = None;
+        // The service and failure that refused it, for the access log.
+        let mut denied_by: Option<(&str, Failure)> = None;
         for (plan, result) in calling.plans.iter().zip(results) {
             let Some(service) = self.config.services.get(plan.service) else {
                 continue;
@@ -743,12 +745,12 @@ impl Filter for RateLimit {
                     if mode == FailureMode::Deny && denied.is_none() {
                         env.metrics
                             .add(service_metric(ServiceMetric::FailureDenied), 1);
-                        let detail = format!(
+                        denied = Some(format!(
                             "rate limit service {}: {}: {reason}",
                             service.name,
                             failure.name()
-                        );
-                        denied = Some((&service.name, failure, detail));
+                        ));
+                        denied_by = Some((&service.name, failure));
                     }
                 }
             }
@@ -777,7 +779,7 @@ impl Filter for RateLimit {
                 return Decision::Respond(reply);
             }
         }
-        if let Some((service, failure, detail)) = denied {
+        if let (Some(detail), Some((service, failure))) = (denied, denied_by) {
             self.give_back(&calling.charged, env);
             let reply = reply::service_failed(service, failure, &detail);
             logging::refused(Self::NAME, &reply);
