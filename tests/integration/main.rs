@@ -41,6 +41,7 @@ mod harness;
 mod istio;
 mod jwt_auth;
 mod modules;
+mod prometheus;
 mod rate_limit;
 mod retry_policy;
 mod self_contained;

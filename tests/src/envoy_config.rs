@@ -60,6 +60,8 @@ pub struct TestEnvoyConfig {
     route_rate_limits: Option<String>,
     upstream_max_retries: Option<u32>,
     upstream_http2: bool,
+    admin_port: u16,
+    filter_stats_tags: bool,
 }
 
 impl TestEnvoyConfig {
@@ -79,7 +81,23 @@ impl TestEnvoyConfig {
             route_rate_limits: None,
             upstream_max_retries: None,
             upstream_http2: false,
+            admin_port: 0,
+            filter_stats_tags: false,
         }
+    }
+
+    /// Puts the admin API on this port of 127.0.0.1 instead of one Envoy picks, for a client
+    /// that must know it before Envoy starts (a Prometheus scraping it from its first second).
+    pub fn admin_port(mut self, port: u16) -> Self {
+        self.admin_port = port;
+        self
+    }
+
+    /// Adds the bootstrap's `stats_config.stats_tags` that turn our filters' stat names into
+    /// labelled series in `/stats/prometheus` ([`FILTER_STATS_TAGS`]).
+    pub fn filter_stats_tags(mut self) -> Self {
+        self.filter_stats_tags = true;
+        self
     }
 
     /// Lays the filters out as `layout` says.
@@ -275,7 +293,7 @@ impl TestEnvoyConfig {
         }
         format!(
             r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}{stats_config}
 static_resources:
   listeners:
   - name: gateway
@@ -354,9 +372,28 @@ static_resources:
                 None => String::new(),
             },
             upstream_options = if self.upstream_http2 { HTTP2 } else { "" },
+            admin_port = self.admin_port,
+            stats_config = if self.filter_stats_tags {
+                FILTER_STATS_TAGS
+            } else {
+                ""
+            },
         )
     }
 }
+
+/// The bootstrap's `stats_config` for our filters' metrics: each label is written into the stat
+/// name as `<label>=.=<value>;.;`, and one tag per label name extracts it again, so that
+/// `/stats/prometheus` shows `circuit_breaker_calls_total{breaker="flaky",outcome="failure"}`.
+pub const FILTER_STATS_TAGS: &str = r#"
+stats_config:
+  stats_tags:
+  - { tag_name: rule,     regex: "(rule=\\.=(.*?);\\.;)" }
+  - { tag_name: breaker,  regex: "(breaker=\\.=(.*?);\\.;)" }
+  - { tag_name: provider, regex: "(provider=\\.=(.*?);\\.;)" }
+  - { tag_name: service,  regex: "(service=\\.=(.*?);\\.;)" }
+  - { tag_name: outcome,  regex: "(outcome=\\.=(.*?);\\.;)" }
+  - { tag_name: state,    regex: "(state=\\.=(.*?);\\.;)" }"#;
 
 /// A cluster's options for HTTP/2 to its hosts, which gRPC needs.
 const HTTP2: &str = "

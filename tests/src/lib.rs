@@ -14,6 +14,7 @@
 //!   every answer shape a test chooses, and tonic's client).
 //! - [`rls`]: a real rate limit service (`rls-server`, over Limitador) and Redis for global
 //!   rules.
+//! - [`prometheus`]: a real Prometheus scraping Envoy, queried in PromQL.
 
 pub mod client;
 pub mod envoy;
@@ -21,6 +22,7 @@ pub mod envoy_config;
 pub mod grpc;
 pub mod k8s_schema;
 pub mod oci;
+pub mod prometheus;
 pub mod rls;
 pub mod server_process;
 /// Keys generated per run and real signed JWTs (the `testkit` crate).
