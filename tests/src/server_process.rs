@@ -14,6 +14,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A binary from an environment variable the Makefile sets, else its usual place; fails the
 /// test, naming what is missing and the make target that provides it, when it is not there.
+#[track_caller]
 pub(crate) fn binary(var: &str, usual: &Path, what: &str, make_target: &str) -> PathBuf {
     let path = std::env::var_os(var).map_or_else(|| usual.to_path_buf(), PathBuf::from);
     assert!(
