@@ -273,9 +273,11 @@ impl TestEnvoyConfig {
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
             );
         }
+        let stats_config = stats_config();
         format!(
             r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+{stats_config}
 static_resources:
   listeners:
   - name: gateway
@@ -368,6 +370,19 @@ const HTTP2: &str = "
 /// A string as a JSON string literal, which YAML reads as the same string.
 fn quoted(text: &str) -> serde_json::Value {
     serde_json::Value::String(text.to_owned())
+}
+
+/// The `stats_config` block that turns our filters' stat names into labelled Prometheus series
+/// (one `stats_tags` entry per label, in the form Istio's `extraStatTags` also uses), as every
+/// example configuration carries it.
+pub fn stats_config() -> String {
+    let mut block = String::from("stats_config:\n  stats_tags:");
+    for label in filter_core::metrics::LABELS {
+        block.push_str(&format!(
+            "\n  - {{ tag_name: {label}, regex: \"({label}=\\\\.=(.*?);\\\\.;)\" }}"
+        ));
+    }
+    block
 }
 
 /// Every example configuration shipped in `envoy/`.
