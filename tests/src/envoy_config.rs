@@ -61,7 +61,6 @@ pub struct TestEnvoyConfig {
     upstream_max_retries: Option<u32>,
     upstream_http2: bool,
     admin_port: u16,
-    filter_stats_tags: bool,
 }
 
 impl TestEnvoyConfig {
@@ -82,7 +81,6 @@ impl TestEnvoyConfig {
             upstream_max_retries: None,
             upstream_http2: false,
             admin_port: 0,
-            filter_stats_tags: false,
         }
     }
 
@@ -90,13 +88,6 @@ impl TestEnvoyConfig {
     /// that must know it before Envoy starts (a Prometheus scraping it from its first second).
     pub fn admin_port(mut self, port: u16) -> Self {
         self.admin_port = port;
-        self
-    }
-
-    /// Adds the bootstrap's `stats_config.stats_tags` that turn our filters' stat names into
-    /// labelled series in `/stats/prometheus` ([`FILTER_STATS_TAGS`]).
-    pub fn filter_stats_tags(mut self) -> Self {
-        self.filter_stats_tags = true;
         self
     }
 
@@ -291,9 +282,11 @@ impl TestEnvoyConfig {
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
             );
         }
+        let stats_config = stats_config();
         format!(
             r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}{stats_config}
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+{stats_config}
 static_resources:
   listeners:
   - name: gateway
@@ -373,27 +366,9 @@ static_resources:
             },
             upstream_options = if self.upstream_http2 { HTTP2 } else { "" },
             admin_port = self.admin_port,
-            stats_config = if self.filter_stats_tags {
-                FILTER_STATS_TAGS
-            } else {
-                ""
-            },
         )
     }
 }
-
-/// The bootstrap's `stats_config` for our filters' metrics: each label is written into the stat
-/// name as `<label>=.=<value>;.;`, and one tag per label name extracts it again, so that
-/// `/stats/prometheus` shows `circuit_breaker_calls_total{breaker="flaky",outcome="failure"}`.
-pub const FILTER_STATS_TAGS: &str = r#"
-stats_config:
-  stats_tags:
-  - { tag_name: rule,     regex: "(rule=\\.=(.*?);\\.;)" }
-  - { tag_name: breaker,  regex: "(breaker=\\.=(.*?);\\.;)" }
-  - { tag_name: provider, regex: "(provider=\\.=(.*?);\\.;)" }
-  - { tag_name: service,  regex: "(service=\\.=(.*?);\\.;)" }
-  - { tag_name: outcome,  regex: "(outcome=\\.=(.*?);\\.;)" }
-  - { tag_name: state,    regex: "(state=\\.=(.*?);\\.;)" }"#;
 
 /// A cluster's options for HTTP/2 to its hosts, which gRPC needs.
 const HTTP2: &str = "
@@ -405,6 +380,19 @@ const HTTP2: &str = "
 /// A string as a JSON string literal, which YAML reads as the same string.
 fn quoted(text: &str) -> serde_json::Value {
     serde_json::Value::String(text.to_owned())
+}
+
+/// The `stats_config` block that turns our filters' stat names into labelled Prometheus series
+/// (one `stats_tags` entry per label, in the form Istio's `extraStatTags` also uses), as every
+/// example configuration carries it.
+pub fn stats_config() -> String {
+    let mut block = String::from("stats_config:\n  stats_tags:");
+    for label in filter_core::metrics::LABELS {
+        block.push_str(&format!(
+            "\n  - {{ tag_name: {label}, regex: \"({label}=\\\\.=(.*?);\\\\.;)\" }}"
+        ));
+    }
+    block
 }
 
 /// Every example configuration shipped in `envoy/`.

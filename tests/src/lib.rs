@@ -59,3 +59,16 @@ pub fn free_port() -> u16 {
     }
     panic!("cannot find a free port in {LOW}..{HIGH}")
 }
+
+/// The `/stats` name of one series of our filters' metrics: the family with its filter prefix
+/// and the labels in the order the filter defines them (the item's first, then the outcome),
+/// e.g. `metric("circuit_breaker_calls_total", &[("breaker", "b"), ("outcome", "failure")])`
+/// is `wasmcustom.breaker=.=b;.;outcome=.=failure;.;circuit_breaker_calls_total`.
+pub fn metric(family: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = String::from("wasmcustom.");
+    for (label, value) in labels {
+        name.push_str(&format!("{label}=.={value};.;"));
+    }
+    name.push_str(family);
+    name
+}
