@@ -134,20 +134,9 @@ impl PrometheusServer {
         series
     }
 
-    /// A query whose series differ only in the labels named in `by`: each series as those
-    /// labels' values (joined by `/` when there are several) and its value, e.g.
-    /// `{"failure": 2.0, "success": 2.0}` for `sum by (outcome) (...)` with `by = ["outcome"]`.
+    /// [`PrometheusServer::query`], its series [`keyed`] by the labels named in `by`.
     pub fn query_by(&self, promql: &str, by: &[&str]) -> BTreeMap<String, f64> {
-        self.query(promql)
-            .into_iter()
-            .map(|(labels, value)| {
-                let key: Vec<&str> = by
-                    .iter()
-                    .map(|l| labels.get(*l).map_or("", String::as_str))
-                    .collect();
-                (key.join("/"), value)
-            })
-            .collect()
+        keyed(&self.query(promql), by)
     }
 
     /// The answers to `queries` once the values Envoy reports have settled: equal in two
@@ -196,6 +185,22 @@ impl PrometheusServer {
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// Series that differ only in the labels named in `by`, each as those labels' values (joined
+/// by `/` when there are several) and its value: `{"failure": 2.0, "success": 2.0}` for the
+/// answer to `sum by (outcome) (...)` with `by = ["outcome"]`.
+pub fn keyed(series: &[(Labels, f64)], by: &[&str]) -> BTreeMap<String, f64> {
+    series
+        .iter()
+        .map(|(labels, value)| {
+            let key: Vec<&str> = by
+                .iter()
+                .map(|l| labels.get(*l).map_or("", String::as_str))
+                .collect();
+            (key.join("/"), *value)
+        })
+        .collect()
 }
 
 /// Seconds since the Unix epoch, as Prometheus writes timestamps.
