@@ -288,7 +288,7 @@ impl Filter for RetryPolicy {
         env: &Env<'_>,
     ) -> HeaderEdits {
         if std::mem::take(&mut stream.granted) {
-            // No count: Envoy made no attempt (a reply before the router); see README.
+            // No count: Envoy made no attempt (a reply before the router); see docs/retry_policy.md.
             let retries = response.attempts().unwrap_or(1).saturating_sub(1);
             let retries = u32::try_from(retries).unwrap_or(u32::MAX);
             if retries > 0 {
