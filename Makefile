@@ -63,14 +63,17 @@ test: check build check-imports validate-envoy bench-smoke dist compat-oldest in
 
 # The loop to run before every commit: what fails most often, in about a minute on a warm
 # build. Nothing here needs Docker, Envoy, the .wasm build or the rate limit tools.
-check: lint unit ## The fast loop (~1 min warm): rustfmt, clippy (native and wasm32), the filters' unit and property tests
+check: lint unit ## The fast loop (~1 min warm): rustfmt, clippy (native and wasm32), unit, property and documentation tests
 
 lint: toolchain ## rustfmt, and clippy for native and wasm32 with warnings denied
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo clippy $(FILTER_CRATES) --target $(WASM_TARGET) --locked -- -D warnings
 
-unit: toolchain nextest ## Native unit and property tests only (no Envoy)
+# The harness's own unit tests and the documentation tests (tests/docs) first: they need no
+# Envoy either, and the filters' summary, the larger, then ends the output.
+unit: toolchain nextest ## Native unit and property tests, and the documentation tests (no Envoy)
+	cargo nextest run -p filter-tests --lib --test docs --locked
 	cargo nextest run $(FILTER_CRATES) --locked
 
 build: toolchain binaryen ## Build the .wasm modules (four filters, gateway) into target/wasm32-wasip1/release/
