@@ -45,11 +45,13 @@ export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 export RLS_SERVER_BIN := $(abspath target/debug/rls-server)
 export GRPC_TOOL_BIN := $(abspath target/debug/grpc-tool)
 export REDIS_SERVER_BIN := $(or $(shell command -v redis-server 2>/dev/null),/usr/bin/redis-server)
+# The Prometheus server the PromQL test scrapes Envoy with (`make prometheus`).
+export PROMETHEUS_BIN := $(or $(shell command -v prometheus 2>/dev/null),/usr/bin/prometheus)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint unit build check-imports validate-envoy integration envoy envoy-image \
+.PHONY: help run test check lint unit build check-imports validate-envoy integration envoy envoy-image \
         toolchain nextest binaryen bench bench-smoke bench-tools clean dist dist-tools test-compat \
-        compat-oldest rls-tools
+        compat-oldest rls-tools prometheus
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,14 +59,21 @@ help: ## List the targets
 run: build envoy rls-tools $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Start the demo gateway (all four filters) and print curls to try; Ctrl-C stops it
 	@ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image)" cargo run --quiet -p filter-tests --bin gateway-demo
 
-test: lint build check-imports validate-envoy bench-smoke dist compat-oldest integration ## Everything: lint, bench smoke, the oldest Envoy, unit and integration tests against the pinned one
+test: check build check-imports validate-envoy bench-smoke dist compat-oldest integration ## Everything: make check, bench smoke, the oldest Envoy, unit and integration tests against the pinned one
+
+# The loop to run before every commit: what fails most often, in about a minute on a warm
+# build. Nothing here needs Docker, Envoy, the .wasm build or the rate limit tools.
+check: lint unit ## The fast loop (~1 min warm): rustfmt, clippy (native and wasm32), unit, property and documentation tests
 
 lint: toolchain ## rustfmt, and clippy for native and wasm32 with warnings denied
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo clippy $(FILTER_CRATES) --target $(WASM_TARGET) --locked -- -D warnings
 
-unit: toolchain nextest ## Native unit and property tests only (no Envoy)
+# The harness's own unit tests and the documentation tests (tests/docs) first: they need no
+# Envoy either, and the filters' summary, the larger, then ends the output.
+unit: toolchain nextest ## Native unit and property tests, and the documentation tests (no Envoy)
+	cargo nextest run -p filter-tests --lib --test docs --locked
 	cargo nextest run $(FILTER_CRATES) --locked
 
 build: toolchain binaryen ## Build the .wasm modules (four filters, gateway) into target/wasm32-wasip1/release/
@@ -91,18 +100,18 @@ validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 # The whole suite in one runner, so its summary is the last word: unit and property tests of
 # every crate, then the Envoy integration suite (plus a native-mode smoke test when the suite
 # runs in Docker).
-integration: build envoy nextest dist dist-tools rls-tools $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
+integration: build envoy nextest dist dist-tools rls-tools prometheus $(if $(filter docker,$(ENVOY_MODE)),envoy-image) ## Unit tests and the Envoy integration suite, one summary
 	@echo "Integration suite: ENVOY_MODE=$(ENVOY_MODE), Envoy $$($(ENVOY_BIN) --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p')$(if $(filter docker,$(ENVOY_MODE)), in image $$(cat target/envoy-image))"
 	ENVOY_DOCKER_IMAGE="$$(cat target/envoy-image 2>/dev/null)" cargo nextest run --workspace --locked --no-fail-fast
 
 # The integration suite (less the harness's own checks) on each Envoy in COMPAT_VERSIONS,
 # natively, one after another; the table goes to target/compat.md.
-test-compat: build nextest dist dist-tools rls-tools $(foreach v,$(COMPAT_VERSIONS),$(call envoy_stamp,$(v))) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
+test-compat: build nextest dist dist-tools rls-tools prometheus $(foreach v,$(COMPAT_VERSIONS),$(call envoy_stamp,$(v))) ## The integration suite on every Envoy from 1.36 to 1.40, and a table (~6 min)
 	cargo build --quiet --locked -p filter-tests --bin compat
 	target/debug/compat $(foreach v,$(COMPAT_VERSIONS),$(v)=$(call envoy_bin,$(v)))
 
 # The same for the oldest Envoy only (part of `make test`; the pinned one is the newest).
-compat-oldest: build nextest dist dist-tools rls-tools $(call envoy_stamp,$(OLDEST_ENVOY))
+compat-oldest: build nextest dist dist-tools rls-tools prometheus $(call envoy_stamp,$(OLDEST_ENVOY))
 	cargo build --quiet --locked -p filter-tests --bin compat
 	target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(call envoy_bin,$(OLDEST_ENVOY))
 
@@ -154,6 +163,17 @@ rls-tools: ## Build the rate limit service (rls-server) and grpc-tool, and insta
 	@# Built as the workspace's test build builds them (the same features, so the same
 	@# artifacts): `make test`'s nextest run then reuses them, and nothing is built twice.
 	cargo test --no-run --workspace --locked
+
+# Debian's prometheus, which the PromQL test runs on a free port with a store of its own,
+# scraping Envoy's /stats/prometheus. Installing the package may start its system service
+# (where an init system runs one): the tests never use it, so it is stopped and disabled at
+# once; a prometheus that was already there is left as it was.
+prometheus: ## Install Prometheus (Debian prometheus) if missing, for the PromQL test
+	@command -v prometheus >/dev/null 2>&1 || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+	  && { if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1; \
+	       else invoke-rc.d prometheus stop >/dev/null 2>&1; update-rc.d prometheus disable >/dev/null 2>&1; fi; true; }; } \
+	  || { echo "prometheus is missing and could not be installed: apt-get install prometheus"; exit 1; }
 
 # BENCH_ARGS: --rounds N, --rate R (requests/s), --seconds S, --only NAME-PART, --extras, --smoke.
 bench: build envoy bench-tools rls-tools ## Envoy CPU per request of each filter beside native ones (~6 min; table in target/bench.md)

@@ -8,7 +8,6 @@ use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{TestEnvoyConfig, example, examples};
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 fn claims(sub: &str) -> Value {
@@ -249,22 +248,20 @@ fn the_documented_blocks_print_the_one_format() {
     let path = filter_tests::repo_root().join("docs/access-log.md");
     let text = std::fs::read_to_string(&path).expect("read docs/access-log.md");
     let mut formats = Vec::new();
-    for block in text.split("```yaml\n").skip(1) {
-        let block = block.split("```").next().unwrap_or_default();
-        // A block inside a list item is indented as a whole, as Markdown strips it.
-        let indent = block
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.len() - l.trim_start().len())
-            .min()
-            .unwrap_or(0);
-        let block: String = block
-            .lines()
-            .map(|l| format!("{}\n", l.get(indent..).unwrap_or_default()))
-            .collect();
-        for doc in serde_yaml_ng::Deserializer::from_str(&block) {
-            let value = serde_yaml_ng::Value::deserialize(doc).expect("a YAML block");
-            collect_strings_under(&value, &["inline_string", "text"], &mut formats);
+    let mut block: Option<String> = None;
+    for line in text.lines() {
+        match (&mut block, line) {
+            (None, l) if l.starts_with("```yaml") => block = Some(String::new()),
+            (Some(_), "```") => {
+                let yaml = block.take().unwrap_or_default();
+                let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+                collect_strings_under(&value, &["inline_string", "text"], &mut formats);
+            }
+            (Some(yaml), l) => {
+                yaml.push_str(l);
+                yaml.push('\n');
+            }
+            (None, _) => {}
         }
     }
     assert_eq!(

@@ -6,6 +6,7 @@ use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::grpc::{GrpcCall, GrpcOutcome, GrpcServer, code, codes};
+use filter_tests::metric;
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -74,12 +75,12 @@ both_modules! {
         }
         assert_eq!(upstream.count(), 4);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.rejected", 10),
+            envoy.stat_eventually(&metric("circuit_breaker_rejected_total", &[("breaker", "b")]), 10),
             Some(10)
         );
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(1));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_state", &[("breaker", "b")])), Some(1));
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 1),
+            envoy.stat_eventually(&metric("circuit_breaker_transitions_total", &[("breaker", "b"), ("state", "open")]), 1),
             Some(1)
         );
         assert!(envoy.wait_for_log(
@@ -108,10 +109,10 @@ both_modules! {
             assert_eq!(r.status, 200, "{:?}", r.headers);
         }
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_closed", 1),
+            envoy.stat_eventually(&metric("circuit_breaker_transitions_total", &[("breaker", "b"), ("state", "closed")]), 1),
             Some(1)
         );
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(0));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_state", &[("breaker", "b")])), Some(0));
 
         // Never heals: the first probe fails and it opens again.
         let broken = Upstream::start(failures(1));
@@ -127,7 +128,7 @@ both_modules! {
         assert_eq!(r.header("x-circuit-breaker-state"), Some("open"));
         assert_eq!(broken.count(), 5);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.to_open", 2),
+            envoy.stat_eventually(&metric("circuit_breaker_transitions_total", &[("breaker", "b"), ("state", "open")]), 2),
             Some(2)
         );
     }
@@ -206,7 +207,7 @@ both_modules! {
         }
         assert!(is_fallback(&get(port)));
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.calls_slow", 4),
+            envoy.stat_eventually(&metric("circuit_breaker_slow_calls_total", &[("breaker", "b")]), 4),
             Some(4)
         );
     }
@@ -227,10 +228,10 @@ both_modules! {
         }
         assert_eq!(upstream.count(), 20);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.calls_success", 20),
+            envoy.stat_eventually(&metric("circuit_breaker_calls_total", &[("breaker", "b"), ("outcome", "success")]), 20),
             Some(20)
         );
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.to_open"), Some(0));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_transitions_total", &[("breaker", "b"), ("state", "open")])), Some(0));
     }
 }
 
@@ -250,10 +251,10 @@ both_modules! {
         }
         assert_eq!(upstream.count(), 10);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.circuit_breaker.b.shadow_rejected", 6),
+            envoy.stat_eventually(&metric("circuit_breaker_shadow_rejected_total", &[("breaker", "b")]), 6),
             Some(6)
         );
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.b.state"), Some(1));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_state", &[("breaker", "b")])), Some(1));
     }
 }
 
@@ -388,7 +389,7 @@ both_modules! {
             assert!(!o.is_trailers_only(), "the status came in trailers: {o:#?}");
             assert_eq!(o.trailer("grpc-status"), Some("14"));
         }
-        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_failure", 4), Some(4));
+        assert_eq!(envoy.stat_eventually(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "failure")]), 4), Some(4));
         let refused = GrpcCall::new(port, UNARY).count(5).run();
         for o in &refused {
             assert_refused_by_breaker(o);
@@ -400,8 +401,8 @@ both_modules! {
         assert_eq!(probe.code, code::OK, "{probe:#?}");
         let after = GrpcCall::new(port, UNARY).count(3).run();
         assert_eq!(codes(&after), [code::OK; 3], "{after:#?}");
-        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.to_closed", 1), Some(1));
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.state"), Some(0));
+        assert_eq!(envoy.stat_eventually(&metric("circuit_breaker_transitions_total", &[("breaker", "g"), ("state", "closed")]), 1), Some(1));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_state", &[("breaker", "g")])), Some(0));
     }
 }
 
@@ -424,12 +425,12 @@ both_modules! {
         for o in &streams {
             assert_eq!((o.code, o.messages), (code::UNAVAILABLE, 3), "{o:#?}");
         }
-        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_success", 6), Some(6));
-        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_failure", 7), Some(7));
+        assert_eq!(envoy.stat_eventually(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "success")]), 6), Some(6));
+        assert_eq!(envoy.stat_eventually(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "failure")]), 7), Some(7));
         // Give a second count a chance to show up: it must not.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_failure"), Some(7));
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_ignored"), Some(0));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "failure")])), Some(7));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "ignored")])), Some(0));
     }
 }
 
@@ -444,7 +445,7 @@ both_modules! {
             let o = GrpcCall::new(port, UNARY).reply(shape).run_one();
             assert_ne!(o.code, code::OK, "{shape}: {o:#?}");
         }
-        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_failure", 3), Some(3));
+        assert_eq!(envoy.stat_eventually(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "failure")]), 3), Some(3));
         // The client gives up after 200 ms; the server would answer OK after 2 s.
         let cancelled = GrpcCall::new(port, UNARY)
             .reply("trailers:0,delay-ms=2000")
@@ -452,9 +453,9 @@ both_modules! {
             .count(2)
             .run();
         assert_eq!(codes(&cancelled), [code::DEADLINE_EXCEEDED; 2], "{cancelled:#?}");
-        assert_eq!(envoy.stat_eventually("wasmcustom.circuit_breaker.g.calls_ignored", 2), Some(2));
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_failure"), Some(3));
-        assert_eq!(envoy.stat("wasmcustom.circuit_breaker.g.calls_success"), Some(0));
+        assert_eq!(envoy.stat_eventually(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "ignored")]), 2), Some(2));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "failure")])), Some(3));
+        assert_eq!(envoy.stat(&metric("circuit_breaker_calls_total", &[("breaker", "g"), ("outcome", "success")])), Some(0));
     }
 }
 
@@ -480,7 +481,7 @@ both_modules! {
             let r = get(port);
             assert!(is_fallback(&r), "{:?}", r.headers);
             let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
-            seen.push((wait, envoy.stat("wasmcustom.circuit_breaker.b.open_interval_ms")));
+            seen.push((wait, envoy.stat(&metric("circuit_breaker_open_interval_milliseconds", &[("breaker", "b")]))));
             std::thread::sleep(Duration::from_millis(wait * 1000 + 50));
             // The probe fails (1 of the 2 probes is already 50%): open again, for longer.
             assert!(!is_fallback(&get(port)));

@@ -70,7 +70,7 @@ fn run_in_envoy(modules: &BTreeMap<&str, PathBuf>) {
             assert_eq!(response.status, 200, "{}", response.text());
         }
         for filter in FILTERS {
-            let stat = format!("wasmcustom.{filter}.{}", pass_metric(filter));
+            let stat = pass_metric(filter);
             assert_eq!(envoy.stat_eventually(&stat, 5), Some(5), "{stat}");
         }
     }

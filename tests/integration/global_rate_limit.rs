@@ -8,6 +8,7 @@ use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig};
 use filter_tests::free_port;
 use filter_tests::grpc::{GrpcCall, GrpcServer, code};
+use filter_tests::metric;
 use filter_tests::rls::{Redis, RlsServer, Storage};
 use filter_tests::upstream::Upstream;
 use std::net::TcpListener;
@@ -63,15 +64,15 @@ both_modules! {
         assert_eq!(refused.status, 503, "{}", refused.text());
         assert!(detail(&refused).starts_with("rate limit service rls: unreachable: "), "{}", refused.text());
         assert_eq!(upstream.count(), 0);
-        assert_eq!(deny.stat_eventually("wasmcustom.rate_limit.service.rls.unreachable", 1), Some(1));
-        assert_eq!(deny.stat_eventually("wasmcustom.rate_limit.service.rls.failure_denied", 1), Some(1));
+        assert_eq!(deny.stat_eventually(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", "unreachable")]), 1), Some(1));
+        assert_eq!(deny.stat_eventually(&metric("rate_limit_service_failure_denials_total", &[("service", "rls")]), 1), Some(1));
         drop(deny);
 
         let allow = envoy_with_service(layout, &upstream, port, &fleet_config(r#", "timeout": "2s""#));
         let passed = as_user(allow.port("gateway"), "alice");
         assert_eq!(passed.status, 200, "{}", passed.text());
         assert_eq!(upstream.count(), 1);
-        assert_eq!(allow.stat_eventually("wasmcustom.rate_limit.service.rls.unreachable", 1), Some(1));
+        assert_eq!(allow.stat_eventually(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", "unreachable")]), 1), Some(1));
         assert!(allow.wait_for_log("rate limit service rls (cluster rls): unreachable", Duration::from_secs(2)),
             "no warning in {}", allow.log());
     }
@@ -91,7 +92,7 @@ both_modules! {
             assert_eq!(refused.status, 503, "{}", refused.text());
             assert!(detail(&refused).contains("unreachable"), "{}", refused.text());
         }
-        assert_eq!(envoy.stat_eventually("wasmcustom.rate_limit.service.rls.unreachable", 3), Some(3));
+        assert_eq!(envoy.stat_eventually(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", "unreachable")]), 3), Some(3));
     }
 }
 
@@ -117,7 +118,7 @@ both_modules! {
         assert_eq!(detail(&refused), "rate limit service rls: timeout: no answer within 300ms");
         // Envoy's timer may fire a millisecond or two early by the wall clock.
         assert!(waited >= Duration::from_millis(280) && waited < Duration::from_millis(1500), "{waited:?}");
-        assert_eq!(envoy.stat_eventually("wasmcustom.rate_limit.service.rls.timeout", 1), Some(1));
+        assert_eq!(envoy.stat_eventually(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", "timeout")]), 1), Some(1));
         assert_eq!(upstream.count(), 0);
         drop(held);
     }
@@ -159,11 +160,11 @@ both_modules! {
         std::thread::sleep(Duration::from_millis(1500));
         let allowed: u64 = envoys
             .iter()
-            .map(|e| e.stat("wasmcustom.rate_limit.fleet.allowed").unwrap_or(0))
+            .map(|e| e.stat(&metric("rate_limit_requests_total", &[("rule", "fleet"), ("outcome", "allowed")])).unwrap_or(0))
             .sum();
         let over: u64 = envoys
             .iter()
-            .map(|e| e.stat("wasmcustom.rate_limit.service.rls.over_limit").unwrap_or(0))
+            .map(|e| e.stat(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", "over_limit")])).unwrap_or(0))
             .sum();
         assert_eq!((allowed, over), (10, 80));
         // Another user has a limit of their own.
@@ -225,7 +226,7 @@ both_modules! {
             // Each request reached the upstream once, or not at all.
             let sent = upstream.count() - before;
             assert_eq!(sent, if expected == 200 { 8 } else { 0 }, "{mode}");
-            assert_eq!(envoy.stat_eventually("wasmcustom.rate_limit.service.rls.timeout", 8), Some(8), "{mode}");
+            assert_eq!(envoy.stat_eventually(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", "timeout")]), 8), Some(8), "{mode}");
         }
     }
 }
@@ -255,10 +256,13 @@ both_modules! {
         assert_eq!(&statuses[8..], [503; 12], "{statuses:?}");
         assert_eq!(upstream.count(), 5);
         std::thread::sleep(Duration::from_millis(1500));
-        let stat = |name: &str| envoy.stat(&format!("wasmcustom.rate_limit.service.rls.{name}")).unwrap_or(0);
+        let stat = |outcome: &str| {
+            envoy.stat(&metric("rate_limit_service_calls_total", &[("service", "rls"), ("outcome", outcome)])).unwrap_or(0)
+        };
         assert_eq!((stat("ok"), stat("over_limit")), (5, 3));
         assert_eq!(stat("unreachable") + stat("timeout"), 12);
-        assert_eq!(stat("failure_denied"), 12);
+        let denied = metric("rate_limit_service_failure_denials_total", &[("service", "rls")]);
+        assert_eq!(envoy.stat(&denied), Some(12));
     }
 }
 

@@ -49,6 +49,26 @@ fn plugin_for(module: &str) -> Value {
         .unwrap_or_else(|| panic!("no WasmPlugin in envoy/istio/ pulls {module} (…{suffix})"))
 }
 
+/// Each WasmPlugin manifest tells how to get labelled metrics in Istio, with every label our
+/// filters use (a WasmPlugin cannot set the proxy's stat tags itself).
+#[test]
+fn every_plugin_manifest_lists_every_metric_label_as_an_extra_stat_tag() {
+    let expected = format!(
+        "sidecar.istio.io/extraStatTags: {}",
+        filter_core::metrics::LABELS.join(",")
+    );
+    for path in yaml_files(&filter_tests::repo_root().join("envoy").join("istio")) {
+        let text = std::fs::read_to_string(&path).expect("read the manifest");
+        if text.contains("kind: WasmPlugin") {
+            assert!(
+                text.contains(&expected),
+                "{} does not say `{expected}`",
+                path.display()
+            );
+        }
+    }
+}
+
 fn crds() -> Vec<Crd> {
     let dir = filter_tests::repo_root().join("tests/vendor/istio");
     ["wasmplugin-crd.yaml", "serviceentry-crd.yaml"]

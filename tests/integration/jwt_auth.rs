@@ -7,6 +7,7 @@ use filter_tests::client::{self, Response};
 use filter_tests::envoy::{Envoy, STATS_LAG};
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::grpc::{GrpcCall, GrpcServer, code};
+use filter_tests::metric;
 use filter_tests::tokens::{Alg, Key, demo_claims, demo_key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
 use serde_json::{Value, json};
@@ -74,19 +75,34 @@ fn the_example_allows_refuses_and_scopes() {
 
     assert_eq!(client::get("/public/x").send(port).status, 200);
     assert_eq!(
-        envoy.stat_eventually("wasmcustom.jwt_auth.allowed", 4),
+        envoy.stat_eventually(
+            &metric("jwt_auth_requests_total", &[("outcome", "allowed")]),
+            4
+        ),
         Some(4)
     );
     assert_eq!(
-        envoy.stat_eventually("wasmcustom.jwt_auth.denied_missing", 1),
+        envoy.stat_eventually(
+            &metric("jwt_auth_requests_total", &[("outcome", "missing")]),
+            1
+        ),
         Some(1)
     );
     assert_eq!(
-        envoy.stat_eventually("wasmcustom.jwt_auth.denied_invalid_token", 2),
+        envoy.stat_eventually(
+            &metric("jwt_auth_requests_total", &[("outcome", "invalid_token")]),
+            2
+        ),
         Some(2)
     );
     assert_eq!(
-        envoy.stat_eventually("wasmcustom.jwt_auth.denied_insufficient_scope", 1),
+        envoy.stat_eventually(
+            &metric(
+                "jwt_auth_requests_total",
+                &[("outcome", "insufficient_scope")]
+            ),
+            1
+        ),
         Some(1)
     );
 }
@@ -196,7 +212,7 @@ both_modules! {
             assert!(challenge(&refused).contains("error=\"invalid_token\""));
         }
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.jwt_auth.denied_invalid_token", 2),
+            envoy.stat_eventually(&metric("jwt_auth_requests_total", &[("outcome", "invalid_token")]), 2),
             Some(2)
         );
     }
@@ -301,8 +317,8 @@ both_modules! {
         let counts = || {
             let stat = |name| envoy.stat(name).unwrap_or(0);
             (
-                stat("wasmcustom.jwt_auth.cache_misses"),
-                stat("wasmcustom.jwt_auth.cache_hits"),
+                stat(&metric("jwt_auth_cache_lookups_total", &[("outcome", "miss")])),
+                stat(&metric("jwt_auth_cache_lookups_total", &[("outcome", "hit")])),
             )
         };
         // Both workers' counts arrive within the metrics' lag.
@@ -400,7 +416,7 @@ both_modules! {
         }
         assert_eq!(key_server.count(), 2);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 2),
+            envoy.stat_eventually(&metric("jwt_auth_jwks_fetches_total", &[("provider", "idp"), ("outcome", "success")]), 2),
             Some(2)
         );
     }
@@ -438,12 +454,12 @@ both_modules! {
             assert!(std::time::Instant::now() < deadline, "keys never arrived");
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        let failures = envoy.stat_when("wasmcustom.jwt_auth.jwks_fetch_failure", |f| {
+        let failures = envoy.stat_when(&metric("jwt_auth_jwks_fetches_total", &[("provider", "idp"), ("outcome", "failure")]), |f| {
             f.unwrap_or(0) >= 2
         });
         assert!(failures.unwrap_or(0) >= 2, "failures {failures:?}");
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.jwt_auth.jwks_fetch_success", 1),
+            envoy.stat_eventually(&metric("jwt_auth_jwks_fetches_total", &[("provider", "idp"), ("outcome", "success")]), 1),
             Some(1)
         );
         assert_eq!(upstream.count(), 1);

@@ -42,6 +42,7 @@ mod harness;
 mod istio;
 mod jwt_auth;
 mod modules;
+mod prometheus;
 mod rate_limit;
 mod retry_policy;
 mod self_contained;

@@ -3,19 +3,32 @@
 //! and import only what Envoy provides.
 
 use filter_tests::client;
-use filter_tests::envoy::{Envoy, Mode};
+use filter_tests::envoy::{Envoy, Mode, parse_prometheus};
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig};
+use filter_tests::metric;
 use filter_tests::upstream::Upstream;
 use filter_tests::wasm::{self, FILTERS};
 
-/// The counter each module bumps for a request it lets through.
-pub(crate) fn pass_metric(name: &str) -> &'static str {
+/// The series each module counts a request it lets through in: its family and labels.
+pub(crate) fn pass_series(name: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
     match name {
-        "jwt_auth" => "allowed",
-        "rate_limit" => "all.allowed",
-        "circuit_breaker" => "all.calls_success",
-        _ => "given_retries",
+        "jwt_auth" => ("jwt_auth_requests_total", &[("outcome", "allowed")]),
+        "rate_limit" => (
+            "rate_limit_requests_total",
+            &[("rule", "all"), ("outcome", "allowed")],
+        ),
+        "circuit_breaker" => (
+            "circuit_breaker_calls_total",
+            &[("breaker", "all"), ("outcome", "success")],
+        ),
+        _ => ("retry_policy_requests_total", &[("outcome", "granted")]),
     }
+}
+
+/// The `/stats` name of [`pass_series`].
+pub(crate) fn pass_metric(name: &str) -> String {
+    let (family, labels) = pass_series(name);
+    metric(family, labels)
 }
 
 /// A configuration that lets every request through and counts it.
@@ -57,10 +70,7 @@ fn loads_with_two_workers(name: &str) {
     }
     assert_eq!(upstream.count(), 20);
     for filter in &filters {
-        assert_eq!(
-            envoy.stat_eventually(&format!("wasmcustom.{filter}.{}", pass_metric(filter)), 20),
-            Some(20)
-        );
+        assert_eq!(envoy.stat_eventually(&pass_metric(filter), 20), Some(20));
     }
     // One VM per worker (and one on the main thread) ran on_vm_start.
     let started = envoy
@@ -156,22 +166,20 @@ both_modules! {
             assert_eq!(client::get("/").send(envoy.port("gateway")).status, 200);
         }
         for name in FILTERS {
-            envoy.stat_eventually(&format!("wasmcustom.{name}.{}", pass_metric(name)), 3);
+            envoy.stat_eventually(&pass_metric(name), 3);
         }
-        let prometheus = envoy.admin("/stats/prometheus").text();
+        let text = envoy.admin("/stats/prometheus").text();
+        let samples = parse_prometheus(&text);
         for name in FILTERS {
-            // Envoy strips the `wasmcustom.` namespace, adds no `envoy_` prefix and turns dots
-            // into underscores.
-            let metric = format!("{name}_{}", pass_metric(name).replace('.', "_"));
-            let line = prometheus
-                .lines()
-                .find(|l| l.starts_with(&format!("{metric}{{")))
-                .unwrap_or_else(|| panic!("{metric} not in /stats/prometheus:\n{prometheus}"));
-            assert!(line.ends_with(" 3"), "unexpected sample {line:?}");
-            assert!(
-                prometheus.contains(&format!("# TYPE {metric} counter")),
-                "{prometheus}"
-            );
+            // Envoy strips the `wasmcustom.` namespace, adds no `envoy_` prefix, and the
+            // configuration's `stats_tags` take the labels out of the name.
+            let (family, labels) = pass_series(name);
+            let sample = samples
+                .iter()
+                .find(|s| s.name == family && s.has(labels))
+                .unwrap_or_else(|| panic!("{family}{labels:?} not in /stats/prometheus:\n{text}"));
+            assert_eq!(sample.value, 3.0, "{sample:?}");
+            assert!(text.contains(&format!("# TYPE {family} counter")), "{text}");
         }
     }
 

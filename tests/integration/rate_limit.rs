@@ -5,6 +5,7 @@ use filter_tests::client::{self, Response};
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::grpc::{GrpcCall, GrpcServer, code, codes};
+use filter_tests::metric;
 use filter_tests::tokens::{demo_claims, demo_key};
 use filter_tests::upstream::Upstream;
 use std::time::Duration;
@@ -37,7 +38,7 @@ both_modules! {
         assert_eq!((passed, limited), (5, 59), "{statuses:?}");
         assert_eq!(upstream.count(), 5);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.rate_limit.all.limited", 59),
+            envoy.stat_eventually(&metric("rate_limit_requests_total", &[("rule", "all"), ("outcome", "limited")]), 59),
             Some(59)
         );
     }
@@ -130,10 +131,10 @@ both_modules! {
         }
         assert_eq!(upstream.count(), 3);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.rate_limit.trial.shadow_limited", 2),
+            envoy.stat_eventually(&metric("rate_limit_requests_total", &[("rule", "trial"), ("outcome", "shadow_limited")]), 2),
             Some(2)
         );
-        assert_eq!(envoy.stat("wasmcustom.rate_limit.trial.limited"), Some(0));
+        assert_eq!(envoy.stat(&metric("rate_limit_requests_total", &[("rule", "trial"), ("outcome", "limited")])), Some(0));
         assert!(
             envoy.wait_for_log(
                 "rate_limit: shadow mode: would refuse GET /x (over trial)",
@@ -178,7 +179,13 @@ fn memory_stays_flat_past_max_keys_with_200000_clients() {
         "Envoy's heap grew by {growth} bytes over 180,000 new clients ({at_bound} -> {after})"
     );
     assert_eq!(
-        envoy.stat_eventually("wasmcustom.rate_limit.per-client.allowed", 200_000),
+        envoy.stat_eventually(
+            &metric(
+                "rate_limit_requests_total",
+                &[("rule", "per-client"), ("outcome", "allowed")]
+            ),
+            200_000
+        ),
         Some(200_000)
     );
     eprintln!("heap: {at_bound} bytes after 20,000 clients, {after} after 200,000");

@@ -6,6 +6,7 @@ use filter_tests::client;
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig, example};
 use filter_tests::grpc::{GrpcCall, GrpcServer, code};
+use filter_tests::metric;
 use filter_tests::upstream::{Reply, Upstream};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ both_modules! {
                 .all(|q| q.header("x-envoy-retry-on").is_none())
         );
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.retry_policy.retries", 1),
+            envoy.stat_eventually(&metric("retry_policy_retries_total", &[]), 1),
             Some(1)
         );
     }
@@ -67,7 +68,7 @@ both_modules! {
         assert_eq!(keyed.send(envoy.port("gateway")).status, 200);
         assert_eq!(upstream.count(), 2);
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.retry_policy.given_retries", 1),
+            envoy.stat_eventually(&metric("retry_policy_requests_total", &[("outcome", "granted")]), 1),
             Some(1)
         );
     }
@@ -139,7 +140,7 @@ both_modules! {
         assert!(seen > REQUESTS, "no retries at all ({seen})");
         assert!(
             envoy
-                .stat_when("wasmcustom.retry_policy.no_retries_budget", |n| n
+                .stat_when(&metric("retry_policy_requests_total", &[("outcome", "budget_exhausted")]), |n| n
                     .unwrap_or(0)
                     > 0)
                 .unwrap_or(0)
@@ -211,7 +212,7 @@ both_modules! {
         assert_eq!(client::get("/x").send(port).status, 503);
         assert_eq!(upstream.count(), 9, "the probe went upstream once");
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.retry_policy.no_retries_half_open", 1),
+            envoy.stat_eventually(&metric("retry_policy_requests_total", &[("outcome", "half_open_probe")]), 1),
             Some(1)
         );
     }
@@ -470,11 +471,15 @@ fn under_an_outage_the_budget_is_a_ceiling_in_every_ten_seconds() {
     let stat = |name: &str| envoy.stat(name).unwrap_or(0);
     let (refused, cut) = (
         envoy
-            .stat_when("wasmcustom.retry_policy.no_retries_budget", |n| {
-                n.unwrap_or(0) > 0
-            })
+            .stat_when(
+                &metric(
+                    "retry_policy_requests_total",
+                    &[("outcome", "budget_exhausted")],
+                ),
+                |n| n.unwrap_or(0) > 0,
+            )
             .unwrap_or(0),
-        stat("wasmcustom.retry_policy.budget_cut"),
+        stat(&metric("retry_policy_budget_cuts_total", &[])),
     );
     let overflow = stat("cluster.upstream.upstream_rq_retry_overflow");
     // Connections per worker, from the listener's per-worker stats.
@@ -582,9 +587,9 @@ both_modules! {
         assert_eq!(server.requests_with_id("reset"), 1, "{}", server.log());
 
         assert_eq!(
-            envoy.stat_eventually("wasmcustom.retry_policy.retries", 5),
+            envoy.stat_eventually(&metric("retry_policy_retries_total", &[]), 5),
             Some(5)
         );
-        assert_eq!(envoy.stat("wasmcustom.retry_policy.no_retries_method"), Some(0));
+        assert_eq!(envoy.stat(&metric("retry_policy_requests_total", &[("outcome", "not_idempotent")])), Some(0));
     }
 }

@@ -536,6 +536,11 @@ impl Envoy {
         self.stat_when(name, |v| v == Some(expected))
     }
 
+    /// Every sample `/stats/prometheus` shows now.
+    pub fn prometheus(&self) -> Vec<Sample> {
+        parse_prometheus(&self.admin("/stats/prometheus").text())
+    }
+
     /// Everything Envoy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read(self.dir.join("envoy.log"))
@@ -607,5 +612,101 @@ impl Drop for Envoy {
                 );
             }
         }
+    }
+}
+
+/// One sample of Prometheus's text format: `name{label="value",...} value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The metric name.
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// Whether the sample carries every one of these labels with these values.
+    pub fn has(&self, labels: &[(&str, &str)]) -> bool {
+        labels
+            .iter()
+            .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
+/// The samples of a Prometheus text exposition (comments skipped; label values unescaped).
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (name, rest) = match line.find('{') {
+        Some(open) => (&line[..open], &line[open + 1..]),
+        None => {
+            let (name, value) = line.split_once(' ')?;
+            return Some(Sample {
+                name: name.to_owned(),
+                labels: Default::default(),
+                value: value.trim().parse().ok()?,
+            });
+        }
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    let mut chars = rest.char_indices().peekable();
+    loop {
+        let (start, c) = chars.next()?;
+        if c == '}' {
+            let value = rest[start + 1..].trim().parse().ok()?;
+            return Some(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        if c == ',' {
+            continue;
+        }
+        let eq = rest[start..].find('=')? + start;
+        let key = rest[start..eq].to_owned();
+        while chars.peek().is_some_and(|(i, _)| *i <= eq + 1) {
+            chars.next();
+        }
+        let mut value = String::new();
+        while let Some((_, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break,
+                other => value.push(other),
+            }
+        }
+        labels.insert(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_samples_are_read_with_their_labels() {
+        let text = "# TYPE a_total counter\n\
+                    a_total{rule=\"per-user\",outcome=\"limit,ed\\\"x\"} 12\n\
+                    plain 3\n\
+                    h_bucket{le=\"0.5\"} 1.5\n";
+        let samples = parse_prometheus(text);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].name, "a_total");
+        assert_eq!(samples[0].labels["outcome"], "limit,ed\"x");
+        assert!(samples[0].has(&[("rule", "per-user")]));
+        assert_eq!(samples[0].value, 12.0);
+        assert_eq!(samples[1].name, "plain");
+        assert_eq!(samples[2].value, 1.5);
     }
 }

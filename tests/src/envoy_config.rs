@@ -61,6 +61,7 @@ pub struct TestEnvoyConfig {
     upstream_max_retries: Option<u32>,
     upstream_http2: bool,
     access_log: bool,
+    admin_port: u16,
 }
 
 impl TestEnvoyConfig {
@@ -81,6 +82,7 @@ impl TestEnvoyConfig {
             upstream_max_retries: None,
             upstream_http2: false,
             access_log: false,
+            admin_port: 0,
         }
     }
 
@@ -89,6 +91,13 @@ impl TestEnvoyConfig {
     /// [`crate::access_log::wait_for`].
     pub fn access_log(mut self) -> Self {
         self.access_log = true;
+        self
+    }
+
+    /// Puts the admin API on this port of 127.0.0.1 instead of one Envoy picks, for a client
+    /// that must know it before Envoy starts (a Prometheus scraping it from its first second).
+    pub fn admin_port(mut self, port: u16) -> Self {
+        self.admin_port = port;
         self
     }
 
@@ -283,9 +292,11 @@ impl TestEnvoyConfig {
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
             );
         }
+        let stats_config = stats_config();
         format!(
             r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+{stats_config}
 static_resources:
   listeners:
   - name: gateway
@@ -375,6 +386,7 @@ static_resources:
                 None => String::new(),
             },
             upstream_options = if self.upstream_http2 { HTTP2 } else { "" },
+            admin_port = self.admin_port,
         )
     }
 }
@@ -389,6 +401,19 @@ const HTTP2: &str = "
 /// A string as a JSON string literal, which YAML reads as the same string.
 fn quoted(text: &str) -> serde_json::Value {
     serde_json::Value::String(text.to_owned())
+}
+
+/// The `stats_config` block that turns our filters' stat names into labelled Prometheus series
+/// (one `stats_tags` entry per label, in the form Istio's `extraStatTags` also uses), as every
+/// example configuration carries it.
+pub fn stats_config() -> String {
+    let mut block = String::from("stats_config:\n  stats_tags:");
+    for label in filter_core::metrics::LABELS {
+        block.push_str(&format!(
+            "\n  - {{ tag_name: {label}, regex: \"({label}=\\\\.=(.*?);\\\\.;)\" }}"
+        ));
+    }
+    block
 }
 
 /// Every example configuration shipped in `envoy/`.

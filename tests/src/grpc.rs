@@ -54,10 +54,11 @@ pub const REPLY_HEADER: &str = "x-grpc-reply";
 pub const ID_HEADER: &str = "x-grpc-id";
 
 fn tool() -> PathBuf {
-    crate::rls::binary(
+    crate::server_process::binary(
         "GRPC_TOOL_BIN",
         &crate::repo_root().join("target/debug/grpc-tool"),
         "the gRPC test tool (grpc-tool)",
+        "make rls-tools",
     )
 }
 

@@ -15,6 +15,7 @@
 //!   every answer shape a test chooses, and tonic's client).
 //! - [`rls`]: a real rate limit service (`rls-server`, over Limitador) and Redis for global
 //!   rules.
+//! - [`prometheus`]: a real Prometheus scraping Envoy, queried in PromQL.
 
 pub mod access_log;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod envoy_config;
 pub mod grpc;
 pub mod k8s_schema;
 pub mod oci;
+pub mod prometheus;
 pub mod rls;
 pub mod server_process;
 /// Keys generated per run and real signed JWTs (the `testkit` crate).
@@ -58,4 +60,17 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("cannot find a free port in {LOW}..{HIGH}")
+}
+
+/// The `/stats` name of one series of our filters' metrics: the family with its filter prefix
+/// and the labels in the order the filter defines them (the item's first, then the outcome),
+/// e.g. `metric("circuit_breaker_calls_total", &[("breaker", "b"), ("outcome", "failure")])`
+/// is `wasmcustom.breaker=.=b;.;outcome=.=failure;.;circuit_breaker_calls_total`.
+pub fn metric(family: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = String::from("wasmcustom.");
+    for (label, value) in labels {
+        name.push_str(&format!("{label}=.={value};.;"));
+    }
+    name.push_str(family);
+    name
 }

@@ -6,7 +6,7 @@
 //! The binaries come from `RLS_SERVER_BIN` and `REDIS_SERVER_BIN`, which the Makefile sets
 //! (`make rls-tools` builds and installs them); a missing one fails the test saying so.
 
-use crate::server_process::ServerProcess;
+use crate::server_process::{ServerProcess, binary};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -20,19 +20,6 @@ pub enum Storage {
     Memory,
     /// In the Redis listening on this port of 127.0.0.1: shared by every server on it.
     Redis(u16),
-}
-
-/// A binary from an environment variable the Makefile sets, else its usual place; fails the
-/// test, naming what is missing and the make target that provides it, when it is not there.
-pub(crate) fn binary(var: &str, usual: &Path, what: &str) -> PathBuf {
-    let path = std::env::var_os(var).map_or_else(|| usual.to_path_buf(), PathBuf::from);
-    assert!(
-        path.is_file(),
-        "{what} is missing: {} does not exist (from {var}, or its default when unset); \
-         `make rls-tools` builds and installs it",
-        path.display()
-    );
-    path
 }
 
 /// A running `rls-server`; killed when dropped. Its stderr (one line per request: it runs
@@ -55,6 +42,7 @@ impl RlsServer {
             "RLS_SERVER_BIN",
             &crate::repo_root().join("target/debug/rls-server"),
             "the rate limit service (rls-server)",
+            "make rls-tools",
         );
         let dir = crate::envoy::fresh_dir();
         let limits = dir.join("limits.yaml");
@@ -111,6 +99,7 @@ impl Redis {
             "REDIS_SERVER_BIN",
             Path::new("/usr/bin/redis-server"),
             "redis-server (Debian, 7 or newer)",
+            "make rls-tools",
         );
         let dir = crate::envoy::fresh_dir();
         let log = std::fs::File::create(dir.join("redis.log")).expect("create the redis log");

@@ -21,7 +21,7 @@ use crate::state::{Admission, Outcome, Record, State, Transition};
 use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, HeaderEdits, RequestEdits, grpc};
 use filter_core::filter::{Env, Filter};
-use filter_core::metrics::{MetricKind, PerItem};
+use filter_core::metrics::{MetricKind, MetricName, PerItem};
 use filter_core::request::{RequestView, ResponseView, response_flags};
 use filter_core::store::{self, StoreError};
 use filter_core::time::WorkerClock;
@@ -75,7 +75,7 @@ pub enum Verdict {
     AwaitStatus,
 }
 
-/// The metrics each breaker has, named `<breaker>.<name>`.
+/// The metrics each breaker has, labelled `breaker="<name>"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerMetric {
     /// The state as a gauge: 0 closed, 1 open, 2 half-open.
@@ -107,6 +107,7 @@ pub enum BreakerMetric {
 }
 
 impl PerItem for BreakerMetric {
+    const ITEM_LABEL: &'static str = "breaker";
     const ALL: &'static [Self] = &[
         BreakerMetric::State,
         BreakerMetric::ToOpen,
@@ -123,21 +124,40 @@ impl PerItem for BreakerMetric {
         BreakerMetric::OpenIntervalMs,
     ];
 
-    fn name(self) -> &'static str {
+    fn family(self) -> &'static str {
         match self {
             BreakerMetric::State => "state",
-            BreakerMetric::ToOpen => "to_open",
-            BreakerMetric::ToHalfOpen => "to_half_open",
-            BreakerMetric::ToClosed => "to_closed",
-            BreakerMetric::Success => "calls_success",
-            BreakerMetric::Failure => "calls_failure",
-            BreakerMetric::Slow => "calls_slow",
-            BreakerMetric::Ignored => "calls_ignored",
-            BreakerMetric::Rejected => "rejected",
-            BreakerMetric::ShadowRejected => "shadow_rejected",
-            BreakerMetric::Discarded => "discarded",
-            BreakerMetric::Contention => "contention",
-            BreakerMetric::OpenIntervalMs => "open_interval_ms",
+            BreakerMetric::ToOpen | BreakerMetric::ToHalfOpen | BreakerMetric::ToClosed => {
+                "transitions_total"
+            }
+            BreakerMetric::Success | BreakerMetric::Failure | BreakerMetric::Ignored => {
+                "calls_total"
+            }
+            BreakerMetric::Slow => "slow_calls_total",
+            BreakerMetric::Rejected => "rejected_total",
+            BreakerMetric::ShadowRejected => "shadow_rejected_total",
+            BreakerMetric::Discarded => "discarded_total",
+            BreakerMetric::Contention => "contention_total",
+            // Envoy's gauges are whole numbers: seconds would lose the jitter.
+            BreakerMetric::OpenIntervalMs => "open_interval_milliseconds",
+        }
+    }
+
+    fn label(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            BreakerMetric::ToOpen => Some(("state", "open")),
+            BreakerMetric::ToHalfOpen => Some(("state", "half_open")),
+            BreakerMetric::ToClosed => Some(("state", "closed")),
+            BreakerMetric::Success => Some(("outcome", "success")),
+            BreakerMetric::Failure => Some(("outcome", "failure")),
+            BreakerMetric::Ignored => Some(("outcome", "ignored")),
+            BreakerMetric::State
+            | BreakerMetric::Slow
+            | BreakerMetric::Rejected
+            | BreakerMetric::ShadowRejected
+            | BreakerMetric::Discarded
+            | BreakerMetric::Contention
+            | BreakerMetric::OpenIntervalMs => None,
         }
     }
 
@@ -332,7 +352,7 @@ impl Filter for CircuitBreaker {
     type Config = CircuitBreakerConfig;
     type Stream = Stream;
 
-    fn config_metrics(&self) -> Vec<(String, MetricKind)> {
+    fn config_metrics(&self) -> Vec<(MetricName, MetricKind)> {
         BreakerMetric::defs(self.breakers.iter().map(|b| b.name.as_str()))
     }
 

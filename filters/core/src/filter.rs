@@ -54,21 +54,22 @@ pub trait Filter: Sized {
     const METRICS: &'static [MetricDef] = &[];
 
     /// Metrics whose names come from the configuration (for example a set per rule), defined
-    /// after [`Filter::METRICS`]: the `i`-th is `MetricId(METRICS.len() + i)`. Names are
+    /// after [`Filter::METRICS`]: the `i`-th is `MetricId(METRICS.len() + i)`. Families are
     /// below the filter's prefix, like those of `METRICS`.
-    fn config_metrics(&self) -> Vec<(String, crate::metrics::MetricKind)> {
+    fn config_metrics(&self) -> Vec<(crate::metrics::MetricName, crate::metrics::MetricKind)> {
         Vec::new()
     }
 
-    /// Every metric's full name as Envoy defines it, in [`crate::metrics::MetricId`] order:
-    /// [`Filter::METRICS`] then [`Filter::config_metrics`], each below `NAME.` (a module that
-    /// combines filters lists theirs, so each keeps its own names).
+    /// Every metric's full name as Envoy defines it (see [`crate::metrics`]), in
+    /// [`crate::metrics::MetricId`] order: [`Filter::METRICS`] then [`Filter::config_metrics`],
+    /// each family prefixed with `NAME_` (a module that combines filters lists theirs, so each
+    /// keeps its own names).
     fn metric_names(&self) -> Vec<(String, crate::metrics::MetricKind)> {
         Self::METRICS
             .iter()
-            .map(|d| (d.name.to_owned(), d.kind))
+            .map(|d| (d.name(), d.kind))
             .chain(self.config_metrics())
-            .map(|(name, kind)| (format!("{}.{name}", Self::NAME), kind))
+            .map(|(name, kind)| (name.stat_name(Self::NAME), kind))
             .collect()
     }
 

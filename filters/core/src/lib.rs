@@ -7,7 +7,7 @@
 //! and applies the decision. So every decision can be unit-tested natively with a fake clock
 //! and an in-memory store.
 //!
-//! Invariants (the README repeats them):
+//! Invariants (ARCHITECTURE.md repeats them):
 //! 1. Only `filters/host` depends on `proxy-wasm`.
 //! 2. Policy code never reads a clock or randomness: both arrive as arguments.
 //! 3. Configuration is parsed and validated once; unknown fields are errors; every error names

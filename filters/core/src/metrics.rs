@@ -1,12 +1,26 @@
 //! Metrics as policy code sees them: declared up front, bumped by id.
 //!
-//! The host layer defines each declared metric in Envoy as `<filter>.<name>` (for example
-//! `rate_limit.requests`); Envoy shows it as `wasmcustom.rate_limit.requests` in `/stats` and as
-//! `rate_limit_requests` in `/stats/prometheus`. Every worker's VM defines the same names, which
-//! Envoy resolves to one process-wide stat.
+//! Each metric is one series of a Prometheus family: a family name with the filter's prefix
+//! (`rate_limit_requests_total`) and labels (`rule="per-user"`, `outcome="limited"`). Envoy
+//! stats have no labels of their own, so the host defines each series under a name that
+//! carries them in the form Istio's `extraStatTags` and Envoy's `stats_config.stats_tags`
+//! extract, `<label>=.=<value>;.;` per label, then the family:
+//!
+//! ```text
+//! wasmcustom.rule=.=per-user;.;outcome=.=limited;.;rate_limit_requests_total   (/stats)
+//! rate_limit_requests_total{rule="per-user",outcome="limited"}                (/stats/prometheus)
+//! ```
+//!
+//! The second line needs one `stats_tags` entry per label name (see [`LABELS`]); without them
+//! Prometheus still gets every series, under flattened names. Every worker's VM defines the
+//! same names, which Envoy resolves to one process-wide stat.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+
+/// Every label name a filter's metric uses: an Envoy configuration extracts each of these
+/// (one `stats_tags` entry each) to turn our stat names into labelled series.
+pub const LABELS: &[&str] = &["rule", "breaker", "provider", "service", "outcome", "state"];
 
 /// The kind of an Envoy stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,21 +33,79 @@ pub enum MetricKind {
     Histogram,
 }
 
-/// A metric a filter declares.
+/// One series: a family below the filter's prefix and its labels, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricName {
+    /// The family without the filter's prefix, e.g. `requests_total`.
+    pub family: &'static str,
+    /// `(label, value)` pairs, e.g. `[("rule", "per-user"), ("outcome", "limited")]`.
+    pub labels: Vec<(&'static str, String)>,
+}
+
+impl MetricName {
+    /// The name Envoy defines for this series of filter `filter`'s metrics (without Envoy's
+    /// `wasmcustom.` namespace, which Envoy adds).
+    pub fn stat_name(&self, filter: &str) -> String {
+        let mut name = String::new();
+        for (label, value) in &self.labels {
+            // Values are configuration names (letters, digits, `_`, `-`) or our own words,
+            // so they never hold the `;` that ends the value.
+            name.push_str(label);
+            name.push_str("=.=");
+            name.push_str(value);
+            name.push_str(";.;");
+        }
+        name.push_str(filter);
+        name.push('_');
+        name.push_str(self.family);
+        name
+    }
+}
+
+/// A metric a filter declares for itself (not per configuration item).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricDef {
-    /// Name below the filter's prefix, e.g. `requests`.
-    pub name: &'static str,
+    /// The family below the filter's prefix, e.g. `requests_total`.
+    pub family: &'static str,
+    /// The one label that tells this series from the family's others, e.g.
+    /// `("outcome", "allowed")`.
+    pub label: Option<(&'static str, &'static str)>,
     /// What kind of stat it is.
     pub kind: MetricKind,
 }
 
 impl MetricDef {
-    /// A counter named `name`.
-    pub const fn counter(name: &'static str) -> Self {
+    /// A counter without labels.
+    pub const fn counter(family: &'static str) -> Self {
         Self {
-            name,
+            family,
+            label: None,
             kind: MetricKind::Counter,
+        }
+    }
+
+    /// The series of counter `family` whose `label` is `value`.
+    pub const fn counter_with(
+        family: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Self {
+        Self {
+            family,
+            label: Some((label, value)),
+            kind: MetricKind::Counter,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> MetricName {
+        MetricName {
+            family: self.family,
+            labels: self
+                .label
+                .iter()
+                .map(|(label, value)| (*label, (*value).to_owned()))
+                .collect(),
         }
     }
 }
@@ -42,16 +114,26 @@ impl MetricDef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetricId(pub usize);
 
-/// One metric of a family that every item of a configuration has (each rule, each breaker),
-/// named `<item>.<name>` and numbered item by item. Implemented by a fieldless enum; its ids are
-/// for use in [`crate::filter::Filter::config_metrics`] (so they start at 0: such a filter
-/// declares no `METRICS`).
+/// One metric of a set that every item of a configuration has (each rule, each breaker): a
+/// series labelled with the item's name ([`PerItem::ITEM_LABEL`]) and numbered item by item.
+/// Implemented by a fieldless enum; its ids are for use in
+/// [`crate::filter::Filter::config_metrics`] (so they start at 0: such a filter declares no
+/// `METRICS`).
 pub trait PerItem: Copy + PartialEq + 'static {
-    /// Every metric of the family, in the order they are numbered.
+    /// The label that carries the item's name, e.g. `rule`.
+    const ITEM_LABEL: &'static str;
+
+    /// Every metric of the set, in the order they are numbered.
     const ALL: &'static [Self];
 
-    /// The name below the item's, e.g. `limited`.
-    fn name(self) -> &'static str;
+    /// The family below the filter's prefix, e.g. `requests_total`.
+    fn family(self) -> &'static str;
+
+    /// The label that tells this series from the family's others, e.g. `("outcome",
+    /// "limited")`; none for a family of one series per item.
+    fn label(self) -> Option<(&'static str, &'static str)> {
+        None
+    }
 
     /// What kind of stat it is.
     fn kind(self) -> MetricKind;
@@ -67,17 +149,22 @@ pub trait PerItem: Copy + PartialEq + 'static {
     }
 
     /// The definitions for items named `items`, in order.
-    fn defs<'a>(items: impl Iterator<Item = &'a str>) -> Vec<(String, MetricKind)> {
+    fn defs<'a>(items: impl Iterator<Item = &'a str>) -> Vec<(MetricName, MetricKind)> {
         items
             .flat_map(|item| {
-                Self::ALL
-                    .iter()
-                    .map(move |m| (format!("{item}.{}", m.name()), m.kind()))
+                Self::ALL.iter().map(move |m| {
+                    let mut labels = vec![(Self::ITEM_LABEL, item.to_owned())];
+                    labels.extend(m.label().map(|(l, v)| (l, v.to_owned())));
+                    let name = MetricName {
+                        family: m.family(),
+                        labels,
+                    };
+                    (name, m.kind())
+                })
             })
             .collect()
     }
 }
-
 /// Where policy code reports metrics.
 pub trait Metrics {
     /// Adds `delta` to a counter (`delta > 0`) or moves a gauge.
@@ -115,36 +202,90 @@ mod tests {
     use super::*;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Family {
-        A,
-        B,
+    enum Outcome {
+        Good,
+        Bad,
+        Level,
     }
 
-    impl PerItem for Family {
-        const ALL: &'static [Self] = &[Family::A, Family::B];
-        fn name(self) -> &'static str {
+    impl PerItem for Outcome {
+        const ITEM_LABEL: &'static str = "rule";
+        const ALL: &'static [Self] = &[Outcome::Good, Outcome::Bad, Outcome::Level];
+        fn family(self) -> &'static str {
             match self {
-                Family::A => "a",
-                Family::B => "b",
+                Outcome::Good | Outcome::Bad => "requests_total",
+                Outcome::Level => "level",
+            }
+        }
+        fn label(self) -> Option<(&'static str, &'static str)> {
+            match self {
+                Outcome::Good => Some(("outcome", "good")),
+                Outcome::Bad => Some(("outcome", "bad")),
+                Outcome::Level => None,
             }
         }
         fn kind(self) -> MetricKind {
             match self {
-                Family::A => MetricKind::Counter,
-                Family::B => MetricKind::Gauge,
+                Outcome::Good | Outcome::Bad => MetricKind::Counter,
+                Outcome::Level => MetricKind::Gauge,
             }
         }
     }
 
     #[test]
-    fn per_item_metrics_are_named_and_numbered_item_by_item() {
-        let defs = Family::defs(["x", "y"].into_iter());
-        let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["x.a", "x.b", "y.a", "y.b"]);
-        assert_eq!(defs[3].1, MetricKind::Gauge);
-        assert_eq!(Family::B.id(1), MetricId(3));
-        assert_eq!(Family::B.id(0), MetricId(1));
-        assert_eq!(Family::A.id(1), MetricId(2));
+    fn per_item_metrics_are_labelled_and_numbered_item_by_item() {
+        let defs = Outcome::defs(["x", "y-1"].into_iter());
+        let names: Vec<String> = defs.iter().map(|(n, _)| n.stat_name("f")).collect();
+        assert_eq!(
+            names,
+            [
+                "rule=.=x;.;outcome=.=good;.;f_requests_total",
+                "rule=.=x;.;outcome=.=bad;.;f_requests_total",
+                "rule=.=x;.;f_level",
+                "rule=.=y-1;.;outcome=.=good;.;f_requests_total",
+                "rule=.=y-1;.;outcome=.=bad;.;f_requests_total",
+                "rule=.=y-1;.;f_level",
+            ]
+        );
+        assert_eq!(defs[5].1, MetricKind::Gauge);
+        assert_eq!(Outcome::Level.id(1), MetricId(5));
+        assert_eq!(Outcome::Bad.id(0), MetricId(1));
+        assert_eq!(Outcome::Good.id(1), MetricId(3));
+    }
+
+    #[test]
+    fn a_filter_s_own_metrics_carry_at_most_their_one_label() {
+        let plain = MetricDef::counter("retries_total").name();
+        assert_eq!(
+            plain.stat_name("retry_policy"),
+            "retry_policy_retries_total"
+        );
+        let labelled = MetricDef::counter_with("requests_total", "outcome", "missing").name();
+        assert_eq!(
+            labelled.stat_name("jwt_auth"),
+            "outcome=.=missing;.;jwt_auth_requests_total"
+        );
+    }
+
+    /// The form Istio's `extraStatTags` regex `(<tag>=\.=(.*?);\.;)` takes out, leaving
+    /// exactly the family: each label's text is removed whole, its value captured.
+    #[test]
+    fn removing_every_label_leaves_the_family_and_every_label_is_listed() {
+        let name = MetricName {
+            family: "calls_total",
+            labels: vec![
+                ("breaker", "flaky".to_owned()),
+                ("outcome", "failure".to_owned()),
+            ],
+        };
+        let mut rest = name.stat_name("circuit_breaker");
+        for (label, value) in &name.labels {
+            assert!(LABELS.contains(label));
+            let text = format!("{label}=.={value};.;");
+            assert!(rest.contains(&text));
+            rest = rest.replacen(&text, "", 1);
+        }
+        assert_eq!(rest, "circuit_breaker_calls_total");
     }
 
     #[test]
@@ -155,9 +296,10 @@ mod tests {
             Forgotten,
         }
         impl PerItem for Partial {
+            const ITEM_LABEL: &'static str = "rule";
             const ALL: &'static [Self] = &[Partial::Listed];
-            fn name(self) -> &'static str {
-                "listed"
+            fn family(self) -> &'static str {
+                "listed_total"
             }
             fn kind(self) -> MetricKind {
                 MetricKind::Counter

@@ -19,7 +19,7 @@
 //!   calls ([`Decision::Call`]) hears their results, and the chain goes on after it.
 //! - Responses go through the policies in reverse order (Envoy's encoder order), each seeing
 //!   the response as the later ones left it ([`EditedResponse`]).
-//! - Each policy keeps its metric names (`rate_limit.<rule>.allowed`, ...), and its log lines
+//! - Each policy keeps its metric names (`rate_limit_requests_total{rule,outcome}`, ...), and its log lines
 //!   read as from its own module (each starts with the policy's name); callout tags carry the
 //!   policy's position in their top byte.
 //!

@@ -469,7 +469,10 @@ fn the_gateway_behaves_as_the_four_filters_chained() {
         );
     }
     let metrics = separate.metrics();
-    for name in ["circuit_breaker.up.to_open", "rate_limit.per-user.limited"] {
+    for name in [
+        "breaker=.=up;.;state=.=open;.;circuit_breaker_transitions_total",
+        "rule=.=per-user;.;outcome=.=limited;.;rate_limit_requests_total",
+    ] {
         assert!(
             metrics.contains_key(name),
             "{name} never moved: {metrics:?}"

@@ -212,7 +212,7 @@ impl SharedStore for HostStore {
 }
 
 /// A filter's metrics, defined in Envoy by the names [`filter_core::filter::Filter::metric_names`] gives
-/// (`<filter>.<name>`).
+/// (see [`filter_core::metrics`]).
 ///
 /// Counter and gauge changes are summed in the worker's memory and handed to Envoy by
 /// [`HostMetrics::flush`], which the root context calls on every tick (at least once a second)

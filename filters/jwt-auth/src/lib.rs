@@ -37,7 +37,7 @@ use filter_core::config::ConfigError;
 use filter_core::decision::{Callout, CalloutResult, Decision, HeaderEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::logging::{self, Throttle};
-use filter_core::metrics::{MetricDef, MetricId};
+use filter_core::metrics::{MetricDef, MetricId, MetricKind, MetricName, PerItem};
 use filter_core::request::RequestView;
 use filter_core::time::Time;
 use std::cell::RefCell;
@@ -77,11 +77,45 @@ const DENIED_MISSING: MetricId = MetricId(1);
 const DENIED_INVALID_REQUEST: MetricId = MetricId(2);
 const DENIED_INVALID_TOKEN: MetricId = MetricId(3);
 const DENIED_INSUFFICIENT_SCOPE: MetricId = MetricId(4);
-const CACHE_HITS: MetricId = MetricId(5);
-const CACHE_MISSES: MetricId = MetricId(6);
-const DENIED_UNAVAILABLE: MetricId = MetricId(7);
-const JWKS_FETCH_SUCCESS: MetricId = MetricId(8);
-const JWKS_FETCH_FAILURE: MetricId = MetricId(9);
+const DENIED_UNAVAILABLE: MetricId = MetricId(5);
+const CACHE_HITS: MetricId = MetricId(6);
+const CACHE_MISSES: MetricId = MetricId(7);
+
+/// The metrics each provider has, labelled `provider="<name>"` (after the filter's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderMetric {
+    /// Key-server fetches that gave a usable key set.
+    FetchSuccess,
+    /// Key-server fetches that failed.
+    FetchFailure,
+}
+
+impl PerItem for ProviderMetric {
+    const ITEM_LABEL: &'static str = "provider";
+    const ALL: &'static [Self] = &[ProviderMetric::FetchSuccess, ProviderMetric::FetchFailure];
+
+    fn family(self) -> &'static str {
+        "jwks_fetches_total"
+    }
+
+    fn label(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            ProviderMetric::FetchSuccess => Some(("outcome", "success")),
+            ProviderMetric::FetchFailure => Some(("outcome", "failure")),
+        }
+    }
+
+    fn kind(self) -> MetricKind {
+        MetricKind::Counter
+    }
+}
+
+impl ProviderMetric {
+    /// Its id for the `provider`-th provider.
+    pub fn of(self, provider: usize) -> MetricId {
+        MetricId(JwtAuth::METRICS.len().saturating_add(self.id(provider).0))
+    }
+}
 
 /// How long a request may wait for a remote provider's keys beyond the fetch timeout.
 const WAIT_MARGIN: Duration = Duration::from_secs(1);
@@ -226,17 +260,19 @@ impl Filter for JwtAuth {
     type Config = JwtAuthConfig;
     type Stream = JwtStream;
     const METRICS: &'static [MetricDef] = &[
-        MetricDef::counter("allowed"),
-        MetricDef::counter("denied_missing"),
-        MetricDef::counter("denied_invalid_request"),
-        MetricDef::counter("denied_invalid_token"),
-        MetricDef::counter("denied_insufficient_scope"),
-        MetricDef::counter("cache_hits"),
-        MetricDef::counter("cache_misses"),
-        MetricDef::counter("denied_unavailable"),
-        MetricDef::counter("jwks_fetch_success"),
-        MetricDef::counter("jwks_fetch_failure"),
+        MetricDef::counter_with("requests_total", "outcome", "allowed"),
+        MetricDef::counter_with("requests_total", "outcome", "missing"),
+        MetricDef::counter_with("requests_total", "outcome", "invalid_request"),
+        MetricDef::counter_with("requests_total", "outcome", "invalid_token"),
+        MetricDef::counter_with("requests_total", "outcome", "insufficient_scope"),
+        MetricDef::counter_with("requests_total", "outcome", "unavailable"),
+        MetricDef::counter_with("cache_lookups_total", "outcome", "hit"),
+        MetricDef::counter_with("cache_lookups_total", "outcome", "miss"),
     ];
+
+    fn config_metrics(&self) -> Vec<(MetricName, MetricKind)> {
+        ProviderMetric::defs(self.config.providers.iter().map(|p| p.name.as_str()))
+    }
 
     fn new(config: JwtAuthConfig) -> Result<Self, ConfigError> {
         let config = config.compile()?;
@@ -357,7 +393,7 @@ impl Filter for JwtAuth {
             let name = &provider.name;
             match fetched {
                 Ok(change) => {
-                    env.metrics.add(JWKS_FETCH_SUCCESS, 1);
+                    env.metrics.add(ProviderMetric::FetchSuccess.of(index), 1);
                     // Only the worker that fetched logs: one line per change for the Envoy.
                     match change {
                         KeyChange::Loaded(kids) => {
@@ -373,7 +409,7 @@ impl Filter for JwtAuth {
                     }
                 }
                 Err(why) => {
-                    env.metrics.add(JWKS_FETCH_FAILURE, 1);
+                    env.metrics.add(ProviderMetric::FetchFailure.of(index), 1);
                     if let Some(dropped) = self
                         .fetch_failure_lines
                         .get(index)

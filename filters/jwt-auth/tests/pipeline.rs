@@ -815,7 +815,7 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
         verifier: &filter_core::signature::NoNativeVerifier,
         random: &filter_core::random::Fixed(0),
     };
-    let (allowed, hits, misses) = (MetricId(0), MetricId(5), MetricId(6));
+    let (allowed, hits, misses) = (MetricId(0), MetricId(6), MetricId(7));
     passed(
         &setup
             .filter

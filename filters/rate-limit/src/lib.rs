@@ -31,7 +31,7 @@ use filter_core::config::ConfigError;
 use filter_core::decision::{Decision, GrpcResult, HeaderEdits, LocalResponse, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::logging::{self, Throttle};
-use filter_core::metrics::{MetricId, MetricKind, PerItem};
+use filter_core::metrics::{MetricId, MetricKind, MetricName, PerItem};
 use filter_core::request::{RequestView, ResponseView};
 use filter_core::store::{self, Cas, INSERT_IF_ABSENT, SharedStore, StoreError, Written};
 use filter_core::time::{Time, WorkerClock};
@@ -92,7 +92,7 @@ struct Calling {
     shadow_over: Vec<String>,
 }
 
-/// The metrics each global rule has, named `<rule>.<name>`.
+/// The metrics each global rule has, labelled `rule="<name>"`: its requests by outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlobalRuleMetric {
     /// Requests its service let through.
@@ -106,6 +106,7 @@ pub enum GlobalRuleMetric {
 }
 
 impl PerItem for GlobalRuleMetric {
+    const ITEM_LABEL: &'static str = "rule";
     const ALL: &'static [Self] = &[
         GlobalRuleMetric::Allowed,
         GlobalRuleMetric::Limited,
@@ -113,13 +114,20 @@ impl PerItem for GlobalRuleMetric {
         GlobalRuleMetric::Failed,
     ];
 
-    fn name(self) -> &'static str {
-        match self {
-            GlobalRuleMetric::Allowed => "allowed",
-            GlobalRuleMetric::Limited => "limited",
-            GlobalRuleMetric::ShadowLimited => "shadow_limited",
-            GlobalRuleMetric::Failed => "failed",
-        }
+    fn family(self) -> &'static str {
+        "requests_total"
+    }
+
+    fn label(self) -> Option<(&'static str, &'static str)> {
+        Some((
+            "outcome",
+            match self {
+                GlobalRuleMetric::Allowed => "allowed",
+                GlobalRuleMetric::Limited => "limited",
+                GlobalRuleMetric::ShadowLimited => "shadow_limited",
+                GlobalRuleMetric::Failed => "failed",
+            },
+        ))
     }
 
     fn kind(self) -> MetricKind {
@@ -127,8 +135,8 @@ impl PerItem for GlobalRuleMetric {
     }
 }
 
-/// The metrics each rate limit service has, named `service.<name>.<metric>`: one per
-/// outcome of a call, and the requests refused because a call failed.
+/// The metrics each rate limit service has, labelled `service="<name>"`: its calls by outcome,
+/// and the requests refused because a call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceMetric {
     /// Calls answered `OK`.
@@ -148,6 +156,7 @@ pub enum ServiceMetric {
 }
 
 impl PerItem for ServiceMetric {
+    const ITEM_LABEL: &'static str = "service";
     const ALL: &'static [Self] = &[
         ServiceMetric::Ok,
         ServiceMetric::OverLimit,
@@ -158,16 +167,29 @@ impl PerItem for ServiceMetric {
         ServiceMetric::FailureDenied,
     ];
 
-    fn name(self) -> &'static str {
+    fn family(self) -> &'static str {
         match self {
+            ServiceMetric::FailureDenied => "service_failure_denials_total",
+            ServiceMetric::Ok
+            | ServiceMetric::OverLimit
+            | ServiceMetric::Unreachable
+            | ServiceMetric::Timeout
+            | ServiceMetric::Error
+            | ServiceMetric::InvalidAnswer => "service_calls_total",
+        }
+    }
+
+    fn label(self) -> Option<(&'static str, &'static str)> {
+        let outcome = match self {
             ServiceMetric::Ok => "ok",
             ServiceMetric::OverLimit => "over_limit",
             ServiceMetric::Unreachable => "unreachable",
             ServiceMetric::Timeout => "timeout",
             ServiceMetric::Error => "error",
             ServiceMetric::InvalidAnswer => "invalid_answer",
-            ServiceMetric::FailureDenied => "failure_denied",
-        }
+            ServiceMetric::FailureDenied => return None,
+        };
+        Some(("outcome", outcome))
     }
 
     fn kind(self) -> MetricKind {
@@ -186,7 +208,7 @@ impl ServiceMetric {
     }
 }
 
-/// The metrics each rule has, named `<rule>.<name>`.
+/// The metrics each rule has, labelled `rule="<name>"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleMetric {
     /// Requests the rule let through.
@@ -202,6 +224,7 @@ pub enum RuleMetric {
 }
 
 impl PerItem for RuleMetric {
+    const ITEM_LABEL: &'static str = "rule";
     const ALL: &'static [Self] = &[
         RuleMetric::Allowed,
         RuleMetric::Limited,
@@ -210,13 +233,22 @@ impl PerItem for RuleMetric {
         RuleMetric::Evicted,
     ];
 
-    fn name(self) -> &'static str {
+    fn family(self) -> &'static str {
         match self {
-            RuleMetric::Allowed => "allowed",
-            RuleMetric::Limited => "limited",
-            RuleMetric::ShadowLimited => "shadow_limited",
-            RuleMetric::Contention => "contention",
-            RuleMetric::Evicted => "evicted",
+            RuleMetric::Allowed | RuleMetric::Limited | RuleMetric::ShadowLimited => {
+                "requests_total"
+            }
+            RuleMetric::Contention => "contention_total",
+            RuleMetric::Evicted => "evictions_total",
+        }
+    }
+
+    fn label(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            RuleMetric::Allowed => Some(("outcome", "allowed")),
+            RuleMetric::Limited => Some(("outcome", "limited")),
+            RuleMetric::ShadowLimited => Some(("outcome", "shadow_limited")),
+            RuleMetric::Contention | RuleMetric::Evicted => None,
         }
     }
 
@@ -581,18 +613,14 @@ impl Filter for RateLimit {
     type Config = RateLimitConfig;
     type Stream = Stream;
 
-    fn config_metrics(&self) -> Vec<(String, MetricKind)> {
-        let services: Vec<String> = self
-            .config
-            .services
-            .iter()
-            .map(|s| format!("service.{}", s.name))
-            .collect();
+    fn config_metrics(&self) -> Vec<(MetricName, MetricKind)> {
         let mut defs = RuleMetric::defs(self.config.rules.iter().map(|r| r.name.as_str()));
         defs.extend(GlobalRuleMetric::defs(
             self.config.global_rules.iter().map(|r| r.name.as_str()),
         ));
-        defs.extend(ServiceMetric::defs(services.iter().map(String::as_str)));
+        defs.extend(ServiceMetric::defs(
+            self.config.services.iter().map(|s| s.name.as_str()),
+        ));
         defs
     }
 

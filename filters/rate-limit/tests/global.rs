@@ -197,8 +197,20 @@ fn a_global_rule_calls_its_service_with_the_descriptor() {
         .map(|e| (e.key.as_str(), e.value.as_str()))
         .collect();
     assert_eq!(entries, [("user", "alice")]);
-    assert_eq!(w.metric(&f, "rate_limit.service.rls.ok"), 1);
-    assert_eq!(w.metric(&f, "rate_limit.fleet.allowed"), 1);
+    assert_eq!(
+        w.metric(
+            &f,
+            "service=.=rls;.;outcome=.=ok;.;rate_limit_service_calls_total"
+        ),
+        1
+    );
+    assert_eq!(
+        w.metric(
+            &f,
+            "rule=.=fleet;.;outcome=.=allowed;.;rate_limit_requests_total"
+        ),
+        1
+    );
 }
 
 #[test]
@@ -298,8 +310,20 @@ fn over_limit_answers_like_a_local_limit_with_the_service_statuses() {
     );
     assert_eq!(r.effective_grpc_status(), 8);
     assert_eq!(r.filter_state_value(DECISION), Some("limited:fleet"));
-    assert_eq!(w.metric(&f, "rate_limit.service.rls.over_limit"), 1);
-    assert_eq!(w.metric(&f, "rate_limit.fleet.limited"), 1);
+    assert_eq!(
+        w.metric(
+            &f,
+            "service=.=rls;.;outcome=.=over_limit;.;rate_limit_service_calls_total"
+        ),
+        1
+    );
+    assert_eq!(
+        w.metric(
+            &f,
+            "rule=.=fleet;.;outcome=.=limited;.;rate_limit_requests_total"
+        ),
+        1
+    );
 }
 
 #[test]
@@ -405,8 +429,20 @@ fn shadow_mode_lets_an_over_limit_request_through_and_counts_it() {
         decision,
         Decision::Continue(RequestEdits::default().filter_state(DECISION, "shadow_limited:fleet"))
     );
-    assert_eq!(w.metric(&f, "rate_limit.fleet.shadow_limited"), 1);
-    assert_eq!(w.metric(&f, "rate_limit.fleet.limited"), 0);
+    assert_eq!(
+        w.metric(
+            &f,
+            "rule=.=fleet;.;outcome=.=shadow_limited;.;rate_limit_requests_total"
+        ),
+        1
+    );
+    assert_eq!(
+        w.metric(
+            &f,
+            "rule=.=fleet;.;outcome=.=limited;.;rate_limit_requests_total"
+        ),
+        0
+    );
     assert_eq!(
         testkit::logs::texts(&lines),
         ["rate_limit: shadow mode: would refuse GET /api/orders (over fleet)"]
@@ -479,13 +515,26 @@ fn every_failure_is_allowed_by_default_and_counted_by_kind() {
         let (_, decision, _) = w.send(&f, &user("alice"), delay, |_| result.clone());
         assert_eq!(decision, Decision::pass(), "{kind}");
         assert_eq!(
-            w.metric(&f, &format!("rate_limit.service.rls.{kind}")),
+            w.metric(
+                &f,
+                &format!("service=.=rls;.;outcome=.={kind};.;rate_limit_service_calls_total")
+            ),
             1,
             "{kind}"
         );
-        assert_eq!(w.metric(&f, "rate_limit.fleet.failed"), 1, "{kind}");
         assert_eq!(
-            w.metric(&f, "rate_limit.service.rls.failure_denied"),
+            w.metric(
+                &f,
+                "rule=.=fleet;.;outcome=.=failed;.;rate_limit_requests_total"
+            ),
+            1,
+            "{kind}"
+        );
+        assert_eq!(
+            w.metric(
+                &f,
+                "service=.=rls;.;rate_limit_service_failure_denials_total"
+            ),
             0,
             "{kind}"
         );
@@ -515,7 +564,13 @@ fn each_kind_of_failure_has_its_own_setting() {
                 detail.starts_with(&format!("rate limit service rls: {kind}: ")),
                 "{detail}"
             );
-            assert_eq!(w.metric(&f, "rate_limit.service.rls.failure_denied"), 1);
+            assert_eq!(
+                w.metric(
+                    &f,
+                    "service=.=rls;.;rate_limit_service_failure_denials_total"
+                ),
+                1
+            );
         }
     }
 }
@@ -551,7 +606,13 @@ fn an_outage_logs_one_warning_per_interval_not_one_per_request() {
         lines[0].text,
         "rate_limit: rate limit service rls (cluster ratelimit): unreachable: gRPC status 14 (UNAVAILABLE); allowing the request"
     );
-    assert_eq!(w.metric(&f, "rate_limit.service.rls.unreachable"), 100);
+    assert_eq!(
+        w.metric(
+            &f,
+            "service=.=rls;.;outcome=.=unreachable;.;rate_limit_service_calls_total"
+        ),
+        100
+    );
 }
 
 #[test]
@@ -602,17 +663,17 @@ fn metrics_are_named_per_rule_and_per_service() {
     assert_eq!(
         names,
         [
-            "rate_limit.fleet.allowed",
-            "rate_limit.fleet.limited",
-            "rate_limit.fleet.shadow_limited",
-            "rate_limit.fleet.failed",
-            "rate_limit.service.rls.ok",
-            "rate_limit.service.rls.over_limit",
-            "rate_limit.service.rls.unreachable",
-            "rate_limit.service.rls.timeout",
-            "rate_limit.service.rls.error",
-            "rate_limit.service.rls.invalid_answer",
-            "rate_limit.service.rls.failure_denied",
+            "rule=.=fleet;.;outcome=.=allowed;.;rate_limit_requests_total",
+            "rule=.=fleet;.;outcome=.=limited;.;rate_limit_requests_total",
+            "rule=.=fleet;.;outcome=.=shadow_limited;.;rate_limit_requests_total",
+            "rule=.=fleet;.;outcome=.=failed;.;rate_limit_requests_total",
+            "service=.=rls;.;outcome=.=ok;.;rate_limit_service_calls_total",
+            "service=.=rls;.;outcome=.=over_limit;.;rate_limit_service_calls_total",
+            "service=.=rls;.;outcome=.=unreachable;.;rate_limit_service_calls_total",
+            "service=.=rls;.;outcome=.=timeout;.;rate_limit_service_calls_total",
+            "service=.=rls;.;outcome=.=error;.;rate_limit_service_calls_total",
+            "service=.=rls;.;outcome=.=invalid_answer;.;rate_limit_service_calls_total",
+            "service=.=rls;.;rate_limit_service_failure_denials_total",
         ]
     );
 }

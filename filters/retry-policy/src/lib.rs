@@ -189,15 +189,15 @@ impl Filter for RetryPolicy {
     type Config = RetryPolicyConfig;
     type Stream = Stream;
     const METRICS: &'static [MetricDef] = &[
-        MetricDef::counter("given_retries"),
-        MetricDef::counter("no_retries_method"),
-        MetricDef::counter("no_retries_budget"),
-        MetricDef::counter("no_retries_half_open"),
-        MetricDef::counter("budget_spent"),
-        MetricDef::counter("retries"),
-        MetricDef::counter("retry_after_added"),
-        MetricDef::counter("budget_contention"),
-        MetricDef::counter("budget_cut"),
+        MetricDef::counter_with("requests_total", "outcome", "granted"),
+        MetricDef::counter_with("requests_total", "outcome", "not_idempotent"),
+        MetricDef::counter_with("requests_total", "outcome", "budget_exhausted"),
+        MetricDef::counter_with("requests_total", "outcome", "half_open_probe"),
+        MetricDef::counter("budget_spent_total"),
+        MetricDef::counter("retries_total"),
+        MetricDef::counter("retry_after_added_total"),
+        MetricDef::counter("budget_contention_total"),
+        MetricDef::counter("budget_cuts_total"),
     ];
 
     fn new(config: RetryPolicyConfig) -> Result<Self, ConfigError> {
@@ -315,7 +315,7 @@ impl Filter for RetryPolicy {
         env: &Env<'_>,
     ) -> HeaderEdits {
         if std::mem::take(&mut stream.granted) {
-            // No count: Envoy made no attempt (a reply before the router); see README.
+            // No count: Envoy made no attempt (a reply before the router); see docs/retry_policy.md.
             let retries = response.attempts().unwrap_or(1).saturating_sub(1);
             let retries = u32::try_from(retries).unwrap_or(u32::MAX);
             if retries > 0 {

@@ -96,7 +96,7 @@ answers for it for 10 s, and the upstream is left alone:
     -> 503 503 503 503 503 503 (the last ones from the breaker:)
   curl -i http://127.0.0.1:{gateway}/public/flaky
     -> 503 with x-circuit-breaker: flaky, x-circuit-breaker-state: open, Retry-After
-  (stats: /stats?filter=circuit_breaker, wasmcustom.circuit_breaker.flaky.state is 1 while open)
+  (metrics: /stats/prometheus shows circuit_breaker_state{{breaker="flaky"}} 1 while open)
 
 A fleet limit: two more Envoys (envoy/rate_limit_global.yaml) on :{fleet_a} and :{fleet_b}
 share one rate limit service (rls-server, Limitador's counting, on :{rls_port}), which allows
