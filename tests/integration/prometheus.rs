@@ -7,6 +7,7 @@
 use filter_tests::client;
 use filter_tests::envoy::Envoy;
 use filter_tests::envoy_config::{Layout, TestEnvoyConfig};
+use filter_tests::metric;
 use filter_tests::prometheus::{PrometheusServer, Target, keyed};
 use filter_tests::tokens::{Alg, Key, jwks, now_secs};
 use filter_tests::upstream::{Reply, Upstream};
@@ -172,6 +173,31 @@ fn promql_over_the_filters_labelled_series_gives_exact_numbers_in_both_layouts()
         .collect();
     for envoy in &envoys {
         traffic(envoy.port("gateway"), &key);
+    }
+    // Each worker hands its counts to Envoy on its own tick, which a loaded machine delays:
+    // Prometheus is asked only once Envoy itself holds the last counts of every filter.
+    for envoy in &envoys {
+        for (family, labels, value) in [
+            (
+                "circuit_breaker_calls_total",
+                &[("breaker", "flaky"), ("outcome", "failure")][..],
+                2,
+            ),
+            (
+                "circuit_breaker_calls_total",
+                &[("breaker", "flaky"), ("outcome", "success")],
+                2,
+            ),
+            (
+                "rate_limit_requests_total",
+                &[("rule", "limited"), ("outcome", "limited")],
+                2,
+            ),
+            ("jwt_auth_requests_total", &[("outcome", "allowed")], 15),
+        ] {
+            let name = metric(family, labels);
+            assert_eq!(envoy.stat_eventually(&name, value), Some(value), "{name}");
+        }
     }
     let ended = SystemTime::now();
 
