@@ -259,7 +259,7 @@ pub fn classify_unfinished(ending: &dyn ResponseView) -> Verdict {
 
 impl CircuitBreaker {
     fn now(&self, env: &Env<'_>) -> u64 {
-        self.clock.now(env.now).as_nanos()
+        self.clock.now(env.now()).as_nanos()
     }
 
     /// Counts, logs and gauges the changes of state one worker made at `now`.
@@ -305,7 +305,9 @@ impl CircuitBreaker {
         };
         let now = self.now(env);
         let draw = env.random.next_u64();
-        let result = store::update(env.store, &breaker.key, MAX_ATTEMPTS, |bytes| {
+        // Usually this worker's memory of the record (from the request's read, or from its
+        // last write) is still current: then recording is the one write.
+        let result = store::update_remembered(env.store, &breaker.key, MAX_ATTEMPTS, |bytes| {
             let mut record = decode(bytes, breaker);
             let mut transitions = Vec::new();
             let counted = record.record(

@@ -14,12 +14,43 @@ use crate::signature::NativeVerifier;
 use crate::store::SharedStore;
 use crate::time::Time;
 
+/// The time of a callback: given, or read from the host's clock the first time a filter asks
+/// (a clock read is a host call, and many callbacks never need one).
+#[derive(Clone, Copy)]
+pub enum Now<'a> {
+    /// This instant.
+    At(Time),
+    /// Whatever this clock says (read at most once per callback by the host's clock).
+    Clock(&'a dyn Clock),
+}
+
+/// A clock the host reads on demand.
+pub trait Clock {
+    /// The wall-clock time of the current callback.
+    fn now(&self) -> Time;
+}
+
+impl std::fmt::Debug for Now<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Now::At(time) => f.debug_tuple("At").field(time).finish(),
+            Now::Clock(_) => f.write_str("Clock"),
+        }
+    }
+}
+
+impl From<Time> for Now<'_> {
+    fn from(time: Time) -> Self {
+        Now::At(time)
+    }
+}
+
 /// What the host hands a filter besides the request: the time, the shared store, metrics, the
 /// host's native signature checks. (Log lines go through the `log` crate's macros.)
 #[derive(Clone, Copy)]
 pub struct Env<'a> {
-    /// The wall-clock time the host reported for this callback.
-    pub now: Time,
+    /// The wall-clock time of this callback (see [`Env::now`]).
+    pub now: Now<'a>,
     /// State shared by all workers of this Envoy.
     pub store: &'a dyn SharedStore,
     /// The filter's declared metrics.
@@ -30,11 +61,20 @@ pub struct Env<'a> {
     pub random: &'a dyn crate::random::Random,
 }
 
+impl Env<'_> {
+    /// The wall-clock time of this callback: the same every time it is asked during one
+    /// callback.
+    pub fn now(&self) -> Time {
+        match self.now {
+            Now::At(time) => time,
+            Now::Clock(clock) => clock.now(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Env<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env")
-            .field("now", &self.now)
-            .finish_non_exhaustive()
+        f.debug_struct("Env").finish_non_exhaustive()
     }
 }
 
@@ -143,7 +183,7 @@ pub trait Filter: Sized {
 
     /// How often, at least, [`Filter::on_tick`] runs on each worker; `None` (the default): no
     /// need. The host layer also ticks for its own work (about once a second), so `on_tick`
-    /// must judge by `env.now`, not count calls. Requests held by [`Decision::Wait`] are
+    /// must judge by `env.now()`, not count calls. Requests held by [`Decision::Wait`] are
     /// decided again on each tick.
     fn tick_period(&self) -> Option<std::time::Duration> {
         None

@@ -332,12 +332,32 @@ impl ResponseView for Response {
 pub struct EditedRequest<'a> {
     request: &'a dyn RequestView,
     edits: &'a RequestEdits,
+    /// Policies whose filter state (`<policy>.<name>`) is all in `edits`.
+    owners: &'a [&'static str],
 }
 
 impl<'a> EditedRequest<'a> {
     /// `request` with `edits` applied.
     pub fn new(request: &'a dyn RequestView, edits: &'a RequestEdits) -> Self {
-        Self { request, edits }
+        Self {
+            request,
+            edits,
+            owners: &[],
+        }
+    }
+
+    /// The same, where `edits` hold everything the policies `owners` left: their filter state
+    /// (`<policy>.<name>`) is answered from the edits alone, without asking the host.
+    pub fn owned_by(mut self, owners: &'a [&'static str]) -> Self {
+        self.owners = owners;
+        self
+    }
+
+    fn owns(&self, name: &str) -> bool {
+        self.owners.iter().any(|owner| {
+            name.strip_prefix(owner)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
     }
 }
 
@@ -391,9 +411,11 @@ impl RequestView for EditedRequest<'_> {
     }
 
     fn filter_state(&self, name: &str) -> Option<&str> {
-        self.edits
-            .filter_state_value(name)
-            .or_else(|| self.request.filter_state(name))
+        match self.edits.filter_state_value(name) {
+            Some(value) => Some(value),
+            None if self.owns(name) => None,
+            None => self.request.filter_state(name),
+        }
     }
 }
 
@@ -479,6 +501,24 @@ mod tests {
                 .header_values("x-keep")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn filter_state_of_policies_that_ran_comes_from_the_edits_alone() {
+        let request = Request::new("GET", "/")
+            .with_filter_state("breaker.state", "half_open")
+            .with_filter_state("breakers.state", "x")
+            .with_filter_state("other.state", "y");
+        let edits = RequestEdits::default().filter_state("breaker.decision", "probe");
+        let owners = ["breaker"];
+        let view = EditedRequest::new(&request, &edits).owned_by(&owners);
+        assert_eq!(view.filter_state("breaker.decision"), Some("probe"));
+        // The policy ran and left no state: none, whatever an earlier filter left.
+        assert_eq!(view.filter_state("breaker.state"), None);
+        assert_eq!(view.filter_state("breakers.state"), Some("x"));
+        assert_eq!(view.filter_state("other.state"), Some("y"));
+        let unowned = EditedRequest::new(&request, &edits);
+        assert_eq!(unowned.filter_state("breaker.state"), Some("half_open"));
     }
 
     #[test]

@@ -60,7 +60,31 @@ pub trait SharedStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError>;
     /// Writes `value` under `key` if `cas` is current (see the module docs for the exact rules).
     fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<Written, StoreError>;
+
+    /// The value of `key` as this worker last read or wrote it, with a CAS token that is
+    /// current exactly when nobody has written the key since, or `None` (the default) when it
+    /// remembers nothing it can vouch for. No host call: what it returns may be stale, so a
+    /// decision made on it holds only once a conditional write with that token succeeds (see
+    /// [`Remembering`] and [`update_remembered`]).
+    fn remembered(&self, _key: &str) -> Option<(Vec<u8>, Cas)> {
+        None
+    }
 }
+
+impl<S: SharedStore + ?Sized> SharedStore for &S {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<Written, StoreError> {
+        (**self).set(key, value, cas)
+    }
+    fn remembered(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        (**self).remembered(key)
+    }
+}
+
+mod remembering;
+pub use remembering::Remembering;
 
 /// The CAS used to insert a key that was absent when read.
 ///
@@ -82,10 +106,48 @@ pub fn update<T>(
     store: &dyn SharedStore,
     key: &str,
     max_attempts: u32,
+    f: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Result<T, StoreError> {
+    read_modify_write(store, key, max_attempts, false, f)
+}
+
+/// [`update`] for a caller that expects to write: its first attempt starts from the value this
+/// worker remembers ([`SharedStore::remembered`]), so an uncontended update is one host call
+/// (the write) instead of two. A write refused because the memory was stale, or a decision to
+/// write nothing made on remembered bytes, is tried again on a real read; neither uses up an
+/// attempt.
+pub fn update_remembered<T>(
+    store: &dyn SharedStore,
+    key: &str,
+    max_attempts: u32,
+    f: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Result<T, StoreError> {
+    read_modify_write(store, key, max_attempts, true, f)
+}
+
+fn read_modify_write<T>(
+    store: &dyn SharedStore,
+    key: &str,
+    max_attempts: u32,
+    mut from_memory: bool,
     mut f: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
 ) -> Result<T, StoreError> {
-    for _ in 0..max_attempts {
-        let current = store.get(key)?;
+    let mut attempts = 0;
+    while attempts < max_attempts {
+        let remembered = if from_memory {
+            store.remembered(key)
+        } else {
+            None
+        };
+        from_memory = false;
+        let recalled = remembered.is_some();
+        if !recalled {
+            attempts += 1;
+        }
+        let current = match remembered {
+            Some(memory) => Some(memory),
+            None => store.get(key)?,
+        };
         let (value, cas) = match &current {
             Some((bytes, cas)) if !bytes.is_empty() => (Some(bytes.as_slice()), *cas),
             Some((_, cas)) => (None, *cas),
@@ -93,6 +155,10 @@ pub fn update<T>(
         };
         let (next, result) = f(value);
         let Some(next) = next else {
+            if recalled {
+                // Nothing written confirms the memory: decide again on what the host holds.
+                continue;
+            }
             return Ok(result);
         };
         match store.set(key, &next, Some(cas))? {

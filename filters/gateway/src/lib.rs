@@ -103,6 +103,8 @@ const TAG_SHIFT: u32 = 56;
 /// The configured policies, in request order.
 pub struct Gateway {
     stages: Vec<Box<dyn Step<Streams>>>,
+    /// The stages' names, in order: the filter state of those that have run is in the edits.
+    names: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -116,7 +118,7 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// The names of the configured policies, in request order.
     pub fn policies(&self) -> Vec<&'static str> {
-        self.stages.iter().map(|s| s.name()).collect()
+        self.names.clone()
     }
 }
 
@@ -148,7 +150,10 @@ impl Gateway {
         mut edits: RequestEdits,
     ) -> Decision {
         for (at, stage) in self.stages.iter().enumerate().skip(from) {
-            let seen = EditedRequest::new(request, &edits);
+            // A policy that ran left all its filter state in the edits: later ones reading it
+            // need no host call.
+            let ran = self.names.get(..at).unwrap_or_default();
+            let seen = EditedRequest::new(request, &edits).owned_by(ran);
             match stage.on_request(&mut stream.streams, &seen, env) {
                 Decision::Continue(more) => edits.then(more),
                 other => return self.held_at(stream, at, edits, other),
@@ -204,7 +209,8 @@ impl Filter for Gateway {
                  circuit_breaker, retry_policy",
             ));
         }
-        Ok(Self { stages })
+        let names = stages.iter().map(|s| s.name()).collect();
+        Ok(Self { stages, names })
     }
 
     fn metric_names(&self) -> Vec<(String, MetricKind)> {

@@ -68,7 +68,7 @@ fn send(g: &Gateway, result: GrpcResult) -> (Vec<rls::RateLimitRequest>, Decisio
     let store = MemStore::new();
     let metrics = RecordedMetrics::default();
     let env = Env {
-        now: Time::from_secs(NOW_SECS),
+        now: Time::from_secs(NOW_SECS).into(),
         store: &store,
         metrics: &metrics,
         verifier: &NoNativeVerifier,

@@ -183,7 +183,7 @@ impl<F: Filter> Alone<F> {
 
 fn env<'a>(now: Time, store: &'a MemStore, metrics: &'a RecordedMetrics) -> Env<'a> {
     Env {
-        now,
+        now: now.into(),
         store,
         metrics,
         verifier: &NoNativeVerifier,

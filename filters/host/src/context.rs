@@ -8,14 +8,15 @@
 //! stays paused until every call has answered or failed (each has its own timeout), and the
 //! filter then decides it again with the results.
 
-use crate::host::{self, HostMetrics, HostStore, HostVerifier};
+use crate::host::{self, CallbackClock, HostMetrics, HostStore, HostVerifier};
 use crate::request::{HostRequest, HostResponse};
 use filter_core::config::parse;
 use filter_core::decision::{
     CalloutResult, Decision, GrpcCall, GrpcResult, LocalResponse, RequestEdits,
 };
-use filter_core::filter::{Env, Filter};
+use filter_core::filter::{Env, Filter, Now};
 use filter_core::request::{RequestView, Response, ResponseView};
+use filter_core::store::Remembering;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -42,17 +43,26 @@ pub fn register<F: Filter + 'static>() {
 /// What a worker keeps once its configuration has been accepted.
 struct Configured<F> {
     filter: F,
+    /// Shared data, with this worker's memory of the values it last read or wrote.
+    store: Remembering<HostStore>,
     metrics: HostMetrics,
     verifier: HostVerifier,
     random: filter_core::random::SplitMix,
+    /// The latest time read from the host (what a callback sees should a read ever fail).
+    last_time: std::cell::Cell<filter_core::time::Time>,
 }
 
 impl<F> Configured<F> {
-    /// What the filter is handed besides the request, at `now`.
-    fn env(&self, now: filter_core::time::Time) -> Env<'_> {
+    /// A clock for one callback: the host's, read when the filter first asks.
+    fn clock(&self) -> CallbackClock<'_> {
+        CallbackClock::new(&self.last_time)
+    }
+
+    /// What the filter is handed besides the request, with the time from `clock`.
+    fn env<'a>(&'a self, clock: &'a CallbackClock<'a>) -> Env<'a> {
         Env {
-            now,
-            store: &HostStore,
+            now: Now::Clock(clock),
+            store: &self.store,
             metrics: &self.metrics,
             verifier: &self.verifier,
             random: &self.random,
@@ -290,11 +300,8 @@ fn deliver_grpc<F: Filter>(
     if current != Some(id) && hostcalls::set_effective_context(id).is_err() {
         return;
     }
-    let Some(now) = host::now() else {
-        log_error::<F>("the host clock is unavailable");
-        return;
-    };
-    let env = configured.env(now);
+    let clock = configured.clock();
+    let env = configured.env(&clock);
     let request = HostRequest::default();
     let decision = match state.try_borrow_mut() {
         Ok(mut s) => configured
@@ -331,11 +338,14 @@ impl<F: Filter + 'static> Root<F> {
         let config = parse::<F::Config>(&bytes).map_err(|e| e.to_string())?;
         let filter = F::new(config).map_err(|e| e.to_string())?;
         let metrics = HostMetrics::define(&filter.metric_names())?;
+        let seed = host::random_seed();
         Ok(Configured {
             filter,
+            store: Remembering::new(HostStore, seed),
             metrics,
             verifier: HostVerifier::new(F::NAME),
-            random: filter_core::random::SplitMix::new(host::random_seed()),
+            random: filter_core::random::SplitMix::new(seed),
+            last_time: std::cell::Cell::default(),
         })
     }
 
@@ -376,11 +386,8 @@ impl<F: Filter + 'static> Context for Root<F> {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let (Some(tag), Some(configured), Some(now)) = (
-            self.callouts.remove(&token),
-            self.state.clone(),
-            host::now(),
-        ) else {
+        let (Some(tag), Some(configured)) = (self.callouts.remove(&token), self.state.clone())
+        else {
             return;
         };
         // No headers means the call never got an answer (timed out, reset, or refused by
@@ -402,7 +409,8 @@ impl<F: Filter + 'static> Context for Root<F> {
                 }
             }
         };
-        let env = configured.env(now);
+        let clock = configured.clock();
+        let env = configured.env(&clock);
         configured.filter.on_callout_response(tag, result, &env);
     }
 
@@ -452,10 +460,9 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             return;
         };
         configured.metrics.flush();
-        let Some(now) = host::now() else {
-            return;
-        };
-        let env = configured.env(now);
+        configured.store.forget();
+        let clock = configured.clock();
+        let env = configured.env(&clock);
         for callout in configured.filter.on_tick(&env) {
             match host::dispatch(&callout) {
                 Ok(token) => {
@@ -548,11 +555,8 @@ impl<F: Filter> HttpContext for Stream<F> {
             let reply = LocalResponse::new(500).body("filter not configured");
             return self.respond(&reply, &request);
         };
-        let Some(now) = host::now() else {
-            log_error::<F>("the host clock is unavailable");
-            return self.respond(&LocalResponse::new(500).body("clock unavailable"), &request);
-        };
-        let env = configured.env(now);
+        let clock = configured.clock();
+        let env = configured.env(&clock);
         let decision = match self.state.try_borrow_mut() {
             Ok(mut state) => configured.filter.on_request(&mut state, &request, &env),
             Err(_) => {
@@ -585,10 +589,8 @@ impl<F: Filter> HttpContext for Stream<F> {
         if !configured.filter.wants_end(&state) {
             return;
         }
-        let Some(now) = host::now() else {
-            return;
-        };
-        let env = configured.env(now);
+        let clock = configured.clock();
+        let env = configured.env(&clock);
         let ending = HostResponse::new(F::NAME);
         configured.filter.on_end(&mut state, &ending, &env);
     }
@@ -603,10 +605,8 @@ impl<F: Filter> HttpContext for Stream<F> {
         if !configured.filter.wants_trailers(&state) {
             return Action::Continue;
         }
-        let Some(now) = host::now() else {
-            return Action::Continue;
-        };
-        let env = configured.env(now);
+        let clock = configured.clock();
+        let env = configured.env(&clock);
         let trailers = HostResponse::trailers(F::NAME);
         configured.filter.on_trailers(&mut state, &trailers, &env);
         Action::Continue
@@ -622,10 +622,8 @@ impl<F: Filter> HttpContext for Stream<F> {
         if !configured.filter.wants_response(&state) {
             return Action::Continue;
         }
-        let Some(now) = host::now() else {
-            return Action::Continue;
-        };
-        let env = configured.env(now);
+        let clock = configured.clock();
+        let env = configured.env(&clock);
         let response = HostResponse::new(F::NAME);
         let edits = configured.filter.on_response(&mut state, &response, &env);
         if let Err(status) = host::apply_edits(MapType::HttpResponseHeaders, &edits) {

@@ -30,6 +30,45 @@ pub(crate) fn now() -> Option<Time> {
     ))
 }
 
+/// The host's clock for one callback: read the first time a filter asks, then the same answer
+/// for the rest of the callback. A read costs a host call, and many callbacks (a response a
+/// rate limiter only adds headers to, a retry rule without a budget) never need the time.
+pub(crate) struct CallbackClock<'a> {
+    read: Cell<Option<Time>>,
+    /// The worker's latest reading, kept for the next callback: what a failed read (which
+    /// Envoy never has) falls back to.
+    latest: &'a Cell<Time>,
+}
+
+impl<'a> CallbackClock<'a> {
+    pub(crate) fn new(latest: &'a Cell<Time>) -> Self {
+        Self {
+            read: Cell::new(None),
+            latest,
+        }
+    }
+}
+
+impl filter_core::filter::Clock for CallbackClock<'_> {
+    fn now(&self) -> Time {
+        if let Some(time) = self.read.get() {
+            return time;
+        }
+        let time = match now() {
+            Some(time) => {
+                self.latest.set(time);
+                time
+            }
+            None => {
+                log::warn!("the host clock is unavailable: using the latest time read");
+                self.latest.get()
+            }
+        };
+        self.read.set(Some(time));
+        time
+    }
+}
+
 /// A seed from the host's randomness (WASI `random_get`, through std's hasher keys): each
 /// worker's generator starts somewhere else.
 pub(crate) fn random_seed() -> u64 {

@@ -177,7 +177,7 @@ impl JwtAuth {
         let waited = |limit: Duration| {
             stream
                 .waiting_since
-                .is_some_and(|since| env.now.since(since) >= limit)
+                .is_some_and(|since| env.now().since(since) >= limit)
         };
         if let Denial::KeysUnavailable { .. } = denial {
             let limit = notes
@@ -208,7 +208,7 @@ impl JwtAuth {
             if !matches!(provider.keys, KeySource::Remote(_)) {
                 continue;
             }
-            match remote::request_refetch(provider, env.store, env.now) {
+            match remote::request_refetch(provider, env.store, env.now()) {
                 Refetch::Requested | Refetch::InProgress => {
                     stream.refetch = Some((p, generation(p)));
                     return true;
@@ -317,7 +317,7 @@ impl Filter for JwtAuth {
         let decided = rules::decide(
             &self.config,
             request,
-            env.now,
+            env.now(),
             keys,
             cache,
             env.verifier,
@@ -336,7 +336,7 @@ impl Filter for JwtAuth {
             }
             Err(denial) => {
                 if self.should_wait(stream, &denial, &notes, keys, env) {
-                    stream.waiting_since.get_or_insert(env.now);
+                    stream.waiting_since.get_or_insert(env.now());
                     return Decision::Wait;
                 }
                 let metric = match denial {
@@ -370,12 +370,12 @@ impl Filter for JwtAuth {
         let mut callouts = Vec::new();
         for (index, provider) in self.config.providers.iter().enumerate() {
             if let (KeySource::Remote(r), Some(copy)) = (&provider.keys, copies.get_mut(index))
-                && let Some(callout) = remote::tick(provider, r, index, copy, env.store, env.now)
+                && let Some(callout) = remote::tick(provider, r, index, copy, env.store, env.now())
             {
                 callouts.push(callout);
             }
         }
-        self.refresh_keys(&copies, env.now);
+        self.refresh_keys(&copies, env.now());
         callouts
     }
 
@@ -388,8 +388,8 @@ impl Filter for JwtAuth {
             return;
         };
         if let (KeySource::Remote(r), Some(copy)) = (&provider.keys, copies.get_mut(index)) {
-            let fetched = remote::fetched(provider, r, copy, result, env.store, env.now);
-            self.refresh_keys(&copies, env.now);
+            let fetched = remote::fetched(provider, r, copy, result, env.store, env.now());
+            self.refresh_keys(&copies, env.now());
             let name = &provider.name;
             match fetched {
                 Ok(change) => {
@@ -413,7 +413,7 @@ impl Filter for JwtAuth {
                     if let Some(dropped) = self
                         .fetch_failure_lines
                         .get(index)
-                        .and_then(|t| t.admit(env.now))
+                        .and_then(|t| t.admit(env.now()))
                     {
                         log::warn!(
                             "{}: provider {name}: fetching keys from cluster {} failed: \

@@ -44,7 +44,7 @@ impl World {
 
     fn env(&self, secs: u64) -> Env<'_> {
         Env {
-            now: Time::from_secs(secs),
+            now: Time::from_secs(secs).into(),
             store: &self.store,
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,

@@ -70,7 +70,7 @@ impl Setup {
     fn run_at(&self, request: &Request, now: Time) -> Decision {
         let metrics = RecordedMetrics::default();
         let env = Env {
-            now,
+            now: now.into(),
             store: &MemStore::new(),
             metrics: &metrics,
             verifier: &filter_core::signature::NoNativeVerifier,
@@ -809,7 +809,7 @@ fn cached_tokens_skip_the_signature_but_never_outlive_exp() {
     let metrics = RecordedMetrics::default();
     let store = MemStore::new();
     let at = |secs: u64| Env {
-        now: Time::from_secs(secs),
+        now: Time::from_secs(secs).into(),
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
@@ -898,7 +898,7 @@ fn requests_wait_for_the_first_keys_then_get_503() {
     let store = MemStore::new();
     let metrics = RecordedMetrics::default();
     let env = |secs: u64| Env {
-        now: Time::from_secs(secs),
+        now: Time::from_secs(secs).into(),
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
@@ -948,7 +948,7 @@ fn a_new_kid_is_accepted_after_one_refetch_and_random_kids_cause_no_storm() {
     let store = MemStore::new();
     let metrics = RecordedMetrics::default();
     let env = |secs: u64| Env {
-        now: Time::from_secs(secs),
+        now: Time::from_secs(secs).into(),
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,
@@ -1017,7 +1017,7 @@ fn while_the_key_server_fails_nothing_waits_and_a_good_fetch_restores_everything
     let metrics = RecordedMetrics::default();
     // Milliseconds after NOW.
     let env = |ms: u64| Env {
-        now: Time::from_nanos((NOW * 1000 + ms) * 1_000_000),
+        now: Time::from_nanos((NOW * 1000 + ms) * 1_000_000).into(),
         store: &store,
         metrics: &metrics,
         verifier: &filter_core::signature::NoNativeVerifier,

@@ -538,15 +538,37 @@ fn rule_statuses<'a>(
 }
 
 /// Judges the request against every target and charges them all, or none.
+///
+/// The first attempt starts from what this worker remembers of each bucket (see
+/// [`store::Remembering`]): uncontended, charging is then one write per bucket. A stale memory
+/// shows as a refused write, and a refusal decided on memory is decided again on real reads;
+/// neither uses up an attempt.
 fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome {
-    for _ in 0..MAX_ATTEMPTS {
+    let mut attempts = 0;
+    let mut from_memory = true;
+    while attempts < MAX_ATTEMPTS {
         let mut read: Vec<(Bucket, Cas)> = Vec::with_capacity(targets.len());
+        let mut recalled = false;
         for t in targets {
-            match store.get(&t.bucket) {
+            let remembered = if from_memory {
+                store.remembered(&t.bucket)
+            } else {
+                None
+            };
+            recalled |= remembered.is_some();
+            let current = match remembered {
+                Some(memory) => Ok(Some(memory)),
+                None => store.get(&t.bucket),
+            };
+            match current {
                 Ok(Some((bytes, cas))) => read.push((Bucket::decode(Some(&bytes)), cas)),
                 Ok(None) => read.push((Bucket::default(), INSERT_IF_ABSENT)),
                 Err(e) => return Outcome::Unavailable(e),
             }
+        }
+        from_memory = false;
+        if !recalled {
+            attempts += 1;
         }
         let verdicts: Vec<Verdict> = targets
             .iter()
@@ -558,6 +580,9 @@ fn charge(targets: &[Target<'_>], now: u64, store: &dyn SharedStore) -> Outcome 
             .map(|v| v.conforming())
             .collect::<Option<Vec<Conforming>>>()
         else {
+            if recalled {
+                continue;
+            }
             return Outcome::Refused(verdicts);
         };
         let mut charged = Vec::with_capacity(targets.len());
@@ -661,7 +686,7 @@ impl Filter for RateLimit {
         if targets.is_empty() && calls.is_empty() {
             return Decision::pass();
         }
-        let now = self.clock.now(env.now);
+        let now = self.clock.now(env.now());
         let mut local_items = Vec::new();
         let mut charged = Vec::new();
         let mut shadow_over = Vec::new();
@@ -703,7 +728,7 @@ impl Filter for RateLimit {
         let Some(calling) = stream.calling.take() else {
             return Decision::pass();
         };
-        let now = self.clock.now(env.now);
+        let now = self.clock.now(env.now());
         let elapsed = now.since(calling.since);
         let mut items = calling.local_items;
         let mut over: Vec<&str> = Vec::new();

@@ -51,7 +51,7 @@ impl World {
 
     fn env_with<'a>(&'a self, store: &'a dyn SharedStore, nanos: u64) -> Env<'a> {
         Env {
-            now: Time::from_nanos(nanos),
+            now: Time::from_nanos(nanos).into(),
             store,
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,
@@ -435,7 +435,7 @@ fn workers_sharing_the_store_admit_exactly_the_burst() {
                 let metrics = RecordedMetrics::default();
                 for _ in 0..50 {
                     let env = Env {
-                        now: Time::from_secs(T0),
+                        now: Time::from_secs(T0).into(),
                         store: &store,
                         metrics: &metrics,
                         verifier: &NoNativeVerifier,

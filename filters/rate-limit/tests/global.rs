@@ -63,7 +63,7 @@ impl World {
 
     fn env(&self, nanos: u64) -> Env<'_> {
         Env {
-            now: Time::from_nanos(nanos),
+            now: Time::from_nanos(nanos).into(),
             store: &self.store,
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,

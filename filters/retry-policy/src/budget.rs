@@ -363,7 +363,7 @@ impl Ledger {
             return Ok(());
         }
         let pending = &self.pending;
-        store::update(store, KEY, MAX_ATTEMPTS, |bytes| {
+        store::update_remembered(store, KEY, MAX_ATTEMPTS, |bytes| {
             let mut window = Window::decode(bytes);
             settle(&mut window, pending);
             if let Some(lease) = stale {
@@ -407,7 +407,7 @@ impl Ledger {
         let second = now.as_secs();
         self.forget_before(second);
         let (pending, old) = (&self.pending, self.lease);
-        let lease = store::update(store, KEY, MAX_ATTEMPTS, |bytes| {
+        let lease = store::update_remembered(store, KEY, MAX_ATTEMPTS, |bytes| {
             let mut window = Window::decode(bytes);
             settle(&mut window, pending);
             let slot = window.charge_slot(second);

@@ -147,7 +147,7 @@ impl RetryPolicy {
             // Unreachable (one callback at a time); the ceiling holds by giving none.
             return (0, None);
         };
-        let admission = ledger.admit(env.store, allowance, want, env.now);
+        let admission = ledger.admit(env.store, allowance, want, env.now());
         if admission.store_failed {
             env.metrics.add(BUDGET_CONTENTION, 1);
         }
@@ -220,7 +220,7 @@ impl Filter for RetryPolicy {
     fn on_tick(&self, env: &Env<'_>) -> Vec<filter_core::decision::Callout> {
         if self.allowance.is_some()
             && let Ok(mut ledger) = self.ledger.try_borrow_mut()
-            && ledger.flush(env.store, env.now).is_err()
+            && ledger.flush(env.store, env.now()).is_err()
         {
             // Kept: written on the next tick or lease.
             env.metrics.add(BUDGET_CONTENTION, 1);
@@ -303,7 +303,7 @@ impl Filter for RetryPolicy {
         if let (Some(charge), Some(attempts)) = (stream.charge.take(), ending.attempts()) {
             let retries = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
             if let Ok(mut ledger) = self.ledger.try_borrow_mut() {
-                ledger.refund(charge, retries, env.now);
+                ledger.refund(charge, retries, env.now());
             }
         }
     }
@@ -324,7 +324,7 @@ impl Filter for RetryPolicy {
             if let Some(charge) = stream.charge.take()
                 && let Ok(mut ledger) = self.ledger.try_borrow_mut()
             {
-                ledger.refund(charge, retries, env.now);
+                ledger.refund(charge, retries, env.now());
             }
         }
         let Some(policy) = &self.config.retry_after else {
@@ -336,7 +336,7 @@ impl Filter for RetryPolicy {
         {
             return HeaderEdits::default();
         }
-        let now = i64::try_from(env.now.as_secs()).unwrap_or(i64::MAX);
+        let now = i64::try_from(env.now().as_secs()).unwrap_or(i64::MAX);
         let fields: Vec<&str> = response.header("retry-after").into_iter().collect();
         match retry_after::decide(
             &fields,

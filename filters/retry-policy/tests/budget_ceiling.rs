@@ -130,7 +130,7 @@ impl Sim {
 
     fn env(&self) -> Env<'_> {
         Env {
-            now: Time::from_nanos(self.now_ms * 1_000_000),
+            now: Time::from_nanos(self.now_ms * 1_000_000).into(),
             store: &self.store,
             metrics: &self.metrics,
             verifier: &NoNativeVerifier,
