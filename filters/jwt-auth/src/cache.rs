@@ -56,6 +56,11 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
+    /// Whether `token` is remembered (under any key set): it passed the checks of its form.
+    pub fn contains(&self, token: &str) -> bool {
+        self.entries.contains_key(token)
+    }
+
     /// The verification remembered for `token`, if it was made under key-set `generation`.
     pub fn get(&mut self, token: &str, generation: u64) -> Option<Rc<Verified>> {
         let entry = self.entries.get(token)?;

@@ -132,7 +132,9 @@ impl Evaluation<'_> {
         let Some(p) = self.compiled.providers.get(provider) else {
             return Outcome::Invalid(TokenFailure::new("internal", "unknown provider"));
         };
-        let outcome = match extract::find(self.request, &p.sources) {
+        let cache = self.cache.get(provider);
+        let cached = |token: &str| cache.is_some_and(|c| c.contains(token));
+        let outcome = match extract::find_known(self.request, &p.sources, &cached) {
             Found::Nothing => Outcome::Missing,
             Found::Malformed => Outcome::Malformed,
             Found::Token { token, source } => match self.keys.get(provider) {

@@ -144,26 +144,45 @@ pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(String, String)> {
     match dialect {
         Dialect::None => Vec::new(),
         Dialect::Draft => {
-            let policy: Vec<String> = items
-                .iter()
-                .map(|i| format!("\"{}\";q={};w={}", i.name, i.q, i.w))
-                .collect();
-            let state: Vec<String> = items
-                .iter()
-                .map(|i| format!("\"{}\";r={};t={}", i.name, i.r, i.t))
-                .collect();
+            // Every allowed request gets these: written by hand rather than through
+            // `format!`, which costs several times more.
+            let mut digits = itoa::Buffer::new();
+            let mut policy = String::with_capacity(40 * items.len());
+            let mut state = String::with_capacity(40 * items.len());
+            for (n, i) in items.iter().enumerate() {
+                if n > 0 {
+                    policy.push_str(", ");
+                    state.push_str(", ");
+                }
+                for (field, (a, b)) in [
+                    (&mut policy, (("q", i.q), ("w", u128::from(i.w)))),
+                    (&mut state, (("r", u128::from(i.r)), ("t", u128::from(i.t)))),
+                ] {
+                    field.push('"');
+                    field.push_str(&i.name);
+                    field.push('"');
+                    for (name, value) in [a, b] {
+                        field.push(';');
+                        field.push_str(name);
+                        field.push('=');
+                        field.push_str(digits.format(value));
+                    }
+                }
+            }
             vec![
-                ("ratelimit-policy".to_owned(), policy.join(", ")),
-                ("ratelimit".to_owned(), state.join(", ")),
+                ("ratelimit-policy".to_owned(), policy),
+                ("ratelimit".to_owned(), state),
             ]
         }
         Dialect::Legacy => {
             let closest = items.iter().min_by_key(|i| (i.r, std::cmp::Reverse(i.t)));
+            let mut digits = itoa::Buffer::new();
+            let mut number = |n: u64| digits.format(n).to_owned();
             match closest {
                 Some(i) => vec![
-                    ("x-ratelimit-limit".to_owned(), i.limit.to_string()),
-                    ("x-ratelimit-remaining".to_owned(), i.r.to_string()),
-                    ("x-ratelimit-reset".to_owned(), i.t.to_string()),
+                    ("x-ratelimit-limit".to_owned(), number(i.limit)),
+                    ("x-ratelimit-remaining".to_owned(), number(i.r)),
+                    ("x-ratelimit-reset".to_owned(), number(i.t)),
                 ],
                 None => Vec::new(),
             }
