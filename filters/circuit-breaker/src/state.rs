@@ -366,7 +366,8 @@ impl Record {
 
     /// The record's bytes in shared data.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(80);
+        // Sized once: the record is rewritten on every recorded call.
+        let mut out = Vec::with_capacity(45 + self.window.encoded_len());
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.open_attempt.to_le_bytes());
         out.extend_from_slice(&self.closed_since.to_le_bytes());

@@ -146,6 +146,14 @@ impl Window {
         counts
     }
 
+    /// How many bytes [`Window::encode`] appends.
+    pub fn encoded_len(&self) -> usize {
+        5 + match self {
+            Window::Time(buckets) => buckets.len() * 20,
+            Window::Count(calls) => calls.len() * 9,
+        }
+    }
+
     /// Appends the window's bytes to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
@@ -294,6 +302,7 @@ mod tests {
             }
             let mut bytes = Vec::new();
             w.encode(&mut bytes);
+            assert_eq!(bytes.len(), w.encoded_len());
             let mut cursor = bytes.as_slice();
             assert_eq!(Window::decode(&mut cursor), Some(w));
             assert!(cursor.is_empty());
