@@ -9,6 +9,7 @@
 //! - [`client`]: a small HTTP/1.1 client that shows exactly what came back.
 //! - [`tokens`]: keys generated at test time and real signed JWTs (RS256, ES256, EdDSA, HS256).
 //! - [`wasm`]: where the built modules are, and what they import.
+//! - [`bench_config`]: the benchmark's filter configurations.
 //! - [`oci`]: `dist/`, a local OCI registry and registry client, and Istio's image rules.
 //! - [`k8s_schema`]: Kubernetes resources checked against a CRD's schema (the Istio manifests).
 //! - [`grpc`]: a real gRPC upstream and a real gRPC client (`grpc-tool`: an `h2` server whose
@@ -18,6 +19,7 @@
 //! - [`prometheus`]: a real Prometheus scraping Envoy, queried in PromQL.
 
 pub mod access_log;
+pub mod bench_config;
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
