@@ -55,7 +55,7 @@ export PROMETHEUS_BIN := $(or $(shell command -v prometheus 2>/dev/null),/usr/bi
 .DEFAULT_GOAL := help
 .PHONY: help run test check lint unit build check-imports validate-envoy integration envoy envoy-image \
         toolchain nextest binaryen bench bench-smoke bench-tools clean dist dist-tools test-compat \
-        compat-oldest rls-tools prometheus
+        compat-oldest rls-tools prometheus hostcalls
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -193,6 +193,12 @@ bench: build envoy bench-tools rls-tools ## Envoy CPU per request of each filter
 bench-smoke: build envoy bench-tools rls-tools ## make bench in smoke mode (seconds; judges nothing)
 	cargo build --quiet --locked -p filter-tests --bin bench
 	ENVOY_BIN=$(ENVOY_BIN) target/debug/bench --smoke >/dev/null
+
+# The built modules in a fake proxy-wasm host (wasmi, in-process): each allow path's host calls,
+# allocations and Wasm instructions per phase. No Envoy; `tests/host_calls` fixes the calls.
+hostcalls: build ## Host calls, allocations and Wasm instructions per phase of each filter's allow path (fake host; table in target/hostcalls.md)
+	cargo build --quiet --locked -p filter-tests --bin hostcalls
+	target/debug/hostcalls
 
 # wrk (Debian) measures closed-loop throughput; oha (crates.io) holds a fixed request rate
 # and reports latency percentiles corrected for coordinated omission.

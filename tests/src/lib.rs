@@ -9,6 +9,10 @@
 //! - [`client`]: a small HTTP/1.1 client that shows exactly what came back.
 //! - [`tokens`]: keys generated at test time and real signed JWTs (RS256, ES256, EdDSA, HS256).
 //! - [`wasm`]: where the built modules are, and what they import.
+//! - [`fake_host`]: a fake proxy-wasm host (the built modules in the wasmi interpreter) that
+//!   records every host call a module makes and the Wasm instructions it executes;
+//!   [`host_calls`] runs the benchmark's allow paths in it (`make hostcalls`).
+//! - [`bench_config`]: the benchmark's filter configurations, shared with [`host_calls`].
 //! - [`oci`]: `dist/`, a local OCI registry and registry client, and Istio's image rules.
 //! - [`k8s_schema`]: Kubernetes resources checked against a CRD's schema (the Istio manifests).
 //! - [`grpc`]: a real gRPC upstream and a real gRPC client (`grpc-tool`: an `h2` server whose
@@ -18,10 +22,13 @@
 //! - [`prometheus`]: a real Prometheus scraping Envoy, queried in PromQL.
 
 pub mod access_log;
+pub mod bench_config;
 pub mod client;
 pub mod envoy;
 pub mod envoy_config;
+pub mod fake_host;
 pub mod grpc;
+pub mod host_calls;
 pub mod k8s_schema;
 pub mod oci;
 pub mod prometheus;

@@ -21,6 +21,10 @@
 //! runs it). Every variant is first checked to answer as its config says (a JWT filter that
 //! refused the token would be measured doing the wrong thing).
 
+use filter_tests::bench_config::{
+    self, AUDIENCE, ISSUER, PASSTHROUGH_NOOP, PASSTHROUGH_ONE, circuit_breaker_config,
+    four_configs, gateway_config, hot_key, jwt_auth_config, rate_limit_config, retry_policy_config,
+};
 use filter_tests::client;
 use filter_tests::envoy::{Envoy, Launch, Mode};
 use filter_tests::rls::{RlsServer, Storage};
@@ -135,9 +139,6 @@ impl Signer {
     }
 }
 
-const ISSUER: &str = "https://issuer.example";
-const AUDIENCE: &str = "api";
-
 fn wasm_filter(module: &str, config: &Value) -> Value {
     let path = filter_tests::wasm::module(module);
     json!({
@@ -190,20 +191,6 @@ fn jwt_auth(jwks: &str, cache_size: u64) -> Value {
     wasm_filter("jwt_auth", &jwt_auth_config(jwks, cache_size))
 }
 
-fn jwt_auth_config(jwks: &str, cache_size: u64) -> Value {
-    json!({
-        "providers": { "idp": {
-            "issuer": ISSUER,
-            "audiences": [AUDIENCE],
-            "algorithms": ["RS256", "ES256", "ES512"],
-            "local_jwks": { "inline": jwks },
-            "claim_to_headers": [ { "claim": "sub", "header": "x-user-id" } ],
-        } },
-        "rules": [ { "match": { "prefix": "/" }, "requires": { "provider": "idp" } } ],
-        "token_cache_size": cache_size,
-    })
-}
-
 fn native_jwt_authn(jwks: &str, cached: bool) -> Value {
     let mut provider = json!({
         "issuer": ISSUER,
@@ -227,14 +214,6 @@ fn native_jwt_authn(jwks: &str, cached: bool) -> Value {
 /// One rule with `key`, whose limit no benchmark reaches: the limiter runs, never refuses.
 fn rate_limit(key: Value) -> Value {
     wasm_filter("rate_limit", &rate_limit_config(key))
-}
-
-fn rate_limit_config(key: Value) -> Value {
-    json!({ "rules": [ {
-        "name": "bench",
-        "key": key,
-        "limit": { "requests": 1_000_000_000u64, "per": "1s" },
-    } ] })
 }
 
 fn native_local_ratelimit() -> Value {
@@ -313,25 +292,9 @@ fn native_ratelimit() -> Value {
 /// The four filters, in the gateway's order.
 const FOUR: [&str; 4] = filter_tests::wasm::FILTERS;
 
-/// The four filters' configurations on their allow path: a cached JWT whose `sub` becomes
-/// `x-user-id`, a limit per user no benchmark reaches, a closed breaker, a retry rule.
-fn four_configs(jwks: &str) -> [Value; 4] {
-    [
-        jwt_auth_config(jwks, 1000),
-        rate_limit_config(json!([{ "header": "x-user-id" }])),
-        json!({ "breakers": [ { "name": "bench" } ] }),
-        json!({ "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ] }),
-    ]
-}
-
 /// `gateway.wasm` with the same four configurations as members.
 fn gateway(jwks: &str) -> Value {
-    let members: serde_json::Map<String, Value> = FOUR
-        .iter()
-        .map(|m| (*m).to_owned())
-        .zip(four_configs(jwks))
-        .collect();
-    wasm_filter("gateway", &Value::Object(members))
+    wasm_filter("gateway", &gateway_config(jwks))
 }
 
 /// `variant`, routed through a cluster (see [`Variant::routed`]).
@@ -362,13 +325,13 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
         v("none", vec![], None, 200),
         v(
             "passthrough (bare SDK: 1 header read, 1 set)",
-            vec![wasm_filter("passthrough", &json!("one"))],
+            vec![wasm_filter("passthrough", &json!(PASSTHROUGH_ONE))],
             None,
             200,
         ),
         v(
             "wasm no-op (bare SDK)",
-            vec![wasm_filter("passthrough", &json!("noop"))],
+            vec![wasm_filter("passthrough", &json!(PASSTHROUGH_NOOP))],
             None,
             200,
         ),
@@ -437,25 +400,19 @@ fn variants(jwks: &str, extras: bool) -> Vec<Variant> {
         ),
         v(
             "rate_limit, hot key (one bucket for all)",
-            vec![rate_limit(json!([{ "rule": {} }]))],
+            vec![rate_limit(hot_key())],
             Some("native local_ratelimit"),
             200,
         ),
         v(
             "circuit_breaker, closed",
-            vec![wasm_filter(
-                "circuit_breaker",
-                &json!({ "breakers": [ { "name": "bench" } ] }),
-            )],
+            vec![wasm_filter("circuit_breaker", &circuit_breaker_config())],
             None,
             200,
         ),
         v(
             "retry_policy, one rule",
-            vec![wasm_filter(
-                "retry_policy",
-                &json!({ "rules": [ { "retry_on": ["5xx", "reset"], "num_retries": 2 } ] }),
-            )],
+            vec![wasm_filter("retry_policy", &retry_policy_config())],
             None,
             200,
         ),
@@ -894,12 +851,9 @@ fn main() {
 
     let keys: Vec<(Signer, Key)> = Signer::ALL
         .into_iter()
-        .map(|signer| (signer, Key::generate(signer.alg(), signer.alg().name())))
+        .map(|signer| (signer, bench_config::signing_key(signer.alg())))
         .collect();
-    let claims = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "user-42", "scope": "read write",
-        "iat": tokens::now_secs(), "exp": tokens::now_secs() + 86_400,
-    });
+    let claims = bench_config::claims(tokens::now_secs());
     let auth_of: Vec<(Signer, String)> = keys
         .iter()
         .map(|(signer, key)| {
