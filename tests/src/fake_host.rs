@@ -1861,11 +1861,15 @@ fn linker(engine: &Engine, module: &wasmi::Module) -> Result<Linker<HostState>> 
                 from,
                 name,
                 ty.clone(),
-                move |mut caller, _params, results| {
+                move |mut caller, params, results| {
                     mark(&mut caller);
-                    caller
-                        .data_mut()
-                        .record(label.clone(), Status::Unimplemented);
+                    // The arguments too: `wasm-opt --log-execution` passes the id of the
+                    // function or loop entered (see `hostcalls --profile`).
+                    let label = match params {
+                        [] => label.clone(),
+                        params => format!("{label}{params:?}"),
+                    };
+                    caller.data_mut().record(label, Status::Unimplemented);
                     if let (Some(answer), Some(slot)) = (&answers, results.first_mut()) {
                         *slot = answer.clone();
                     }

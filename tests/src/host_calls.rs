@@ -175,13 +175,18 @@ pub struct RowRun {
 /// Starts `row`'s module on a fresh process and sends it two requests, each of which must be
 /// let through (a filter that refused would be counted doing the wrong thing).
 pub fn run(row: &Row, token: &str) -> Result<RowRun> {
-    let module = WasmModule::built(row.module)?;
+    run_module(row, token, &WasmModule::built(row.module)?)
+}
+
+/// [`run`] with another build of the row's module (`make profile-wasm`: one instrumented to
+/// report every function it enters).
+pub fn run_module(row: &Row, token: &str, module: &WasmModule) -> Result<RowRun> {
     let process = Process::new();
     let config = match &row.config {
         Value::String(text) => text.clone(),
         other => other.to_string(),
     };
-    let mut vm = Vm::start(&process, &module, config.as_bytes())
+    let mut vm = Vm::start(&process, module, config.as_bytes())
         .with_context(|| format!("starting {}", row.name))?;
     let mut request = request_headers(row.with_token.then_some(token));
     request.extend(row.added_headers.iter().cloned());

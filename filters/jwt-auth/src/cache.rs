@@ -5,7 +5,7 @@
 //! whole lifetime. The cache remembers, per worker, what a successful verification produced.
 //!
 //! Safety rules:
-//! - One cache per provider, keyed by the token itself (compared whole, not by a hash): a hit
+//! - One cache per provider, keyed by the token itself (compared whole, not only by its hash): a hit
 //!   means exactly this token was verified by exactly this provider's keys. Tokens longer than
 //!   [`MAX_CACHED_TOKEN`] are not cached, which bounds the memory a full cache holds.
 //! - Only the signature and parsing are skipped. Every claim check (`exp`, `nbf`, `iat`, `iss`,
@@ -25,17 +25,35 @@ pub const MAX_CACHED_TOKEN: usize = 4096;
 
 #[derive(Debug)]
 struct Entry {
+    token: Box<str>,
     verified: Rc<Verified>,
     generation: u64,
 }
 
 /// One provider's verified tokens: a bounded least-recently-used map from the token to what
-/// its verification gave. Lookups, insertions and evictions each cost one hash of the token.
+/// its verification gave. Lookups, insertions and evictions each cost one hash of the token
+/// and, on a hit, one comparison of it.
 #[derive(Debug)]
 pub struct TokenCache {
-    /// Hashed with an unkeyed fast hash: SipHash over a 700-byte token was a large part of a
-    /// cache hit. Collisions cannot be forced to matter: only verified tokens are inserted.
-    entries: LruCache<Box<str>, Entry, FixedState>,
+    /// By the token's hash (an unkeyed fast hash: SipHash over a 700-byte token was a large
+    /// part of a cache hit); the entry holds the token, compared whole on every hit. Two
+    /// tokens with one hash share a slot, so one evicts the other: only verified tokens are
+    /// inserted, so that costs at most a verification, never a wrong answer.
+    entries: LruCache<u64, Entry, FixedState>,
+    hasher: FixedState,
+}
+
+/// Whether `a` and `b` are the same token, compared a word at a time: `==` on byte slices
+/// calls the C library's `memcmp`, whose byte loop was the largest part of a cache hit in
+/// Wasm.
+fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |chunk: &[u8]| <[u8; 8]>::try_from(chunk).map_or(0, u64::from_ne_bytes);
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    x.by_ref().zip(y.by_ref()).all(|(p, q)| word(p) == word(q)) && x.remainder() == y.remainder()
 }
 
 impl TokenCache {
@@ -43,6 +61,7 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: LruCache::with_hasher(capacity, FixedState::default()),
+            hasher: FixedState::default(),
         }
     }
 
@@ -56,19 +75,23 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
-    /// Whether `token` is remembered (under any key set): it passed the checks of its form.
-    pub fn contains(&self, token: &str) -> bool {
-        self.entries.contains_key(token)
+    fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(token)
     }
 
     /// The verification remembered for `token`, if it was made under key-set `generation`.
     pub fn get(&mut self, token: &str, generation: u64) -> Option<Rc<Verified>> {
-        let entry = self.entries.get(token)?;
+        let key = self.key(token);
+        let entry = self.entries.get(&key)?;
+        if !same_token(&entry.token, token) {
+            return None;
+        }
         if entry.generation == generation {
             return Some(entry.verified.clone());
         }
         // Made under keys since replaced: it can never hit again, so its place is freed.
-        self.entries.remove(token);
+        self.entries.remove(&key);
         None
     }
 
@@ -78,8 +101,9 @@ impl TokenCache {
             return;
         }
         self.entries.insert(
-            token.into(),
+            self.key(token),
             Entry {
+                token: token.into(),
                 verified,
                 generation,
             },

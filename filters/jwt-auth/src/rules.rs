@@ -132,18 +132,33 @@ impl Evaluation<'_> {
         let Some(p) = self.compiled.providers.get(provider) else {
             return Outcome::Invalid(TokenFailure::new("internal", "unknown provider"));
         };
-        let cache = self.cache.get(provider);
-        let cached = |token: &str| cache.is_some_and(|c| c.contains(token));
-        let outcome = match extract::find_known(self.request, &p.sources, &cached) {
+        let generation = match self.keys.get(provider) {
+            Some(Some((_, generation))) => Some(*generation),
+            _ => None,
+        };
+        // The cache is asked while the token is found: a token it holds passed the checks of
+        // its form when it was verified, and the hit is kept for below (one lookup per token).
+        let cache = std::cell::RefCell::new(self.cache.get_mut(provider));
+        let hit: std::cell::Cell<Option<Rc<Verified>>> = std::cell::Cell::new(None);
+        let known = |token: &str| {
+            let cached = match (cache.try_borrow_mut(), generation) {
+                (Ok(mut cache), Some(generation)) => {
+                    cache.as_deref_mut().and_then(|c| c.get(token, generation))
+                }
+                _ => None,
+            };
+            let known = cached.is_some();
+            hit.set(cached);
+            known
+        };
+        let found = extract::find_known(self.request, &p.sources, &known);
+        let (hit, cache) = (hit.take(), cache.into_inner());
+        let outcome = match found {
             Found::Nothing => Outcome::Missing,
             Found::Malformed => Outcome::Malformed,
             Found::Token { token, source } => match self.keys.get(provider) {
                 Some(Some((keys, generation))) => {
-                    let mut cache = self.cache.get_mut(provider);
-                    let cached = cache
-                        .as_deref_mut()
-                        .and_then(|c| c.get(&token, *generation));
-                    let signed = match cached {
+                    let signed = match hit {
                         Some(verified) => {
                             self.notes.hits += 1;
                             Ok(verified)

@@ -6,6 +6,13 @@ use filter_tests::host_calls::{self, Issuer};
 
 fn main() {
     let issuer = Issuer::generate();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, module, row] = args.as_slice()
+        && flag == "--profile"
+    {
+        profile(&issuer, module, row);
+        return;
+    }
     let mut runs = Vec::new();
     for row in host_calls::rows(&issuer.jwks) {
         match host_calls::run(&row, &issuer.token) {
@@ -24,5 +31,32 @@ fn main() {
     if let Err(e) = std::fs::write(&out, &report) {
         eprintln!("hostcalls: cannot write {}: {e}", out.display());
         std::process::exit(1);
+    }
+}
+
+/// `--profile MODULE ROW`: runs `row` on `MODULE`, a build instrumented by `wasm-opt
+/// --log-execution` (each function entry and loop header calls `env.log_execution(id)`), and
+/// prints each such call of the second request with the fuel executed so far in its callback:
+/// `scripts/wasm-profile.py` turns that into a profile by function.
+fn profile(issuer: &Issuer, module: &str, row: &str) {
+    let result = filter_tests::fake_host::WasmModule::load(std::path::Path::new(module)).and_then(
+        |module| {
+            let row = host_calls::row(&issuer.jwks, row);
+            host_calls::run_module(&row, &issuer.token, &module)
+        },
+    );
+    match result {
+        Ok(run) => {
+            for (callback, cost) in &run.second.phases {
+                for call in &cost.calls {
+                    println!("{callback:?}\t{}\t{}", call.label, call.fuel);
+                }
+                println!("{callback:?}\tend\t{}", cost.fuel);
+            }
+        }
+        Err(e) => {
+            eprintln!("hostcalls: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
