@@ -167,20 +167,22 @@ fn wasm_filter(module: &str, config: &Value) -> Value {
 }
 
 /// The host calls `jwt_auth` makes for a request whose token it has verified before (its
-/// metrics are handed to Envoy once a second, not per request).
-const JWT_HIT_CALLS: &str = "get=authorization,now,remove=authorization,set=x-user-id";
+/// metrics are handed to Envoy once a second, not per request), as `tests/host_calls` fixes
+/// them.
+const JWT_HIT_CALLS: &str = "now,get=authorization,remove=authorization,set=x-user-id";
 
 /// The host calls `gateway.wasm` makes for a request all four policies let through (cached
-/// token), as counted by a fake host: at request headers, jwt_auth's, rate_limit's bucket read
-/// and compare-and-swap write, circuit_breaker's record read, retry_policy's method,
-/// internal-client and breaker-state reads, then the merged header edits; at response
-/// headers, the time, the attempt count, the status, the breaker's record update and
+/// token), as `tests/host_calls` fixes them: at request headers, the time, jwt_auth's token,
+/// rate_limit's compare-and-swap write (the bucket remembered from this worker's last write),
+/// circuit_breaker's record and the request's `content-type`, retry_policy's method and
+/// internal-client reads, then the merged edits; at response headers, the attempt count, the
+/// status and details, the time, the breaker's write (with the token of its read) and
 /// rate_limit's two header fields.
-const GATEWAY_CALLS: &str = "get=authorization,now,sget=rl1/bench/0,sset=rl1/bench/0,\
-    sget=cb2/bench,get=:method,get=x-envoy-internal,prop=circuit_breaker.state,\
+const GATEWAY_CALLS: &str = "now,get=authorization,sset=rl1/bench/8364,sget=cb2/bench,\
+    get=content-type,get=:method,get=x-envoy-internal,\
     remove=authorization,set=x-user-id,set=x-envoy-retry-on,set=x-envoy-max-retries\
-    |now,prop=upstream/request_attempt_count,get=:status,sget=cb2/bench,sset=cb2/bench,\
-    set=ratelimit,set=ratelimit-policy";
+    |prop=upstream/request_attempt_count,get=:status,prop=response/code_details,now,\
+    sset=cb2/bench,set=ratelimit-policy,set=ratelimit";
 
 /// The bare-SDK fixture making exactly these host calls (see `filters/passthrough`).
 fn ops(calls: &str) -> Value {
