@@ -24,8 +24,9 @@ WASM_FILES    := $(MODULES:%=target/$(WASM_TARGET)/release/%.wasm)
 DIST_MODULES  := jwt_auth rate_limit circuit_breaker retry_policy gateway
 VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE_REPO    ?= proxy-wasm-filters
-WASM_OPT      := wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+WASM_OPT_FEATURES := wasm-opt --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
+WASM_OPT      := $(WASM_OPT_FEATURES) -O3
 FILTER_CRATES := -p filter-config -p filter-core -p filter-host -p jwt-auth -p rate-limit -p circuit-breaker -p retry-policy -p gateway -p passthrough
 # The same crates as a nextest filter (`make unit`).
 UNIT_FILTER   := package(filter-config) | package(filter-core) | package(filter-host) | package(jwt-auth) \
@@ -55,7 +56,7 @@ export PROMETHEUS_BIN := $(or $(shell command -v prometheus 2>/dev/null),/usr/bi
 .DEFAULT_GOAL := help
 .PHONY: help run test check lint unit build check-imports validate-envoy integration envoy envoy-image \
         toolchain nextest binaryen bench bench-smoke bench-tools clean dist dist-tools test-compat \
-        compat-oldest rls-tools prometheus hostcalls
+        compat-oldest rls-tools prometheus hostcalls profile
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -199,6 +200,23 @@ bench-smoke: build envoy bench-tools rls-tools ## make bench in smoke mode (seco
 hostcalls: build ## Host calls, allocations and Wasm instructions per phase of each filter's allow path (fake host; table in target/hostcalls.md)
 	cargo build --quiet --locked -p filter-tests --bin hostcalls
 	target/debug/hostcalls
+
+# PROFILE_MODULE and PROFILE_ROW pick the module and the `make hostcalls` row to profile.
+PROFILE_MODULE ?= gateway
+PROFILE_ROW    ?= gateway.wasm, the four (cached token)
+PROFILE_DIR    := target/profile
+profile: binaryen ## Where one allow-path request's Wasm instructions go, by function (fake host; table in target/profile.md)
+	cargo build --quiet --profile profiling --target $(WASM_TARGET) --locked \
+	  $(if $(filter gateway,$(PROFILE_MODULE)),-p gateway,$(SINGLE_CRATES))
+	mkdir -p $(PROFILE_DIR)
+	$(WASM_OPT) -g target/$(WASM_TARGET)/profiling/$(PROFILE_MODULE).wasm -o $(PROFILE_DIR)/opt.wasm
+	$(WASM_OPT_FEATURES) --log-execution -g $(PROFILE_DIR)/opt.wasm -o $(PROFILE_DIR)/logged.wasm
+	wasm-dis $(PROFILE_DIR)/logged.wasm -o $(PROFILE_DIR)/logged.wat
+	cargo build --quiet --locked -p filter-tests --bin hostcalls
+	target/debug/hostcalls --profile $(PROFILE_DIR)/logged.wasm "$(PROFILE_ROW)" > $(PROFILE_DIR)/calls.tsv
+	python3 tests/profile/wasm_profile.py $(PROFILE_DIR)/logged.wat $(PROFILE_DIR)/calls.tsv \
+	  RequestHeaders ResponseHeaders > target/profile.md
+	@cat target/profile.md
 
 # wrk (Debian) measures closed-loop throughput; oha (crates.io) holds a fixed request rate
 # and reports latency percentiles corrected for coordinated omission.

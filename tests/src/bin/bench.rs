@@ -833,6 +833,63 @@ fn memory_flood(plan: &Plan, jwks: &str) -> String {
     table
 }
 
+/// #21's targets, each a ratio of added CPU within this run: every single filter at most 1.4x
+/// the passthrough's, the gateway at most 2.0x, uncached RS256 at most 1.5x native jwt_authn.
+fn ratio_targets(
+    variants: &[Variant],
+    med: &dyn Fn(usize, fn(&Sample) -> f64) -> f64,
+    none_cpu: f64,
+    passthrough_added: Option<f64>,
+) -> String {
+    let added = |name: &str| {
+        variants
+            .iter()
+            .position(|v| v.name.starts_with(name))
+            .map(|i| med(i, |s| s.busy_cpu_us_per_request) - none_cpu)
+    };
+    let mut lines = String::new();
+    let mut judge = |what: &str, ratio: Option<f64>, bound: f64| {
+        if let Some(ratio) = ratio {
+            let verdict = if ratio <= bound { "met" } else { "missed" };
+            let _ = writeln!(
+                lines,
+                "- {what}: {ratio:.2}x (target: at most {bound:.1}x; {verdict})"
+            );
+        }
+    };
+    let over_passthrough = |name: &str| added(name).zip(passthrough_added).map(|(a, p)| a / p);
+    judge(
+        "gateway.wasm over passthrough",
+        over_passthrough("gateway.wasm, the four"),
+        2.0,
+    );
+    for single in [
+        "jwt_auth RS256, cached",
+        "rate_limit, hot key",
+        "circuit_breaker, closed",
+        "retry_policy, one rule",
+    ] {
+        judge(
+            &format!("{single} over passthrough"),
+            over_passthrough(single),
+            1.4,
+        );
+    }
+    let uncached = added("jwt_auth RS256, uncached")
+        .zip(added("native jwt_authn, uncached"))
+        .filter(|(_, native)| *native > 0.0)
+        .map(|(ours, native)| ours / native);
+    judge(
+        "jwt_auth RS256 uncached over native jwt_authn",
+        uncached,
+        1.5,
+    );
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("Added CPU as ratios (issue #21):\n\n{lines}\n")
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     match xs.len() {
@@ -1014,16 +1071,18 @@ fn main() {
     let busy = columns(|s| s.busy_cpu_us_per_request);
     let at_rate = columns(|s| s.cpu_us_per_request);
     // The targets for single filters are stated over the pass-through fixture.
-    let passthrough_cpu = variants
+    let none_cpu = med(0, |s| s.busy_cpu_us_per_request);
+    let passthrough_added = variants
         .iter()
         .position(|v| v.name.starts_with("passthrough"))
-        .map(|p| med(p, |s| s.busy_cpu_us_per_request));
+        .map(|p| med(p, |s| s.busy_cpu_us_per_request) - none_cpu)
+        .filter(|added| *added > 0.0);
     let none_rps = med(0, |s| s.closed_rps);
 
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| Variant | CPU µs/req | Δ vs none | Δ vs passthrough | × native Δ | closed-loop rps | × none's rps | p50 µs at {rate} rps | p99 µs | CPU µs/req at {rate} rps (Δ) |",
+        "| Variant | CPU µs/req | Δ vs none | × passthrough Δ | × native Δ | closed-loop rps | × none's rps | p50 µs at {rate} rps | p99 µs | CPU µs/req at {rate} rps (Δ) |",
         rate = plan.rate
     );
     let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -1035,9 +1094,13 @@ fn main() {
         } else {
             format!("{r} ({rd})")
         };
-        let over_passthrough = match passthrough_cpu {
+        // #21's targets are ratios to what the bare-SDK passthrough adds in the same run.
+        let over_passthrough = match passthrough_added {
             Some(p) if i > 1 && !v.name.contains("native") => {
-                format!("{:+.1}", med(i, |s| s.busy_cpu_us_per_request) - p)
+                format!(
+                    "{:.2}",
+                    (med(i, |s| s.busy_cpu_us_per_request) - none_cpu) / p
+                )
             }
             _ => String::new(),
         };
@@ -1080,6 +1143,7 @@ fn main() {
         }
         _ => String::new(),
     };
+    let ratio_targets = ratio_targets(&variants, &med, none_cpu, passthrough_added);
     let memory = memory_flood(&plan, &jwks);
     let smoke = if plan.smoke {
         " **Smoke run: the figures mean nothing.**"
@@ -1089,7 +1153,7 @@ fn main() {
     let report = format!(
         "Envoy {version}, `--concurrency 1` on core {envoy_core}, load on core {load_core}; \
          {rounds} round(s); closed loop, 16 connections, for {closed} s (CPU, rps); fixed \
-         rate {rate} rps for {fixed} s (p50, p99); medians.{smoke}\n\n{table}\n{global_target}\
+         rate {rate} rps for {fixed} s (p50, p99); medians.{smoke}\n\n{table}\n{ratio_targets}{global_target}\
          Envoy resident memory with every variant loaded: {idle} MiB idle, {loaded} MiB after \
          the run.\n\n{memory}\n\n| Module | Bytes |\n|---|---:|\n{sizes}",
         rounds = plan.rounds,
