@@ -234,7 +234,8 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    fn add_one(v: Option<&[u8]>) -> (Option<Vec<u8>>, u64) {
+    /// Increments a little-endian counter (shared with `remembering`'s tests).
+    pub(super) fn add_one(v: Option<&[u8]>) -> (Option<Vec<u8>>, u64) {
         let n = v
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map_or(0, u64::from_le_bytes)

@@ -245,6 +245,7 @@ impl<S: SharedStore> SharedStore for Remembering<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::add_one;
     use crate::store::{MemStore, update, update_remembered};
 
     /// Counts the host calls made through it.
@@ -303,14 +304,6 @@ mod tests {
             map.insert(key.to_owned(), (value.to_vec(), next));
             Ok(Written::Yes)
         }
-    }
-
-    fn add_one(v: Option<&[u8]>) -> (Option<Vec<u8>>, u64) {
-        let n = v
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_le_bytes)
-            + 1;
-        (Some(n.to_le_bytes().to_vec()), n)
     }
 
     fn value(store: &dyn SharedStore, key: &str) -> u64 {
