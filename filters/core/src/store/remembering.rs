@@ -26,6 +26,10 @@ use std::cell::{Cell, RefCell};
 /// How many keys a worker remembers, by hash (one slot each; a colliding key takes the slot).
 const SLOTS: usize = 64;
 
+/// Larger values (a key set a key server sent) are not remembered: per-request records are far
+/// smaller, and the memory of a worker stays under `SLOTS` times this.
+const MAX_VALUE: usize = 4096;
+
 /// The longest run of real reads after failed guesses before memory is tried again.
 const MAX_SKIP: u8 = 63;
 
@@ -146,6 +150,14 @@ impl<S: SharedStore> Remembering<S> {
 
     /// Remembers `value` with `cas` for `key`, keeping the key's record of failed guesses.
     fn remember(&self, key: &str, value: &[u8], cas: Cas, guessed_right: bool) {
+        if value.len() > MAX_VALUE {
+            self.with_slot(key, |slot| {
+                if slot.as_ref().is_some_and(|m| m.key == key) {
+                    *slot = None;
+                }
+            });
+            return;
+        }
         self.with_slot(key, |slot| match slot {
             Some(memory) if memory.key == key => {
                 memory.value.clear();
@@ -436,6 +448,20 @@ mod tests {
         update(&mem, "n", 1, add_one).unwrap();
         let seen = update_remembered(&ours, "n", 3, |v| (None, add_one(v).1 - 1)).unwrap();
         assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn large_values_are_not_remembered() {
+        let mem = MemStore::new();
+        let host = Counting::new(&mem);
+        let worker = Remembering::new(&host, 1);
+        let big = vec![7u8; MAX_VALUE + 1];
+        worker.set("doc", &big, None).unwrap();
+        assert_eq!(worker.remembered("doc"), None);
+        worker.get("doc").unwrap();
+        assert_eq!(worker.remembered("doc"), None);
+        worker.set("doc", b"small", None).unwrap();
+        assert!(worker.remembered("doc").is_some());
     }
 
     #[test]
