@@ -149,9 +149,10 @@ pub struct GrpcCall {
 pub enum GrpcResult {
     /// The call succeeded (`OK`): the response message, serialized.
     Message(Vec<u8>),
-    /// The call ended with this gRPC status (not `OK`): the service's own error, or Envoy's
-    /// for a call that found no service (`UNAVAILABLE`) or ran out of time.
-    Status(u32),
+    /// The call ended with this gRPC status (not `OK`) and message (`grpc-message`, empty
+    /// when none): the service's own error, or Envoy's for a call that found no service
+    /// (`UNAVAILABLE`) or ran out of time.
+    Status(u32, String),
     /// The call could not be made at all (for example, Envoy refused to start it).
     NotSent(String),
 }

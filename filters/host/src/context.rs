@@ -251,7 +251,13 @@ fn start_calls<F: Filter>(
 /// message of `size` bytes).
 fn grpc_result(status: u32, size: usize) -> GrpcResult {
     if status != 0 {
-        return GrpcResult::Status(status);
+        // Only a failed call pays for the message: it is what tells Envoy's own timeout
+        // from a service that cannot be reached (both `UNAVAILABLE`).
+        let message = hostcalls::get_grpc_status()
+            .ok()
+            .and_then(|(_, message)| message)
+            .unwrap_or_default();
+        return GrpcResult::Status(status, message);
     }
     match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size) {
         Ok(message) => GrpcResult::Message(message.unwrap_or_default()),

@@ -488,12 +488,45 @@ fn failures() -> Vec<(&'static str, Duration, GrpcResult)> {
         (
             "unreachable",
             Duration::from_millis(3),
-            GrpcResult::Status(14),
+            GrpcResult::Status(14, String::new()),
         ),
-        ("timeout", Duration::from_millis(50), GrpcResult::Status(14)),
-        ("timeout", Duration::from_millis(10), GrpcResult::Status(4)),
-        ("error", Duration::from_millis(1), GrpcResult::Status(13)),
-        ("error", Duration::from_millis(1), GrpcResult::Status(12)),
+        (
+            "timeout",
+            Duration::from_millis(50),
+            GrpcResult::Status(14, String::new()),
+        ),
+        // Envoy's timer can fire before the wall clock shows the timeout gone (a busy
+        // worker); its message says what happened.
+        (
+            "timeout",
+            Duration::from_millis(40),
+            GrpcResult::Status(14, "upstream request timeout{response_timeout}".to_owned()),
+        ),
+        (
+            "unreachable",
+            Duration::from_millis(40),
+            GrpcResult::Status(
+                14,
+                "upstream connect error or disconnect/reset before headers. reset reason: \
+                 remote connection failure"
+                    .to_owned(),
+            ),
+        ),
+        (
+            "timeout",
+            Duration::from_millis(10),
+            GrpcResult::Status(4, String::new()),
+        ),
+        (
+            "error",
+            Duration::from_millis(1),
+            GrpcResult::Status(13, String::new()),
+        ),
+        (
+            "error",
+            Duration::from_millis(1),
+            GrpcResult::Status(12, String::new()),
+        ),
         (
             "invalid_answer",
             Duration::ZERO,
@@ -580,7 +613,7 @@ fn a_timeout_says_how_long_it_waited() {
     let f = per_user(r#", "on_failure": {"timeout": "deny"}"#, "");
     let w = World::new();
     let (_, decision, _) = w.send(&f, &user("alice"), Duration::from_millis(51), |_| {
-        GrpcResult::Status(14)
+        GrpcResult::Status(14, String::new())
     });
     let body: serde_json::Value = serde_json::from_str(&reply(&decision).body).unwrap();
     assert_eq!(
@@ -596,7 +629,7 @@ fn an_outage_logs_one_warning_per_interval_not_one_per_request() {
     let ((), lines) = capture(LevelFilter::Warn, || {
         for _ in 0..100 {
             w.send(&f, &user("alice"), Duration::ZERO, |_| {
-                GrpcResult::Status(14)
+                GrpcResult::Status(14, String::new())
             });
         }
     });
