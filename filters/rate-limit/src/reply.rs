@@ -87,8 +87,8 @@ impl RuleStatus<'_> {
 pub struct Item {
     /// The rule's name.
     pub name: String,
-    /// Requests per `w` seconds.
-    pub q: u128,
+    /// Requests per `w` seconds (at most `u64::MAX`, which no limit comes near).
+    pub q: u64,
     /// The window, in whole seconds.
     pub w: u64,
     /// Requests that may still pass.
@@ -116,7 +116,7 @@ pub fn service_item(rule: &str, status: &rls::DescriptorStatus) -> Option<Item> 
     let retry_after = over.then(|| reset.max(1));
     Some(Item {
         name: rule.to_owned(),
-        q: u128::from(limit.requests_per_unit),
+        q: u64::from(limit.requests_per_unit),
         w,
         r: if over {
             0
@@ -130,10 +130,10 @@ pub fn service_item(rule: &str, status: &rls::DescriptorStatus) -> Option<Item> 
 }
 
 /// `q` and `w` of `RateLimit-Policy`.
-fn quota(limit: &Limit) -> (u128, u64) {
+fn quota(limit: &Limit) -> (u64, u64) {
     let w = whole_seconds_at_least_one(limit.per());
     let q = u128::from(limit.requests()) * u128::from(w) * 1_000_000_000 / limit.per().as_nanos();
-    (q, w)
+    (u64::try_from(q).unwrap_or(u64::MAX), w)
 }
 
 /// The header fields describing `items`, for any response.
@@ -155,8 +155,8 @@ pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(String, String)> {
                     state.push_str(", ");
                 }
                 for (field, (a, b)) in [
-                    (&mut policy, (("q", i.q), ("w", u128::from(i.w)))),
-                    (&mut state, (("r", u128::from(i.r)), ("t", u128::from(i.t)))),
+                    (&mut policy, (("q", i.q), ("w", i.w))),
+                    (&mut state, (("r", i.r), ("t", i.t))),
                 ] {
                     field.push('"');
                     field.push_str(&i.name);
