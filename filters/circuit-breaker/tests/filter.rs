@@ -236,7 +236,7 @@ fn each_refusal_records_its_decision_and_a_closed_pass_records_none() {
     w.call(T0, Response::new(500));
     let d = w.call(T0 + 1, Response::new(200));
     let r = refusal(&d).expect("open");
-    assert_eq!(r.filter_state, [(DECISION.to_owned(), "open:b".to_owned())]);
+    assert_eq!(r.filter_state, [(DECISION.into(), "open:b".to_owned())]);
     // Half-open at T0 + 10: the probe is let through, the next request finds no permit.
     let mut probe = Stream::default();
     let d = w.request(&mut probe, T0 + 10);

@@ -12,6 +12,12 @@
 //! Values are short codes from a fixed vocabulary (`docs/access-log.md`), never a token, a
 //! claim's value or a secret.
 
+use std::borrow::Cow;
+
+/// A header or filter-state name in an edit. Most are fixed (`x-envoy-retry-on`,
+/// `ratelimit`) and cost no allocation per request; a name from the configuration is copied.
+pub type Name = Cow<'static, str>;
+
 /// What to do with a request whose headers have arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -52,7 +58,7 @@ pub struct RequestEdits {
     pub headers: HeaderEdits,
     /// Envoy filter state, set with `set_property` (readable as `wasm.<name>`, e.g.
     /// `%FILTER_STATE(wasm.<name>:PLAIN)%`), as `(name, value)`.
-    pub filter_state: Vec<(String, String)>,
+    pub filter_state: Vec<(Name, String)>,
 }
 
 impl RequestEdits {
@@ -62,7 +68,7 @@ impl RequestEdits {
     }
 
     /// Adds a value for later filters.
-    pub fn filter_state(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn filter_state(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
         self.filter_state.push((name.into(), value.into()));
         self
     }
@@ -161,9 +167,9 @@ pub enum GrpcResult {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderEdits {
     /// Header names to remove.
-    pub remove: Vec<String>,
+    pub remove: Vec<Name>,
     /// Headers to set, replacing existing values.
-    pub set: Vec<(String, String)>,
+    pub set: Vec<(Name, String)>,
 }
 
 impl HeaderEdits {
@@ -173,13 +179,13 @@ impl HeaderEdits {
     }
 
     /// Adds a removal.
-    pub fn remove(mut self, name: impl Into<String>) -> Self {
+    pub fn remove(mut self, name: impl Into<Name>) -> Self {
         self.remove.push(name.into());
         self
     }
 
     /// Adds a set.
-    pub fn set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn set(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
         self.set.push((name.into(), value.into()));
         self
     }
@@ -231,7 +237,7 @@ pub struct LocalResponse {
     /// [`RequestEdits::filter_state`]): the refusing filter's decision, for the access log
     /// (`%FILTER_STATE(wasm.<name>:PLAIN)%`), and in a module that chains filters, what the
     /// filters before it left. Never sent to the client.
-    pub filter_state: Vec<(String, String)>,
+    pub filter_state: Vec<(Name, String)>,
 }
 
 impl LocalResponse {
@@ -268,7 +274,7 @@ impl LocalResponse {
 
     /// Sets a filter state value before the reply goes out (a value set twice keeps the later
     /// one).
-    pub fn filter_state(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn filter_state(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
         let name = name.into();
         self.filter_state.retain(|(n, _)| *n != name);
         self.filter_state.push((name, value.into()));
@@ -278,7 +284,7 @@ impl LocalResponse {
     /// Puts `earlier` (filter state that filters before this one left) before this reply's
     /// own, as Envoy keeps what earlier filters set when a later one answers; a name in both
     /// keeps this reply's value.
-    pub fn after_filter_state(mut self, earlier: Vec<(String, String)>) -> Self {
+    pub fn after_filter_state(mut self, earlier: Vec<(Name, String)>) -> Self {
         let own = std::mem::replace(&mut self.filter_state, earlier);
         for (name, value) in own {
             self = self.filter_state(name, value);
@@ -413,7 +419,7 @@ mod tests {
             .collect();
         for (name, value) in &edits.set {
             out.retain(|(n, _)| n != name);
-            out.push((name.clone(), value.clone()));
+            out.push((name.to_string(), value.clone()));
         }
         out.sort();
         out
@@ -468,7 +474,7 @@ mod tests {
         let mut edits = RequestEdits::from(HeaderEdits::default().set("x-a", "1"));
         edits.then(RequestEdits::default().filter_state("s", "1"));
         edits.then(RequestEdits::from(HeaderEdits::default().remove("x-a")).filter_state("s", "2"));
-        assert_eq!(edits.filter_state, [("s".to_owned(), "2".to_owned())]);
+        assert_eq!(edits.filter_state, [("s".into(), "2".to_owned())]);
         assert_eq!(edits.filter_state_value("s"), Some("2"));
         assert_eq!(edits.headers.header("x-a"), Some(None));
         assert!(!edits.is_empty());
@@ -480,14 +486,14 @@ mod tests {
         let reply = LocalResponse::new(503)
             .filter_state("b.decision", "open:x")
             .after_filter_state(vec![
-                ("a.decision".to_owned(), "shadow_limited:r".to_owned()),
-                ("b.decision".to_owned(), "stale".to_owned()),
+                ("a.decision".into(), "shadow_limited:r".to_owned()),
+                ("b.decision".into(), "stale".to_owned()),
             ]);
         assert_eq!(
             reply.filter_state,
             [
-                ("a.decision".to_owned(), "shadow_limited:r".to_owned()),
-                ("b.decision".to_owned(), "open:x".to_owned()),
+                ("a.decision".into(), "shadow_limited:r".to_owned()),
+                ("b.decision".into(), "open:x".to_owned()),
             ]
         );
         assert_eq!(reply.filter_state_value("b.decision"), Some("open:x"));

@@ -119,10 +119,11 @@ impl Exchange {
 
     /// Applies header edits as the host does: removals, then sets.
     fn apply(&mut self, edits: &HeaderEdits) {
-        self.headers.retain(|(n, _)| !edits.remove.contains(n));
+        self.headers
+            .retain(|(n, _)| !edits.remove.iter().any(|r| r == n));
         for (name, value) in &edits.set {
             self.headers.retain(|(n, _)| n != name);
-            self.headers.push((name.clone(), value.clone()));
+            self.headers.push((name.to_string(), value.clone()));
         }
     }
 
@@ -131,7 +132,7 @@ impl Exchange {
         self.apply(&edits.headers);
         for (name, value) in &edits.filter_state {
             self.filter_state.retain(|(n, _)| n != name);
-            self.filter_state.push((name.clone(), value.clone()));
+            self.filter_state.push((name.to_string(), value.clone()));
         }
     }
 

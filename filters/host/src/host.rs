@@ -176,7 +176,7 @@ pub(crate) fn apply_edits(map: MapType, edits: &HeaderEdits) -> Result<(), Statu
 pub(crate) fn apply_request_edits(edits: &RequestEdits) -> Result<(), Status> {
     apply_edits(MapType::HttpRequestHeaders, &edits.headers)?;
     for (name, value) in &edits.filter_state {
-        hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes()))?;
+        hostcalls::set_property(vec![name.as_ref()], Some(value.as_bytes()))?;
     }
     Ok(())
 }
@@ -186,7 +186,7 @@ pub(crate) fn apply_request_edits(edits: &RequestEdits) -> Result<(), Status> {
 pub(crate) fn send_local_response(reply: &LocalResponse, grpc: bool) -> Result<(), Status> {
     for (name, value) in &reply.filter_state {
         // Only the access log reads it: a host that refuses it still gets the reply sent.
-        if let Err(status) = hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes())) {
+        if let Err(status) = hostcalls::set_property(vec![name.as_ref()], Some(value.as_bytes())) {
             log::debug!("cannot set filter state {name}: {status:?}");
         }
     }

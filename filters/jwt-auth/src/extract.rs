@@ -294,22 +294,16 @@ mod tests {
             &Source::Param("access_token".into()),
             HeaderEdits::default(),
         );
-        assert_eq!(
-            edits.set,
-            vec![(":path".to_owned(), "/x?a=1&b=2".to_owned())]
-        );
+        assert_eq!(edits.set, vec![(":path".into(), "/x?a=1&b=2".to_owned())]);
         let edits = removal(&r, &Source::Cookie("jwt".into()), HeaderEdits::default());
-        assert_eq!(
-            edits.set,
-            vec![("cookie".to_owned(), "a=1; b=2".to_owned())]
-        );
+        assert_eq!(edits.set, vec![("cookie".into(), "a=1; b=2".to_owned())]);
         let only = Request::new("GET", "/x?access_token=t.t.t");
         let edits = removal(
             &only,
             &Source::Param("access_token".into()),
             HeaderEdits::default(),
         );
-        assert_eq!(edits.set, vec![(":path".to_owned(), "/x".to_owned())]);
+        assert_eq!(edits.set, vec![(":path".into(), "/x".to_owned())]);
         let edits = removal(&r, &bearer()[0], HeaderEdits::default());
         assert_eq!(edits.remove, vec!["authorization".to_owned()]);
     }

@@ -28,7 +28,7 @@ use crate::global::{Answer, Plan};
 use crate::reply::{Item, RuleStatus};
 use crate::table::{Bucket, HashMemo, KeyHash, Placement};
 use filter_core::config::ConfigError;
-use filter_core::decision::{Decision, GrpcResult, HeaderEdits, LocalResponse, RequestEdits};
+use filter_core::decision::{Decision, GrpcResult, HeaderEdits, LocalResponse, Name, RequestEdits};
 use filter_core::filter::{Env, Filter};
 use filter_core::logging::{self, Throttle};
 use filter_core::metrics::{MetricId, MetricKind, MetricName, PerItem};
@@ -73,7 +73,7 @@ const MEMO_SLOTS: usize = 256;
 /// for a rate limit service carries meanwhile.
 #[derive(Debug, Default)]
 pub struct Stream {
-    response_headers: Vec<(String, String)>,
+    response_headers: Vec<(Name, String)>,
     calling: Option<Box<Calling>>,
 }
 
@@ -839,10 +839,15 @@ impl Filter for RateLimit {
             return Decision::Respond(reply);
         }
         stream.response_headers = reply::headers(self.config.dialect, &items);
-        stream.response_headers.extend(response_headers);
+        stream
+            .response_headers
+            .extend(response_headers.into_iter().map(|(n, v)| (n.into(), v)));
         let edits = RequestEdits::from(HeaderEdits {
             remove: Vec::new(),
-            set: request_headers,
+            set: request_headers
+                .into_iter()
+                .map(|(n, v)| (n.into(), v))
+                .collect(),
         });
         // In shadow mode, every rule that would have refused: the local ones, then the global.
         let mut shadow_over = calling.shadow_over;

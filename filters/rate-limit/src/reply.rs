@@ -36,7 +36,7 @@
 use crate::config::{Dialect, Failure};
 use crate::gcra::{Limit, Verdict, whole_seconds, whole_seconds_at_least_one};
 use crate::rls;
-use filter_core::decision::LocalResponse;
+use filter_core::decision::{LocalResponse, Name};
 
 /// The filter state holding the decision, read as `wasm.rate_limit.decision`.
 pub const DECISION: &str = "rate_limit.decision";
@@ -137,7 +137,7 @@ fn quota(limit: &Limit) -> (u64, u64) {
 }
 
 /// The header fields describing `items`, for any response.
-pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(String, String)> {
+pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(Name, String)> {
     if items.is_empty() {
         return Vec::new();
     }
@@ -170,8 +170,8 @@ pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(String, String)> {
                 }
             }
             vec![
-                ("ratelimit-policy".to_owned(), policy),
-                ("ratelimit".to_owned(), state),
+                ("ratelimit-policy".into(), policy),
+                ("ratelimit".into(), state),
             ]
         }
         Dialect::Legacy => {
@@ -180,9 +180,9 @@ pub fn headers(dialect: Dialect, items: &[Item]) -> Vec<(String, String)> {
             let mut number = |n: u64| digits.format(n).to_owned();
             match closest {
                 Some(i) => vec![
-                    ("x-ratelimit-limit".to_owned(), number(i.limit)),
-                    ("x-ratelimit-remaining".to_owned(), number(i.r)),
-                    ("x-ratelimit-reset".to_owned(), number(i.t)),
+                    ("x-ratelimit-limit".into(), number(i.limit)),
+                    ("x-ratelimit-remaining".into(), number(i.r)),
+                    ("x-ratelimit-reset".into(), number(i.t)),
                 ],
                 None => Vec::new(),
             }
@@ -286,11 +286,11 @@ mod tests {
             h,
             [
                 (
-                    "ratelimit-policy".to_owned(),
+                    "ratelimit-policy".into(),
                     "\"per-user\";q=100;w=60, \"per-ip\";q=20;w=1".to_owned()
                 ),
                 (
-                    "ratelimit".to_owned(),
+                    "ratelimit".into(),
                     "\"per-user\";r=19;t=1, \"per-ip\";r=9;t=1".to_owned()
                 ),
             ]
@@ -336,9 +336,9 @@ mod tests {
         assert_eq!(
             h,
             [
-                ("x-ratelimit-limit".to_owned(), "2".to_owned()),
-                ("x-ratelimit-remaining".to_owned(), "1".to_owned()),
-                ("x-ratelimit-reset".to_owned(), "1".to_owned()),
+                ("x-ratelimit-limit".into(), "2".to_owned()),
+                ("x-ratelimit-remaining".into(), "1".to_owned()),
+                ("x-ratelimit-reset".into(), "1".to_owned()),
             ]
         );
         assert!(

@@ -81,7 +81,11 @@ impl World {
         let env = self.env_with(store, nanos);
         let decision = f.on_request(&mut stream, request, &env);
         let edits = if f.wants_response(&stream) {
-            f.on_response(&mut stream, &Response::new(200), &env).set
+            f.on_response(&mut stream, &Response::new(200), &env)
+                .set
+                .into_iter()
+                .map(|(n, v)| (n.into_owned(), v))
+                .collect()
         } else {
             Vec::new()
         };
@@ -182,7 +186,7 @@ fn all_or_nothing_a_refusal_charges_no_rule() {
         assert!(reply.body.contains("\"violated-policies\":[\"strict\"]"));
         assert_eq!(
             reply.filter_state,
-            [(DECISION.to_owned(), "limited:strict".to_owned())]
+            [(DECISION.into(), "limited:strict".to_owned())]
         );
         assert_eq!(header(&reply.headers, "retry-after"), Some("3600"));
     }

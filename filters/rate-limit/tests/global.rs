@@ -92,6 +92,9 @@ impl World {
         let added = if f.wants_response(&stream) {
             f.on_response(&mut stream, &Response::new(200), &self.env(T0))
                 .set
+                .into_iter()
+                .map(|(n, v)| (n.into_owned(), v))
+                .collect()
         } else {
             Vec::new()
         };
@@ -367,7 +370,7 @@ fn ok_applies_the_service_header_fields_and_describes_the_limit() {
         Decision::Continue(edits) => {
             assert_eq!(
                 edits.headers.set,
-                [("x-quota-tier".to_owned(), "gold".to_owned())]
+                [("x-quota-tier".into(), "gold".to_owned())]
             );
         }
         other => panic!("not passed: {other:?}"),
