@@ -7,18 +7,19 @@
 use crate::config::Source;
 use filter_core::decision::HeaderEdits;
 use filter_core::request::RequestView;
+use std::borrow::Cow;
 
 /// What a provider found in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum Found<'r> {
     /// No token in any of its places.
     Nothing,
     /// Exactly one token.
     Token {
-        /// The token text.
-        token: String,
-        /// Where it was.
-        source: Source,
+        /// The token text (borrowed from the request unless it had to be decoded).
+        token: Cow<'r, str>,
+        /// Where it was: the index of its source among those searched.
+        source: usize,
     },
     /// Tokens in several places, or a credential that is not one token.
     Malformed,
@@ -52,20 +53,20 @@ fn is_b64token(s: &str) -> bool {
 }
 
 /// Looks for a token in each of `sources`.
-pub fn find(request: &dyn RequestView, sources: &[Source]) -> Found {
+pub fn find<'r>(request: &'r dyn RequestView, sources: &[Source]) -> Found<'r> {
     find_known(request, sources, &|_| false)
 }
 
 /// [`find`], trusting the form of tokens `known` vouches for (ones the cache holds, which
 /// passed the check when they were verified): the check reads every byte of a token of
 /// several hundred, the largest cost of a cache hit.
-pub fn find_known(
-    request: &dyn RequestView,
+pub fn find_known<'r>(
+    request: &'r dyn RequestView,
     sources: &[Source],
     known: &dyn Fn(&str) -> bool,
-) -> Found {
-    let mut found: Option<(String, Source)> = None;
-    for source in sources {
+) -> Found<'r> {
+    let mut found: Option<(Cow<'r, str>, usize)> = None;
+    for (at, source) in sources.iter().enumerate() {
         for candidate in candidates(request, source, known) {
             let Some(token) = candidate else {
                 return Found::Malformed;
@@ -73,7 +74,7 @@ pub fn find_known(
             if found.is_some() {
                 return Found::Malformed;
             }
-            found = Some((token, source.clone()));
+            found = Some((token, at));
         }
     }
     match found {
@@ -84,22 +85,22 @@ pub fn find_known(
 
 /// The tokens `source` holds: `Some(token)` for each well-formed one, `None` for a value that
 /// claims to carry a token but does not hold exactly one.
-fn candidates(
-    request: &dyn RequestView,
+fn candidates<'r>(
+    request: &'r dyn RequestView,
     source: &Source,
     known: &dyn Fn(&str) -> bool,
-) -> Vec<Option<String>> {
+) -> Vec<Option<Cow<'r, str>>> {
     let well_formed = |token: &str| known(token) || is_b64token(token);
     match source {
         Source::Header { name, prefix } => request
             .header_values(name)
             .into_iter()
             .filter_map(|value| after_prefix(value, prefix))
-            .map(|rest| well_formed(rest).then(|| rest.to_owned()))
+            .map(|rest| well_formed(rest).then_some(Cow::Borrowed(rest)))
             .collect(),
         Source::Param(name) => query_pairs(request.path())
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| well_formed(&v).then_some(v))
+            .map(|(_, v)| well_formed(&v).then_some(Cow::Owned(v)))
             .collect(),
         Source::Cookie(name) => request
             .header_values("cookie")
@@ -107,7 +108,7 @@ fn candidates(
             .flat_map(|header| header.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| well_formed(v).then(|| v.to_owned()))
+            .map(|(_, v)| well_formed(v).then_some(Cow::Borrowed(v)))
             .collect(),
     }
 }
@@ -213,10 +214,10 @@ mod tests {
         }]
     }
 
-    fn token(t: &str) -> Found {
+    fn token(t: &str) -> Found<'_> {
         Found::Token {
             token: t.into(),
-            source: bearer()[0].clone(),
+            source: 0,
         }
     }
 
@@ -269,7 +270,7 @@ mod tests {
             find(&by_param, &sources),
             Found::Token {
                 token: "a.b.c".into(),
-                source: sources[0].clone()
+                source: 0
             }
         );
         let by_cookie =
@@ -278,7 +279,7 @@ mod tests {
             find(&by_cookie, &sources),
             Found::Token {
                 token: "a.b.c".into(),
-                source: sources[1].clone()
+                source: 1
             }
         );
         let twice = Request::new("GET", "/x?access_token=a.b.c&access_token=d.e.f");

@@ -227,8 +227,8 @@ impl JwtAuth {
             let Some(provider) = self.config.providers.get(p.provider) else {
                 continue;
             };
-            if !provider.forward {
-                edits = extract::removal(request, &p.source, edits);
+            if let (false, Some(source)) = (provider.forward, provider.sources.get(p.source)) {
+                edits = extract::removal(request, source, edits);
             }
             if let Some(header) = &provider.payload_header {
                 edits = edits.set(header.clone(), p.verified.payload_b64.clone());

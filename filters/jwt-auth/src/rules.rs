@@ -6,7 +6,7 @@
 
 use crate::cache::TokenCache;
 use crate::claims;
-use crate::config::{Compiled, Requirement, Source};
+use crate::config::{Compiled, Requirement};
 use crate::extract::{self, Found};
 use crate::jwks::KeySet;
 use crate::verify::Failure;
@@ -82,8 +82,9 @@ pub struct Passed {
     pub provider: usize,
     /// The verified token.
     pub verified: Rc<Verified>,
-    /// Where the token was (to remove it when not forwarded).
-    pub source: Source,
+    /// Where the token was (to remove it when not forwarded): the index of the provider's
+    /// source.
+    pub source: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +93,7 @@ enum Outcome {
     Malformed,
     Invalid(TokenFailure),
     NoKeys(String, std::time::Duration),
-    Valid(Rc<Verified>, Source),
+    Valid(Rc<Verified>, usize),
 }
 
 /// The keys each provider has right now, with their generation (which changes whenever they
