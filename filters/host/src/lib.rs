@@ -36,8 +36,9 @@ macro_rules! export_filter {
 /// itself. wasi-libc's `malloc` (which Rust's allocations otherwise reach through
 /// `posix_memalign`) cost about a thousand Wasm instructions per allocation in the fake host's
 /// profile; with dlmalloc-rs a gateway request took 120k instructions, with TLSF 94k (it
-/// allocates about 60 times). The default options keep in-place reallocation and join consecutive pages into one
-/// pool, so a large buffer (a key set, a configuration) does not strand the rest of a page.
+/// allocates about 60 times). The default options keep in-place reallocation and join
+/// consecutive pages into one pool, so a large buffer (a key set, a configuration) does not
+/// strand the rest of a page.
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: rlsf::GlobalTlsf = rlsf::GlobalTlsf::new();

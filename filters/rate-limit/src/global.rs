@@ -14,7 +14,7 @@
 //!   message `upstream request timeout`, which is what tells the two apart. The time is a
 //!   second witness, for a host that words it otherwise: it is not enough alone, because
 //!   Envoy starts the timer at the time its event loop cached before running the filter, so
-//!   on a busy worker the timer fires while the wall clock shows only 85 % of the timeout
+//!   on a busy worker the timer fires while the wall clock shows as little as 84 % of the timeout
 //!   gone (measured under load);
 //! - any other gRPC status: the service's own [`Failure::Error`];
 //! - an `OK` whose message cannot be read, or that says neither `OK` nor `OVER_LIMIT`:
