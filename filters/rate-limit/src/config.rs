@@ -2,6 +2,7 @@
 
 use crate::gcra::{Limit, LimitError};
 use crate::key::KeyPart;
+use crate::reply::Quota;
 use crate::table::Table;
 use filter_core::config::{
     ConfigDuration, ConfigError, FieldPath, NamedMap, check_name, null_default, quoted,
@@ -222,6 +223,8 @@ pub struct Rule {
     pub key: Vec<KeyPart>,
     /// The limit.
     pub limit: Limit,
+    /// What its `RateLimit-Policy` item says.
+    pub quota: Quota,
     /// Where its buckets live.
     pub table: Table,
 }
@@ -603,6 +606,7 @@ fn compile_rule(rule: RuleConfig, max_keys: u64, at: &FieldPath) -> Result<Rule,
         name: rule.name,
         matcher,
         key,
+        quota: Quota::of(&limit),
         limit,
     })
 }

@@ -23,7 +23,7 @@
 use crate::config::{Compiled, Failure, GlobalRule};
 use crate::key;
 use crate::rls;
-use filter_core::decision::{GrpcCall, GrpcResult};
+use filter_core::decision::{GrpcCall, GrpcResult, Name};
 use filter_core::request::RequestView;
 use std::time::Duration;
 
@@ -143,9 +143,9 @@ pub enum Answer {
         /// The descriptors' statuses, when the service sent one per descriptor.
         statuses: Vec<rls::DescriptorStatus>,
         /// Header fields for the request on its way upstream.
-        request_headers: Vec<(String, String)>,
+        request_headers: Vec<(Name, String)>,
         /// Header fields for the response.
-        response_headers: Vec<(String, String)>,
+        response_headers: Vec<(Name, String)>,
     },
     /// The call failed.
     Failed(Failure, String),
@@ -206,8 +206,12 @@ pub fn answer(
     }
 }
 
-fn fields(values: &[rls::HeaderValue]) -> Vec<(String, String)> {
-    values.iter().filter_map(rls::HeaderValue::field).collect()
+fn fields(values: &[rls::HeaderValue]) -> Vec<(Name, String)> {
+    values
+        .iter()
+        .filter_map(rls::HeaderValue::field)
+        .map(|(name, value)| (name.into(), value))
+        .collect()
 }
 
 /// Whether a failed call's message is Envoy's own for a call that ran out of time (Envoy

@@ -532,6 +532,7 @@ fn rule_statuses<'a>(
         .map(|(t, verdict)| RuleStatus {
             name: &t.rule.name,
             limit: &t.rule.limit,
+            quota: t.rule.quota,
             verdict,
         })
         .collect()
@@ -839,15 +840,10 @@ impl Filter for RateLimit {
             return Decision::Respond(reply);
         }
         stream.response_headers = reply::headers(self.config.dialect, &items);
-        stream
-            .response_headers
-            .extend(response_headers.into_iter().map(|(n, v)| (n.into(), v)));
+        stream.response_headers.extend(response_headers);
         let edits = RequestEdits::from(HeaderEdits {
             remove: Vec::new(),
-            set: request_headers
-                .into_iter()
-                .map(|(n, v)| (n.into(), v))
-                .collect(),
+            set: request_headers,
         });
         // In shadow mode, every rule that would have refused: the local ones, then the global.
         let mut shadow_over = calling.shadow_over;

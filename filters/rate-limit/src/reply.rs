@@ -53,6 +53,8 @@ pub struct RuleStatus<'a> {
     pub name: &'a str,
     /// Its limit.
     pub limit: &'a Limit,
+    /// Its `RateLimit-Policy` item's numbers.
+    pub quota: Quota,
     /// What it said.
     pub verdict: Verdict,
 }
@@ -68,7 +70,7 @@ impl RuleStatus<'_> {
 
     /// What the header fields say of it.
     pub fn item(&self) -> Item {
-        let (q, w) = quota(self.limit);
+        let Quota { q, w } = self.quota;
         Item {
             name: self.name.to_owned(),
             q,
@@ -129,11 +131,27 @@ pub fn service_item(rule: &str, status: &rls::DescriptorStatus) -> Option<Item> 
     })
 }
 
-/// `q` and `w` of `RateLimit-Policy`.
-fn quota(limit: &Limit) -> (u64, u64) {
-    let w = whole_seconds_at_least_one(limit.per());
-    let q = u128::from(limit.requests()) * u128::from(w) * 1_000_000_000 / limit.per().as_nanos();
-    (u64::try_from(q).unwrap_or(u64::MAX), w)
+/// `q` and `w` of a rule's `RateLimit-Policy` item: fixed by its limit, so computed once, with
+/// the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests per `w` seconds.
+    pub q: u64,
+    /// The window, in whole seconds (at least 1).
+    pub w: u64,
+}
+
+impl Quota {
+    /// The quota `limit` announces.
+    pub fn of(limit: &Limit) -> Self {
+        let w = whole_seconds_at_least_one(limit.per());
+        let q =
+            u128::from(limit.requests()) * u128::from(w) * 1_000_000_000 / limit.per().as_nanos();
+        Self {
+            q: u64::try_from(q).unwrap_or(u64::MAX),
+            w,
+        }
+    }
 }
 
 /// The header fields describing `items`, for any response.
@@ -264,6 +282,7 @@ mod tests {
         RuleStatus {
             name,
             limit,
+            quota: Quota::of(limit),
             verdict,
         }
         .item()
